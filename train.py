@@ -1,0 +1,25 @@
+"""Train a gemstone classifier: ``python train.py model=resnet18 trainer.gpus=1`` (see README.md)."""
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from gem_lightning.errors import GemLightningError
+from gem_lightning.training import train
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        metrics, _ = train(cfg)
+    except GemLightningError as error:
+        # One line the user can act on; a traceback would only bury it.
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    # Hydra hands this to a sweeper (and sweep.py reads the same key) as the objective.
+    return metrics.get(cfg.optimized_metric)
+
+
+if __name__ == "__main__":
+    main()
