@@ -5,8 +5,11 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from gem_lightning.config_schema import register_config_schemas
 from gem_lightning.errors import GemLightningError
 from gem_lightning.training import train
+
+register_config_schemas()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

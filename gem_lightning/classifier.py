@@ -52,9 +52,12 @@ class GemClassifier(pl.LightningModule):
         augment_policy: str = "none",
     ):
         super().__init__()
+        # Plain Python types only, so checkpoints load with torch.load(weights_only=True).
+        backbone = getattr(backbone, "value", backbone)  # a config enum becomes its plain name
+        class_names = [str(name) for name in class_names]  # not an OmegaConf ListConfig
         # train() logs the composed run config itself; hparams hold what rebuilding the network needs.
         self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
-        self.class_names = list(class_names)
+        self.class_names = class_names
         num_classes = len(self.class_names)
         built = create_backbone(backbone, pretrained=pretrained, allow_download=allow_download)
         self.backbone = built.network
@@ -166,5 +169,5 @@ class GemClassifier(pl.LightningModule):
     def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> "GemClassifier":
         """Rebuild a trained classifier from its checkpoint alone (no hub weights, no config files)."""
         # The checkpoint's own weights replace the pretrained ones, so never look for those.
-        model = cls.load_from_checkpoint(path, map_location=map_location, pretrained=False, weights_only=False)
+        model = cls.load_from_checkpoint(path, map_location=map_location, pretrained=False, weights_only=True)
         return model.eval()

@@ -85,7 +85,7 @@ class GemDataModule(pl.LightningDataModule):
             raise GemLightningError(f"data.batch_size={batch_size} must be at least 1")
         self.root = Path(root)
         self.cache_dir = Path(cache_dir)
-        self.split = split
+        self.split = getattr(split, "value", split)  # a config enum becomes its plain name
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
         self.split_seed = split_seed

@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 
@@ -44,6 +44,35 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image
 
 
+# EXIF orientation tag value -> the transposition that makes the image upright.
+_UPRIGHT = {
+    2: (Image.Transpose.FLIP_LEFT_RIGHT,),
+    3: (Image.Transpose.ROTATE_180,),
+    4: (Image.Transpose.FLIP_TOP_BOTTOM,),
+    5: (Image.Transpose.TRANSPOSE,),
+    6: (Image.Transpose.ROTATE_270,),
+    7: (Image.Transpose.TRANSVERSE,),
+    8: (Image.Transpose.ROTATE_90,),
+}
+_ORIENTATION_TAG = 0x0112
+
+
+def exif_orientation(image: Image.Image) -> int:
+    try:
+        value = image.getexif().get(_ORIENTATION_TAG, 1)
+    except Exception:  # a damaged EXIF block must not cost the photo; treat it as upright
+        return 1
+    return value if isinstance(value, int) else 1
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation. Unlike ImageOps.exif_transpose this never rewrites the EXIF block,
+    which fails on real-world files with malformed rational tags (seen in the Kaggle gemstone set)."""
+    for method in _UPRIGHT.get(exif_orientation(image), ()):
+        image = image.transpose(method)
+    return image
+
+
 def load_rgb(path: Path, min_side: int | None = None) -> Image.Image:
     """Decode ``path`` as an upright RGB image.
 
@@ -55,12 +84,11 @@ def load_rgb(path: Path, min_side: int | None = None) -> Image.Image:
         if min_side is not None and image.format == "JPEG":
             image.draft("RGB", (min_side, min_side))
         image.load()
-        upright = ImageOps.exif_transpose(image)
-        return to_rgb(upright)
+        return to_rgb(upright(image))
 
 
 def inspect_image(path: Path, max_pixels: int) -> tuple[int, int]:
-    """Fully decode ``path`` once (at reduced JPEG scale) and return its upright (width, height).
+    """Decode ``path`` once (JPEGs at reduced scale) and return its upright full-size (width, height).
 
     Raises UnusableImage with a short reason for empty, truncated, non-image and oversized files.
     """
@@ -81,7 +109,9 @@ def inspect_image(path: Path, max_pixels: int) -> tuple[int, int]:
                     # Decoding at 1/8 scale still reads every entropy-coded block, so truncation is caught.
                     image.draft("RGB", (max(1, width // 8), max(1, height // 8)))
                 image.load()
-                orientation = image.getexif().get(0x0112, 1)
+                # Run the same conversion training will, so a file that passes here also loads there.
+                to_rgb(upright(image))
+                swapped = exif_orientation(image) in (5, 6, 7, 8)  # these rotate by 90 degrees
     except UnusableImage:
         raise
     except Image.DecompressionBombError as error:
@@ -89,5 +119,4 @@ def inspect_image(path: Path, max_pixels: int) -> tuple[int, int]:
     except (OSError, SyntaxError, ValueError, Image.UnidentifiedImageError) as error:
         # Pillow signals "not an image" and "truncated" through these; the text is enough for the manifest.
         raise UnusableImage(f"cannot decode: {error}") from error
-    # EXIF orientations 5-8 rotate by 90 degrees, swapping the sides the model will see.
-    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+    return (height, width) if swapped else (width, height)

@@ -38,7 +38,7 @@ def _flatten(config: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def _log_hyperparameters(loggers: list[Logger], run_config: dict, metric: str) -> None:
-    params = _flatten({k: v for k, v in run_config.items() if k not in ("hydra", "paths")})
+    params = _flatten({k: v for k, v in run_config.items() if k != "paths"})
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
             # Registering the metric makes TensorBoard's HParams view show it beside the parameters.
@@ -53,10 +53,10 @@ def _print_summary(output_dir: Path, best_checkpoint: str, metrics: dict[str, fl
     table.add_column("value", justify="right")
     for name in sorted(metrics):
         table.add_row(name, f"{metrics[name]:.4f}")
-    console = Console()
-    console.print(table)
-    console.print(f"run dir: {output_dir}")
-    console.print(f"best checkpoint: {best_checkpoint or '(none saved)'}")
+    Console().print(table)
+    # Plain prints: rich would wrap long paths at the terminal width and break copy-paste.
+    print(f"run dir: {output_dir}")
+    print(f"best checkpoint: {best_checkpoint or '(none saved)'}")
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
@@ -67,7 +67,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.prepare_data()  # the class list depends on the folder (or the rendered demo set)
 
-    run_config = OmegaConf.to_container(cfg, resolve=True)
+    # Hydra's own node is only present when composed for tests; the run's settings are the rest.
+    settings = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
+    run_config = OmegaConf.to_container(settings, resolve=True, enum_to_str=True)
     model = hydra.utils.instantiate(
         cfg.model,
         class_names=list(datamodule.class_names),
@@ -95,7 +97,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if cfg.get("test", True):
         if not best_checkpoint:
             log.warning("no best checkpoint was saved (fast_dev_run?); testing the current weights")
-        trainer.test(model, datamodule=datamodule, ckpt_path=best_checkpoint or None, weights_only=False)
+        trainer.test(model, datamodule=datamodule, ckpt_path=best_checkpoint or None)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
 
     if trainer.is_global_zero:

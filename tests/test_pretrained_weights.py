@@ -1,0 +1,100 @@
+"""Pretrained weights really load: EfficientNet-Lite0 from its package, ResNets from the torch hub cache."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+
+import pytest
+import torch
+from torchvision import models
+from torchvision.transforms import v2
+
+from gem_lightning import backbones
+from gem_lightning.backbones import create_backbone, imagenet_network, normalisation
+from gem_lightning.datamodule import eval_transform
+from gem_lightning.errors import GemLightningError
+from gem_lightning.image_files import load_rgb
+from tests.conftest import IMAGENET_SAMPLES_DIR, needs_shared
+
+
+def _imagenet_samples() -> tuple[torch.Tensor, torch.Tensor]:
+    with open(IMAGENET_SAMPLES_DIR / "labels.tsv", newline="") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    resize = eval_transform(224)
+    images = torch.stack([resize(v2.functional.pil_to_tensor(load_rgb(IMAGENET_SAMPLES_DIR / r["file"]))) for r in rows])
+    return images, torch.tensor([int(r["imagenet_index"]) for r in rows])
+
+
+def _top_k_hits(network: torch.nn.Module, name: str, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    mean, std = normalisation(name)
+    x = v2.functional.normalize(images.float() / 255, mean, std)
+    with torch.no_grad():
+        top5 = network.eval()(x).topk(5).indices
+    return (top5[:, 0] == labels).float().mean().item(), (top5 == labels[:, None]).any(1).float().mean().item()
+
+
+@needs_shared(IMAGENET_SAMPLES_DIR)
+def test_efficientnet_lite0_is_really_imagenet_pretrained():
+    images, labels = _imagenet_samples()
+    top1, top5 = _top_k_hits(imagenet_network("efficientnet_lite0", pretrained=True), "efficientnet_lite0", images, labels)
+    assert top5 >= 0.9 and top1 >= 0.7, (top1, top5)
+    torch.manual_seed(0)
+    _, random_top5 = _top_k_hits(imagenet_network("efficientnet_lite0", pretrained=False), "efficientnet_lite0", images, labels)
+    assert random_top5 <= 0.1
+
+
+def test_lite0_backbone_drops_the_imagenet_head():
+    backbone = create_backbone("efficientnet_lite0", pretrained=True)
+    assert backbone.num_features == 1280 and backbone.mean == (0.5, 0.5, 0.5)
+    assert backbone.network.eval()(torch.zeros(1, 3, 64, 64)).shape == (1, 1280)
+
+
+def _state_dict_bytes(network: torch.nn.Module) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(network.state_dict(), buffer)
+    return buffer.getvalue()
+
+
+def test_missing_resnet_weights_name_the_file_the_folder_and_the_ways_out(offline_torch_home):
+    with pytest.raises(GemLightningError) as caught:
+        create_backbone("resnet18", pretrained=True, allow_download=False)
+    message = str(caught.value)
+    assert "resnet18-f37072fd.pth" in message
+    assert str(offline_torch_home / "hub" / "checkpoints") in message
+    assert "model.pretrained=false" in message and "model=efficientnet_lite0" in message
+    assert not (offline_torch_home / "hub" / "checkpoints" / "resnet18-f37072fd.pth").exists()
+
+
+def test_a_cached_file_whose_sha256_does_not_match_its_name_is_refused(offline_torch_home):
+    folder = offline_torch_home / "hub" / "checkpoints"
+    folder.mkdir(parents=True)
+    (folder / "resnet18-f37072fd.pth").write_bytes(_state_dict_bytes(models.resnet18()))
+    with pytest.raises(GemLightningError, match=r"sha256 starts [0-9a-f]{8}, the name says f37072fd"):
+        create_backbone("resnet18", pretrained=True, allow_download=False)
+
+
+def test_a_cached_file_with_its_own_hash_in_its_name_loads(offline_torch_home, monkeypatch):
+    torch.manual_seed(1)
+    source = models.resnet18()
+    data = _state_dict_bytes(source)
+    prefix = hashlib.sha256(data).hexdigest()[:8]
+    folder = offline_torch_home / "hub" / "checkpoints"
+    folder.mkdir(parents=True)
+    (folder / f"resnet18-{prefix}.pth").write_bytes(data)
+    monkeypatch.setitem(backbones.RESNET_WEIGHTS_URLS, "resnet18", f"https://example.invalid/resnet18-{prefix}.pth")
+    backbone = create_backbone("resnet18", pretrained=True, allow_download=False)
+    assert torch.equal(backbone.network.conv1.weight, source.conv1.weight)
+    assert torch.equal(backbone.network.layer4[1].bn2.running_var, source.layer4[1].bn2.running_var)
+
+
+def test_a_correctly_named_file_of_the_wrong_architecture_is_refused(offline_torch_home, monkeypatch):
+    data = _state_dict_bytes(models.resnet34())
+    prefix = hashlib.sha256(data).hexdigest()[:8]
+    folder = offline_torch_home / "hub" / "checkpoints"
+    folder.mkdir(parents=True)
+    (folder / f"resnet18-{prefix}.pth").write_bytes(data)
+    monkeypatch.setitem(backbones.RESNET_WEIGHTS_URLS, "resnet18", f"https://example.invalid/resnet18-{prefix}.pth")
+    with pytest.raises(GemLightningError, match="do not fit the network"):
+        create_backbone("resnet18", pretrained=True, allow_download=False)

@@ -1,0 +1,94 @@
+"""Real Lightning runs on the rendered demo set: fast_dev_run, checkpoints, TensorBoard, resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+import lightning.pytorch as pl
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from gem_lightning.classifier import CHECKPOINT_KEY, GemClassifier
+from gem_lightning.training import train
+from tests.conftest import TINY_DEMO, compose_config
+
+
+def _scalar_tags(log_dir: Path) -> dict[str, list]:
+    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: events.Scalars(tag) for tag in events.Tags()["scalars"]}
+
+
+def test_fast_dev_run_on_demo_data(tmp_path):
+    cfg = compose_config([*TINY_DEMO, "+trainer.fast_dev_run=true"], tmp_path)
+    metrics, objects = train(cfg)
+    assert objects["trainer"].state.finished
+    assert "test/acc" in metrics and 0.0 <= metrics["test/acc"] <= 1.0
+    assert objects["best_checkpoint"] == ""  # fast_dev_run saves nothing
+
+
+def test_two_epochs_write_checkpoints_events_and_a_self_describing_checkpoint(tmp_path):
+    cfg = compose_config([*TINY_DEMO, "trainer.max_epochs=2"], tmp_path)
+    metrics, objects = train(cfg)
+    run_dir = tmp_path / "run"
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert Path(objects["best_checkpoint"]).is_file()
+    assert (run_dir / "split_manifest.csv").is_file()
+    for name in ("val/acc_best", "test/acc", "test/acc_top5", "test/f1_macro", "test/loss"):
+        assert name in metrics
+
+    scalars = _scalar_tags(run_dir / "tensorboard")
+    assert len(scalars["train/loss"]) == 2 and len(scalars["val/loss"]) == 2
+    # Both losses are logged at the same steps, so the custom "overfitting" chart overlays them.
+    assert [e.step for e in scalars["train/loss"]] == [e.step for e in scalars["val/loss"]]
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    assert "train/loss" in str(events.Tensors("custom_scalars__config__")[0].tensor_proto)
+
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    described = checkpoint[CHECKPOINT_KEY]
+    assert described["class_names"] == list(objects["datamodule"].class_names)
+    assert described["image_size"] == 32 and described["backbone"] == "resnet18"
+    assert described["augment_policy"] == "colour_preserving"
+    assert described["mean"] == [0.485, 0.456, 0.406]
+    assert described["config"]["data"]["batch_size"] == 16
+
+    # Inference needs the checkpoint alone and reproduces the trained model's outputs.
+    restored = GemClassifier.from_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    trained = objects["model"].eval()
+    batch = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    trained.load_state_dict(checkpoint["state_dict"])
+    with torch.no_grad():
+        assert torch.allclose(restored(batch), trained(batch), atol=1e-5)
+    assert restored.class_names == described["class_names"]
+
+
+def test_resume_continues_from_the_saved_epoch(tmp_path):
+    first = compose_config([*TINY_DEMO, "trainer.max_epochs=2"], tmp_path / "first")
+    train(first)
+    last = tmp_path / "first" / "run" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] == 1
+
+    resumed = compose_config([*TINY_DEMO, "trainer.max_epochs=3", f"ckpt_path={last}"], tmp_path / "second")
+    _, objects = train(resumed)
+    trainer = objects["trainer"]
+    assert trainer.current_epoch == 3
+    # Only the one missing epoch ran: the resumed run logged a single training epoch.
+    scalars = _scalar_tags(tmp_path / "second" / "run" / "tensorboard")
+    assert len(scalars["train/loss"]) == 1
+    assert torch.load(
+        tmp_path / "second" / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
+    )["epoch"] == 2
+
+
+def test_frozen_warm_up_trains_only_the_head(tmp_path):
+    cfg = compose_config([*TINY_DEMO, "model.freeze_backbone_epochs=1", "test=false"], tmp_path)
+    _, objects = train(cfg)
+    trained = objects["model"]
+    # train() seeds before building the model, so the same seed rebuilds its starting weights.
+    pl.seed_everything(cfg.seed)
+    initial = hydra.utils.instantiate(cfg.model, class_names=list(objects["datamodule"].class_names))
+    for before, after in zip(initial.backbone.state_dict().values(), trained.backbone.state_dict().values()):
+        assert torch.equal(before, after)  # weights and BatchNorm statistics untouched while frozen
+    assert not torch.equal(initial.head[1].weight, trained.head[1].weight)
