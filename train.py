@@ -6,7 +6,7 @@ import hydra
 from omegaconf import DictConfig
 
 from gem_lightning.config_schema import register_config_schemas
-from gem_lightning.errors import GemLightningError
+from gem_lightning.errors import find_user_error
 from gem_lightning.training import train
 
 register_config_schemas()
@@ -16,9 +16,12 @@ register_config_schemas()
 def main(cfg: DictConfig) -> float | None:
     try:
         metrics, _ = train(cfg)
-    except GemLightningError as error:
+    except Exception as error:
+        user_error = find_user_error(error)
+        if user_error is None:
+            raise
         # One line the user can act on; a traceback would only bury it.
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {user_error}", file=sys.stderr)
         sys.exit(2)
     # Hydra hands this to a sweeper (and sweep.py reads the same key) as the objective.
     return metrics.get(cfg.optimized_metric)

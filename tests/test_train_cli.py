@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,3 +30,21 @@ def test_train_py_on_demo_data_prints_the_run_dir_best_checkpoint_and_metrics(tm
     assert (run_dir / ".hydra" / "config.yaml").is_file()
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert Path(tmp_path / "cache" / "demo_gems").is_dir()  # the demo set was rendered into the cache
+
+
+def test_missing_pretrained_weights_stop_with_one_line(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable, "train.py", *TINY_DEMO, "model.pretrained=true", "model.allow_download=false",
+            f"paths.root_dir={tmp_path}",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "TORCH_HOME": str(tmp_path / "torch_home")},
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stdout + result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert "resnet18-f37072fd.pth" in line and str(tmp_path / "torch_home" / "hub" / "checkpoints") in line

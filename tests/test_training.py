@@ -38,6 +38,8 @@ def test_two_epochs_write_checkpoints_events_and_a_self_describing_checkpoint(tm
     for name in ("val/acc_best", "test/acc", "test/acc_top5", "test/f1_macro", "test/loss"):
         assert name in metrics
 
+    hparams = (run_dir / "tensorboard" / "hparams.yaml").read_text()
+    assert "optim/lr: 0.0003" in hparams and "augment/name: colour_preserving" in hparams
     scalars = _scalar_tags(run_dir / "tensorboard")
     assert len(scalars["train/loss"]) == 2 and len(scalars["val/loss"]) == 2
     # Both losses are logged at the same steps, so the custom "overfitting" chart overlays them.
