@@ -6,8 +6,8 @@ backbone states the mean and std its pretraining used, so the model normalises i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from torch import nn
 from torchvision import models

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -91,7 +92,7 @@ class GemClassifier(pl.LightningModule):
         if frozen:
             self.backbone.eval()
 
-    def train(self, mode: bool = True) -> "GemClassifier":
+    def train(self, mode: bool = True) -> GemClassifier:
         # Lightning switches the whole module back to train mode after every validation; keep a frozen
         # backbone's BatchNorm statistics frozen all the same.
         super().train(mode)
@@ -166,7 +167,7 @@ class GemClassifier(pl.LightningModule):
         self.run_config = checkpoint.get(CHECKPOINT_KEY, {}).get("config")
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> "GemClassifier":
+    def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> GemClassifier:
         """Rebuild a trained classifier from its checkpoint alone (no hub weights, no config files)."""
         # The checkpoint's own weights replace the pretrained ones, so never look for those.
         model = cls.load_from_checkpoint(path, map_location=map_location, pretrained=False, weights_only=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
@@ -41,7 +41,7 @@ class DataSchema:
     num_workers: Any = "auto"  # a whole number or "auto"
     pin_memory: Any = "auto"  # true, false or "auto"
     max_image_pixels: int = 50_000_000
-    max_classes: Optional[int] = None
+    max_classes: int | None = None
     train_transform: Any = None
     augment_policy: str = "none"
     demo: Any = None

@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import lightning.pytorch as pl
 import torch
@@ -123,9 +123,7 @@ class GemDataModule(pl.LightningDataModule):
             self.cache_dir, scan, self.split, self.split_seed, self.val_fraction, self.test_fraction
         )
         if self.max_classes is not None:
-            self.manifest_file = self.manifest_file.with_name(
-                f"{self.manifest_file.stem}-first{self.max_classes}.csv"
-            )
+            self.manifest_file = self.manifest_file.with_name(f"{self.manifest_file.stem}-first{self.max_classes}.csv")
         write_manifest(self.manifest_file, render_manifest(scan, assignment))
         self.scan = scan
         return assignment
@@ -152,8 +150,13 @@ class GemDataModule(pl.LightningDataModule):
         counts = {name: len(entries) for name, entries in items.items()}
         log.info(
             "%d classes; train %d, val %d, test %d images (split=%s, seed %d); manifest %s",
-            len(self.class_names), counts["train"], counts["val"], counts["test"],
-            self.split, self.split_seed, self.manifest_file,
+            len(self.class_names),
+            counts["train"],
+            counts["val"],
+            counts["test"],
+            self.split,
+            self.split_seed,
+            self.manifest_file,
         )
 
     # -- what the model needs to know ----------------------------------------------------------------------

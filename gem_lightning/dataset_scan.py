@@ -21,6 +21,7 @@ from pathlib import Path
 
 from gem_lightning.atomic_files import write_text_atomically
 from gem_lightning.errors import GemLightningError
+from gem_lightning.file_hashing import file_sha256
 from gem_lightning.image_files import UnusableImage, inspect_image
 
 log = logging.getLogger(__name__)
@@ -112,18 +113,10 @@ def _candidate_files(root: Path, layout: str) -> list[tuple[str, str, str]]:
     return sorted(found)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _inspect(root: Path, relative: str, label: str, origin: str, max_pixels: int) -> ScannedFile:
     path = root / relative
     try:
-        digest = _sha256(path)
+        digest = file_sha256(path)
     except OSError as error:
         return ScannedFile(relative, label, origin, "", 0, 0, f"cannot read: {error}")
     try:

@@ -55,8 +55,16 @@ def _outline(cut: str, points: int = 24) -> np.ndarray:
         corner = 0.28  # an octagon: a rectangle with cut corners
         x, y = 1.0, 0.7
         return np.array(
-            [(x - corner, -y), (x, -y + corner), (x, y - corner), (x - corner, y),
-             (-x + corner, y), (-x, y - corner), (-x, -y + corner), (-x + corner, -y)]
+            [
+                (x - corner, -y),
+                (x, -y + corner),
+                (x, y - corner),
+                (x - corner, y),
+                (-x + corner, y),
+                (-x, y - corner),
+                (-x, -y + corner),
+                (-x + corner, -y),
+            ]
         )
     if cut == "cushion":  # a superellipse: a square with rounded corners
         c, s = np.cos(t), np.sin(t)

@@ -8,7 +8,6 @@ silently (or fail deep inside ``load_state_dict``); we check it every time.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 from urllib.parse import urlparse
@@ -16,6 +15,7 @@ from urllib.parse import urlparse
 import torch
 
 from gem_lightning.errors import GemLightningError
+from gem_lightning.file_hashing import file_sha256
 
 # torchvision and timm name hub files "<name>-<first hex digits of sha256>.<ext>".
 HASH_IN_NAME = re.compile(r"-([a-f0-9]{6,64})\.")
@@ -23,14 +23,6 @@ HASH_IN_NAME = re.compile(r"-([a-f0-9]{6,64})\.")
 
 def hub_checkpoint_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def verify_hash_in_name(path: Path) -> None:
@@ -43,7 +35,7 @@ def verify_hash_in_name(path: Path) -> None:
     if not actual.startswith(expected):
         raise GemLightningError(
             f"pretrained weights file {path} is damaged or not the file its name promises: its sha256 "
-            f"starts {actual[:len(expected)]}, the name says {expected}. Delete it and copy or download it "
+            f"starts {actual[: len(expected)]}, the name says {expected}. Delete it and copy or download it "
             "again, or set model.pretrained=false."
         )
 
@@ -101,7 +93,7 @@ def map_keys_in_order(
             f"{source_name} holds {len(source)} tensors but the network has {len(target)}: not the same architecture"
         )
     mapped = {}
-    for (source_key, tensor), (target_key, expected) in zip(source.items(), target.items()):
+    for (source_key, tensor), (target_key, expected) in zip(source.items(), target.items(), strict=True):
         if tensor.shape != expected.shape:
             raise GemLightningError(
                 f"{source_name}: {source_key} has shape {tuple(tensor.shape)} but {target_key} needs "

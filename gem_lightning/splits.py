@@ -48,9 +48,7 @@ def _shuffled_by_class(files: list[ScannedFile], seed: int) -> dict[str, list[Sc
     return by_class
 
 
-def assign_splits(
-    scan: DatasetScan, mode: str, seed: int, val_fraction: float, test_fraction: float
-) -> dict[str, str]:
+def assign_splits(scan: DatasetScan, mode: str, seed: int, val_fraction: float, test_fraction: float) -> dict[str, str]:
     """Map each usable file's path to ``train``, ``val`` or ``test``."""
     if mode not in SPLIT_MODES:
         raise GemLightningError(f"data.split={mode!r} is not a split mode; use one of {', '.join(SPLIT_MODES)}")

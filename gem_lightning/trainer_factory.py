@@ -37,7 +37,9 @@ def _gpus_to_devices(gpus: Any) -> tuple[str, Any]:
 
 def resolve_devices(trainer_cfg: DictConfig | dict) -> dict[str, Any]:
     """Trainer keyword arguments with ``gpus`` translated and GPU requests checked against the machine."""
-    kwargs = OmegaConf.to_container(trainer_cfg, resolve=True) if isinstance(trainer_cfg, DictConfig) else dict(trainer_cfg)
+    kwargs = (
+        OmegaConf.to_container(trainer_cfg, resolve=True) if isinstance(trainer_cfg, DictConfig) else dict(trainer_cfg)
+    )
     gpus = kwargs.pop("gpus", None)
     if gpus is not None:
         kwargs["accelerator"], kwargs["devices"] = _gpus_to_devices(gpus)

@@ -23,7 +23,9 @@ def _instantiate_each(group: DictConfig | None) -> list[Any]:
     """Instantiate every entry of a group like ``callbacks`` or ``logger`` that has a ``_target_``."""
     if not group:
         return []
-    return [hydra.utils.instantiate(node) for node in group.values() if isinstance(node, DictConfig) and "_target_" in node]
+    return [
+        hydra.utils.instantiate(node) for node in group.values() if isinstance(node, DictConfig) and "_target_" in node
+    ]
 
 
 def _flatten(config: dict, prefix: str = "") -> dict[str, Any]:

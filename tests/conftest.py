@@ -76,5 +76,3 @@ def offline_torch_home(tmp_path, monkeypatch) -> Path:
     home = tmp_path / "torch_home"
     monkeypatch.setenv("TORCH_HOME", str(home))
     return home
-
-

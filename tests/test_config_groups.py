@@ -11,8 +11,8 @@ from lightning.pytorch.loggers import Logger
 
 from gem_lightning.datamodule import GemDataModule
 from gem_lightning.errors import GemLightningError
-from gem_lightning.training import _instantiate_each
 from gem_lightning.trainer_factory import build_trainer
+from gem_lightning.training import _instantiate_each
 from tests.conftest import CONFIG_DIR, compose_config
 
 

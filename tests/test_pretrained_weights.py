@@ -23,7 +23,9 @@ def _imagenet_samples() -> tuple[torch.Tensor, torch.Tensor]:
     with open(IMAGENET_SAMPLES_DIR / "labels.tsv", newline="") as handle:
         rows = list(csv.DictReader(handle, delimiter="\t"))
     resize = eval_transform(224)
-    images = torch.stack([resize(v2.functional.pil_to_tensor(load_rgb(IMAGENET_SAMPLES_DIR / r["file"]))) for r in rows])
+    images = torch.stack(
+        [resize(v2.functional.pil_to_tensor(load_rgb(IMAGENET_SAMPLES_DIR / r["file"]))) for r in rows]
+    )
     return images, torch.tensor([int(r["imagenet_index"]) for r in rows])
 
 
@@ -38,10 +40,14 @@ def _top_k_hits(network: torch.nn.Module, name: str, images: torch.Tensor, label
 @needs_shared(IMAGENET_SAMPLES_DIR)
 def test_efficientnet_lite0_is_really_imagenet_pretrained():
     images, labels = _imagenet_samples()
-    top1, top5 = _top_k_hits(imagenet_network("efficientnet_lite0", pretrained=True), "efficientnet_lite0", images, labels)
+    top1, top5 = _top_k_hits(
+        imagenet_network("efficientnet_lite0", pretrained=True), "efficientnet_lite0", images, labels
+    )
     assert top5 >= 0.9 and top1 >= 0.7, (top1, top5)
     torch.manual_seed(0)
-    _, random_top5 = _top_k_hits(imagenet_network("efficientnet_lite0", pretrained=False), "efficientnet_lite0", images, labels)
+    _, random_top5 = _top_k_hits(
+        imagenet_network("efficientnet_lite0", pretrained=False), "efficientnet_lite0", images, labels
+    )
     assert random_top5 <= 0.1
 
 

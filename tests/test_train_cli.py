@@ -35,7 +35,11 @@ def test_train_py_on_demo_data_prints_the_run_dir_best_checkpoint_and_metrics(tm
 def test_missing_pretrained_weights_stop_with_one_line(tmp_path):
     result = subprocess.run(
         [
-            sys.executable, "train.py", *TINY_DEMO, "model.pretrained=true", "model.allow_download=false",
+            sys.executable,
+            "train.py",
+            *TINY_DEMO,
+            "model.pretrained=true",
+            "model.allow_download=false",
             f"paths.root_dir={tmp_path}",
         ],
         cwd=REPO_ROOT,

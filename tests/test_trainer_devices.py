@@ -35,7 +35,10 @@ def test_asking_for_a_gpu_without_cuda_is_one_clear_error(gpus):
 
 @pytest.mark.skipif(NO_CUDA, reason="needs a CUDA device")
 def test_gpus_one_selects_one_gpu():
-    assert resolve_devices({"gpus": 1, "accelerator": "auto", "devices": "auto"}) == {"accelerator": "gpu", "devices": 1}
+    assert resolve_devices({"gpus": 1, "accelerator": "auto", "devices": "auto"}) == {
+        "accelerator": "gpu",
+        "devices": 1,
+    }
 
 
 @pytest.mark.parametrize("gpus", ["two", -2, 1.5, True])

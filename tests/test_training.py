@@ -79,9 +79,12 @@ def test_resume_continues_from_the_saved_epoch(tmp_path):
     # Only the one missing epoch ran: the resumed run logged a single training epoch.
     scalars = _scalar_tags(tmp_path / "second" / "run" / "tensorboard")
     assert len(scalars["train/loss"]) == 1
-    assert torch.load(
-        tmp_path / "second" / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
-    )["epoch"] == 2
+    assert (
+        torch.load(tmp_path / "second" / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)[
+            "epoch"
+        ]
+        == 2
+    )
 
 
 def test_frozen_warm_up_trains_only_the_head(tmp_path):
@@ -91,6 +94,7 @@ def test_frozen_warm_up_trains_only_the_head(tmp_path):
     # train() seeds before building the model, so the same seed rebuilds its starting weights.
     pl.seed_everything(cfg.seed)
     initial = hydra.utils.instantiate(cfg.model, class_names=list(objects["datamodule"].class_names))
-    for before, after in zip(initial.backbone.state_dict().values(), trained.backbone.state_dict().values()):
+    pairs = zip(initial.backbone.state_dict().values(), trained.backbone.state_dict().values(), strict=True)
+    for before, after in pairs:
         assert torch.equal(before, after)  # weights and BatchNorm statistics untouched while frozen
     assert not torch.equal(initial.head[1].weight, trained.head[1].weight)
