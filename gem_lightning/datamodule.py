@@ -112,18 +112,15 @@ class GemDataModule(pl.LightningDataModule):
 
     def _scan_and_split(self) -> dict[str, str]:
         scan = scan_dataset(self.root, self.cache_dir, self.max_image_pixels)
-        if self.max_classes is not None:
-            # A quick look at a few classes (tests, smoke runs): keep the first N in sorted order.
-            kept = set(scan.class_names[: self.max_classes])
-            scan = DatasetScan(
-                scan.root, scan.layout, tuple(sorted(kept)), tuple(f for f in scan.files if f.label in kept)
-            )
-        assignment = assign_splits(scan, self.split, self.split_seed, self.val_fraction, self.test_fraction)
-        self.manifest_file = manifest_path(
+        manifest_file = manifest_path(
             self.cache_dir, scan, self.split, self.split_seed, self.val_fraction, self.test_fraction
         )
         if self.max_classes is not None:
-            self.manifest_file = self.manifest_file.with_name(f"{self.manifest_file.stem}-first{self.max_classes}.csv")
+            scan = scan.first_classes(self.max_classes)
+            # Its own manifest, so switching between the subset and the whole set is not a "changed folder".
+            manifest_file = manifest_file.with_name(f"{manifest_file.stem}-first{self.max_classes}.csv")
+        assignment = assign_splits(scan, self.split, self.split_seed, self.val_fraction, self.test_fraction)
+        self.manifest_file = manifest_file
         write_manifest(self.manifest_file, render_manifest(scan, assignment))
         self.scan = scan
         return assignment

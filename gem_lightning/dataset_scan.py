@@ -66,6 +66,11 @@ class DatasetScan:
     def skipped(self) -> list[ScannedFile]:
         return [f for f in self.files if not f.usable]
 
+    def first_classes(self, count: int) -> DatasetScan:
+        """The same scan restricted to the first ``count`` classes in sorted order (for quick runs)."""
+        kept = self.class_names[:count]
+        return DatasetScan(self.root, self.layout, kept, tuple(f for f in self.files if f.label in kept))
+
 
 def _visible_dirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
+from gem_lightning.errors import GemLightningError
 from gem_lightning.trainer_factory import build_trainer
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,14 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
 
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path and not Path(ckpt_path).is_file():
+        raise GemLightningError(f"ckpt_path={ckpt_path} is not a file: give the last.ckpt of the run to resume")
+    # The trainer first: a request for a GPU the machine lacks fails before any data work.
+    callbacks = _instantiate_each(cfg.get("callbacks"))
+    loggers = _instantiate_each(cfg.get("logger"))
+    trainer = build_trainer(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.prepare_data()  # the class list depends on the folder (or the rendered demo set)
 
@@ -81,14 +90,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         scheduler=hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
     )
     model.run_config = run_config
-    callbacks = _instantiate_each(cfg.get("callbacks"))
-    loggers = _instantiate_each(cfg.get("logger"))
-    trainer = build_trainer(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     _log_hyperparameters(loggers, run_config, cfg.optimized_metric)
 
     output_dir = Path(cfg.paths.output_dir)
     if cfg.get("train", True):
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     if trainer.is_global_zero and datamodule.manifest_file is not None:
         # Keep the split beside the run, so the run can be audited after the cache is cleared.
         output_dir.mkdir(parents=True, exist_ok=True)

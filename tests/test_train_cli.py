@@ -52,3 +52,16 @@ def test_missing_pretrained_weights_stop_with_one_line(tmp_path):
     assert "Traceback" not in result.stdout + result.stderr
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert "resnet18-f37072fd.pth" in line and str(tmp_path / "torch_home" / "hub" / "checkpoints") in line
+
+
+def test_resuming_from_a_missing_checkpoint_names_it(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "train.py", *TINY_DEMO, f"ckpt_path={tmp_path}/gone/last.ckpt", f"paths.root_dir={tmp_path}"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 2
+    assert f"error: ckpt_path={tmp_path}/gone/last.ckpt is not a file" in result.stderr
+    assert "Traceback" not in result.stderr
