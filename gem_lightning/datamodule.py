@@ -129,6 +129,7 @@ class GemDataModule(pl.LightningDataModule):
         if self.datasets:
             return
         assignment = self._scan_and_split()
+        self.scan.log_skipped()
         index_of = {name: i for i, name in enumerate(self.class_names)}
         items: dict[str, list[tuple[str, int]]] = {"train": [], "val": [], "test": []}
         for item in self.scan.usable:

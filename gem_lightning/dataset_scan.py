@@ -66,6 +66,12 @@ class DatasetScan:
     def skipped(self) -> list[ScannedFile]:
         return [f for f in self.files if not f.usable]
 
+    def log_skipped(self) -> None:
+        """One warning line listing every skipped file and why (the manifest lists them too)."""
+        if self.skipped:
+            listing = "; ".join(f"{f.path} ({f.skip_reason})" for f in self.skipped)
+            log.warning("skipped %d unusable file(s) under %s: %s", len(self.skipped), self.root, listing)
+
     def first_classes(self, count: int) -> DatasetScan:
         """The same scan restricted to the first ``count`` classes in sorted order (for quick runs)."""
         kept = self.class_names[:count]
@@ -175,9 +181,4 @@ def scan_dataset(root: Path, cache_dir: Path, max_pixels: int, workers: int | No
         )
 
     files = tuple(results[rel] for rel, _, _ in candidates)
-    scan = DatasetScan(root=root, layout=layout, class_names=class_names, files=files)
-    skipped = scan.skipped
-    if skipped:
-        listing = "; ".join(f"{f.path} ({f.skip_reason})" for f in skipped)
-        log.warning("skipped %d unusable file(s) under %s: %s", len(skipped), root, listing)
-    return scan
+    return DatasetScan(root=root, layout=layout, class_names=class_names, files=files)

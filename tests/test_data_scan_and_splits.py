@@ -72,6 +72,7 @@ def test_bad_files_are_skipped_listed_and_never_touched(tmp_path, caplog):
     before = _sha256s(root)
     with caplog.at_level(logging.WARNING):
         scan = scan_dataset(root, tmp_path / "cache", max_pixels=100 * 100)
+        scan.log_skipped()
     by_path = {f.path: f for f in scan.files}
     assert scan.class_names == ("Beryl Golden", "Quartz Lemon")
     assert ".DS_Store" not in " ".join(by_path)
@@ -168,12 +169,18 @@ def test_a_changed_folder_is_detected_and_the_manifest_rewritten(tmp_path, caplo
     assert datamodule.manifest_file.read_bytes() != before
 
 
-def test_skipped_files_are_in_the_manifest(tmp_path):
+def test_skipped_files_are_in_the_manifest_and_one_log_line(tmp_path, caplog):
     root = tmp_path / "gems"
     _balanced_folder(root, {"A": 10, "B": 10})
     (root / "A" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
     datamodule = _datamodule(root, tmp_path / "cache")
-    datamodule.prepare_data()
+    with caplog.at_level(logging.WARNING):
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+    assert [r.getMessage() for r in caplog.records if "unusable" in r.getMessage()] == [
+        f"skipped 1 unusable file(s) under {root}: A/broken.jpg (cannot decode: cannot identify image file "
+        f"'{root}/A/broken.jpg')"
+    ]
     rows = {r["path"]: r for r in read_manifest(datamodule.manifest_file)}
     assert rows["A/broken.jpg"]["split"] == "skipped" and "cannot decode" in rows["A/broken.jpg"]["note"]
 
