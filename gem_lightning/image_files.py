@@ -13,8 +13,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
-
 
 class UnusableImage(Exception):
     """The file is not an image we can train on; the message is the reason written to the manifest."""
@@ -46,13 +44,13 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 # EXIF orientation tag value -> the transposition that makes the image upright.
 _UPRIGHT = {
-    2: (Image.Transpose.FLIP_LEFT_RIGHT,),
-    3: (Image.Transpose.ROTATE_180,),
-    4: (Image.Transpose.FLIP_TOP_BOTTOM,),
-    5: (Image.Transpose.TRANSPOSE,),
-    6: (Image.Transpose.ROTATE_270,),
-    7: (Image.Transpose.TRANSVERSE,),
-    8: (Image.Transpose.ROTATE_90,),
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
 }
 _ORIENTATION_TAG = 0x0112
 
@@ -68,9 +66,8 @@ def exif_orientation(image: Image.Image) -> int:
 def upright(image: Image.Image) -> Image.Image:
     """Apply the EXIF orientation. Unlike ImageOps.exif_transpose this never rewrites the EXIF block,
     which fails on real-world files with malformed rational tags (seen in the Kaggle gemstone set)."""
-    for method in _UPRIGHT.get(exif_orientation(image), ()):
-        image = image.transpose(method)
-    return image
+    method = _UPRIGHT.get(exif_orientation(image))
+    return image if method is None else image.transpose(method)
 
 
 def load_rgb(path: Path, min_side: int | None = None) -> Image.Image:
