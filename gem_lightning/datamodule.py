@@ -99,6 +99,7 @@ class GemDataModule(pl.LightningDataModule):
         self.demo = demo
         self.max_classes = max_classes
         self.scan: DatasetScan | None = None
+        self.assignment: dict[str, str] | None = None  # file path -> split, fixed for this module's life
         self.manifest_file: Path | None = None
         self.datasets: dict[str, GemImageDataset] = {}
 
@@ -111,6 +112,13 @@ class GemDataModule(pl.LightningDataModule):
         self._scan_and_split()
 
     def _scan_and_split(self) -> dict[str, str]:
+        """Scan, split and write the manifest once per data module.
+
+        train() and Lightning's fit and test each call prepare_data/setup; reusing the first result skips
+        repeated scans and guarantees that testing sees the split that training saw.
+        """
+        if self.assignment is not None:
+            return self.assignment
         scan = scan_dataset(self.root, self.cache_dir, self.max_image_pixels)
         manifest_file = manifest_path(
             self.cache_dir, scan, self.split, self.split_seed, self.val_fraction, self.test_fraction
@@ -122,7 +130,7 @@ class GemDataModule(pl.LightningDataModule):
         assignment = assign_splits(scan, self.split, self.split_seed, self.val_fraction, self.test_fraction)
         self.manifest_file = manifest_file
         write_manifest(self.manifest_file, render_manifest(scan, assignment))
-        self.scan = scan
+        self.scan, self.assignment = scan, assignment
         return assignment
 
     def setup(self, stage: str | None = None) -> None:
