@@ -20,6 +20,11 @@ class SplitMode(str, Enum):
     predefined = "predefined"
 
 
+class ConflictPolicy(str, Enum):
+    drop = "drop"
+    keep = "keep"
+
+
 class BackboneName(str, Enum):
     resnet18 = "resnet18"
     resnet34 = "resnet34"
@@ -45,6 +50,9 @@ class DataSchema:
     train_transform: Any = None
     augment_policy: str = "none"
     demo: Any = None
+    background: Any = None
+    near_duplicate_threshold: float | None = 0.01
+    label_conflicts: ConflictPolicy = ConflictPolicy.drop
 
 
 @dataclass

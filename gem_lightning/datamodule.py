@@ -1,4 +1,8 @@
-"""The LightningDataModule: scans and splits a gemstone folder, and serves augmented uint8 batches.
+"""The LightningDataModule: prepares a gemstone folder and serves augmented uint8 batches.
+
+Preparation (``prepare_data``): scan every file once, group exact and near-duplicates, split so that no
+duplicate group straddles two splits, cut backgrounds out if ``background`` says so (cached by content),
+and write the split manifest and the data report. Nothing under the data root is ever written to.
 
 Batches stay uint8 (N, 3, H, W) all the way to the model, which converts and normalises them itself with
 its backbone's mean and std: a quarter of the bytes to copy to a GPU, and normalisation that can never
@@ -18,11 +22,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from gem_lightning.data_report import TrainingItem, build_report, write_report
 from gem_lightning.dataset_scan import DatasetScan, discover_classes, scan_dataset
 from gem_lightning.demo_data import DemoGemSet
+from gem_lightning.duplicate_groups import DEFAULT_THRESHOLD, find_duplicate_groups
 from gem_lightning.errors import GemLightningError
 from gem_lightning.image_files import load_rgb
-from gem_lightning.splits import assign_splits, manifest_path, render_manifest, write_manifest
+from gem_lightning.prepared_images import BackgroundRemoval, SourceImage
+from gem_lightning.splits import SplitPlan, manifest_path, plan_splits, render_manifest, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -33,21 +40,30 @@ def eval_transform(image_size: int) -> v2.Transform:
 
 
 class GemImageDataset(Dataset):
-    """(uint8 CHW tensor, class index) pairs from files under ``root``."""
+    """(uint8 CHW tensor, class index) pairs, or (tensor, index, leaked) when ``leaked`` flags are given:
+    the test set carries them so evaluation can also report accuracy without leaked duplicates."""
 
-    def __init__(self, root: Path, items: list[tuple[str, int]], transform: Callable, decode_min_side: int):
-        self.root = Path(root)
-        self.items = items
+    def __init__(
+        self,
+        files: list[tuple[Path, int]],
+        transform: Callable,
+        decode_min_side: int,
+        leaked: list[bool] | None = None,
+    ):
+        self.items = files
         self.transform = transform
         self.decode_min_side = decode_min_side
+        self.leaked = leaked
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        relative, label = self.items[index]
-        image = load_rgb(self.root / relative, min_side=self.decode_min_side)
-        return self.transform(v2.functional.pil_to_tensor(image)), label
+    def __getitem__(self, index: int) -> tuple:
+        path, label = self.items[index]
+        image = self.transform(v2.functional.pil_to_tensor(load_rgb(path, min_side=self.decode_min_side)))
+        if self.leaked is None:
+            return image, label
+        return image, label, self.leaked[index]
 
 
 def _resolve_num_workers(num_workers: int | str) -> int:
@@ -57,6 +73,16 @@ def _resolve_num_workers(num_workers: int | str) -> int:
     if isinstance(num_workers, int) and num_workers >= 0:
         return num_workers
     raise GemLightningError(f"data.num_workers={num_workers!r}: use a whole number >= 0 or 'auto'")
+
+
+def _contact_sheet_samples(items: list[TrainingItem], class_names: tuple[str, ...], per_class: int = 4) -> dict:
+    """The first few images of each class (train split first), as the model will see them."""
+    order = {"train": 0, "val": 1, "test": 2}
+    samples: dict[str, list[Path]] = {name: [] for name in class_names}
+    for item in sorted(items, key=lambda i: (order[i.split], i.source)):
+        if len(samples[item.label]) < per_class:
+            samples[item.label].append(item.image_file)
+    return samples
 
 
 class GemDataModule(pl.LightningDataModule):
@@ -77,6 +103,9 @@ class GemDataModule(pl.LightningDataModule):
         augment_policy: str = "none",
         demo: DemoGemSet | None = None,
         max_classes: int | None = None,
+        background: BackgroundRemoval | None = None,
+        near_duplicate_threshold: float | None = DEFAULT_THRESHOLD,
+        label_conflicts: str = "drop",
     ):
         super().__init__()
         if image_size < 16:
@@ -98,51 +127,143 @@ class GemDataModule(pl.LightningDataModule):
         self.augment_policy = augment_policy
         self.demo = demo
         self.max_classes = max_classes
+        self.background = background if background is not None and background.enabled else None
+        self.near_duplicate_threshold = near_duplicate_threshold
+        self.label_conflicts = getattr(label_conflicts, "value", label_conflicts)
         self.scan: DatasetScan | None = None
-        self.assignment: dict[str, str] | None = None  # file path -> split, fixed for this module's life
+        self.plan: SplitPlan | None = None  # where every file goes, fixed for this module's life
+        self.items: list[TrainingItem] | None = None
+        self.report: dict | None = None
         self.manifest_file: Path | None = None
+        self.report_file: Path | None = None
         self.datasets: dict[str, GemImageDataset] = {}
 
     # -- preparation -------------------------------------------------------------------------------------
 
     def prepare_data(self) -> None:
-        """Render the demo set if asked; scan the folder and write the split manifest (rank 0 only)."""
+        """Render the demo set if asked; scan, split, cut out backgrounds, write manifest and report."""
         if self.demo is not None:
             self.demo.render(self.root)
-        self._scan_and_split()
+        self._prepare()
 
-    def _scan_and_split(self) -> dict[str, str]:
-        """Scan, split and write the manifest once per data module.
+    def check(self) -> None:
+        """Fail now, before any work, if something preparation needs is missing (data folder, model file)."""
+        if self.demo is None:
+            discover_classes(self.root)
+        if self.background is not None:
+            self.background.check()
+
+    def _prepare(self) -> list[TrainingItem]:
+        """Everything before training, once per data module.
 
         train() and Lightning's fit and test each call prepare_data/setup; reusing the first result skips
-        repeated scans and guarantees that testing sees the split that training saw.
+        repeated scans and guarantees that testing sees the split that training saw. Under DDP every rank
+        runs this; the per-variant lock in the background cache makes all but one find the work done.
         """
-        if self.assignment is not None:
-            return self.assignment
+        if self.items is not None:
+            return self.items
+        self.check()
         scan = scan_dataset(self.root, self.cache_dir, self.max_image_pixels)
         manifest_file = manifest_path(
-            self.cache_dir, scan, self.split, self.split_seed, self.val_fraction, self.test_fraction
+            self.cache_dir,
+            scan,
+            self.split,
+            self.split_seed,
+            self.val_fraction,
+            self.test_fraction,
+            extra=f"{self.near_duplicate_threshold}|{self.label_conflicts}",
         )
         if self.max_classes is not None:
             scan = scan.first_classes(self.max_classes)
             # Its own manifest, so switching between the subset and the whole set is not a "changed folder".
             manifest_file = manifest_file.with_name(f"{manifest_file.stem}-first{self.max_classes}.csv")
-        assignment = assign_splits(scan, self.split, self.split_seed, self.val_fraction, self.test_fraction)
-        self.manifest_file = manifest_file
-        write_manifest(self.manifest_file, render_manifest(scan, assignment))
-        self.scan, self.assignment = scan, assignment
-        return assignment
+        duplicates = find_duplicate_groups(scan, self.cache_dir, self.near_duplicate_threshold)
+        plan = plan_splits(
+            scan,
+            self.split,
+            self.split_seed,
+            self.val_fraction,
+            self.test_fraction,
+            duplicates=duplicates,
+            conflict_policy=self.label_conflicts,
+        )
+        write_manifest(manifest_file, render_manifest(scan, plan))
+        items, background_report = self._image_files(scan, plan)
+
+        settings = {
+            "mode": self.split,
+            "seed": self.split_seed,
+            "val_fraction": self.val_fraction,
+            "test_fraction": self.test_fraction,
+            "label_conflicts": self.label_conflicts,
+            "manifest": str(manifest_file),
+        }
+        report = build_report(scan, plan, duplicates, items, settings, background_report)
+        variant = self.background.variant_dir(self.cache_dir).name if self.background else "original"
+        self.report_file = write_report(
+            report,
+            self.cache_dir / "reports" / f"{manifest_file.stem}-{variant}",
+            _contact_sheet_samples(items, scan.class_names),
+            f"{scan.root.name}: {background_report['method'] if background_report else 'original photos'}",
+        )
+        self.scan, self.plan, self.items, self.report, self.manifest_file = scan, plan, items, report, manifest_file
+        return items
+
+    def _image_files(self, scan: DatasetScan, plan: SplitPlan) -> tuple[list[TrainingItem], dict | None]:
+        """Which file each split image is decoded from, and the background-removal part of the report."""
+        chosen = [item for item in scan.usable if item.path in plan.assignment]
+        if self.background is None:
+            files = {item.path: scan.root / item.path for item in chosen}
+            background_report = None
+        else:
+            sources = [SourceImage(item.sha256, scan.root / item.path) for item in chosen]
+            records, summary = self.background.prepare(sources, self.cache_dir, skipped=len(scan.skipped))
+            variant = self.background.variant_dir(self.cache_dir)
+            files, fallbacks = {}, []
+            for item in chosen:
+                record = records.get(item.sha256)
+                if record is not None and record["file"] is not None:
+                    files[item.path] = variant / record["file"]
+                if record is not None and record["flag"]:
+                    fallbacks.append({"path": item.path, "reason": record["flag"], "action": record["method"]})
+            background_report = {
+                "method": self.background.backend.describe(),
+                "settings": self.background.settings(),
+                "cache": str(variant),
+                "summary": summary.as_dict(),
+                "fallbacks": fallbacks,
+                "not_used": sorted(item.path for item in chosen if item.path not in files),
+            }
+            if background_report["not_used"]:
+                log.warning(
+                    "%d image(s) have no prepared version (dropped by background.fallback=drop or failed) and "
+                    "are left out; see %s",
+                    len(background_report["not_used"]),
+                    "data_report.json",
+                )
+        items = [
+            TrainingItem(
+                source=item.path,
+                label=item.label,
+                split=plan.assignment[item.path],
+                image_file=files[item.path],
+                leaked=item.path in plan.leaked,
+            )
+            for item in chosen
+            if item.path in files
+        ]
+        return items, background_report
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
-        assignment = self._scan_and_split()
+        items = self._prepare()
         self.scan.log_skipped()
         index_of = {name: i for i, name in enumerate(self.class_names)}
-        items: dict[str, list[tuple[str, int]]] = {"train": [], "val": [], "test": []}
-        for item in self.scan.usable:
-            items[assignment[item.path]].append((item.path, index_of[item.label]))
-        empty = [name for name in ("train", "val") if not items[name]]
+        by_split: dict[str, list[TrainingItem]] = {"train": [], "val": [], "test": []}
+        for item in items:
+            by_split[item.split].append(item)
+        empty = [name for name in ("train", "val") if not by_split[name]]
         if empty:
             raise GemLightningError(
                 f"the {' and '.join(empty)} split of {self.root} is empty: add images or change "
@@ -152,17 +273,22 @@ class GemDataModule(pl.LightningDataModule):
         decode_min_side = 2 * self.image_size
         evaluation = eval_transform(self.image_size)
         for name, transform in (("train", self.train_transform), ("val", evaluation), ("test", evaluation)):
-            self.datasets[name] = GemImageDataset(self.root, items[name], transform, decode_min_side)
-        counts = {name: len(entries) for name, entries in items.items()}
+            files = [(item.image_file, index_of[item.label]) for item in by_split[name]]
+            leaked = [item.leaked for item in by_split[name]] if name == "test" else None
+            self.datasets[name] = GemImageDataset(files, transform, decode_min_side, leaked)
         log.info(
-            "%d classes; train %d, val %d, test %d images (split=%s, seed %d); manifest %s",
+            "%d classes; train %d, val %d, test %d images (%d test image(s) marked leaked; split=%s, seed %d, "
+            "%s); manifest %s; report %s",
             len(self.class_names),
-            counts["train"],
-            counts["val"],
-            counts["test"],
+            len(by_split["train"]),
+            len(by_split["val"]),
+            len(by_split["test"]),
+            sum(item.leaked for item in by_split["test"]),
             self.split,
             self.split_seed,
+            self.background.backend.describe() if self.background else "original photos",
             self.manifest_file,
+            self.report_file,
         )
 
     # -- what the model needs to know ----------------------------------------------------------------------
@@ -180,6 +306,11 @@ class GemDataModule(pl.LightningDataModule):
             name: Counter(self.class_names[label] for _, label in dataset.items)
             for name, dataset in self.datasets.items()
         }
+
+    @property
+    def assignment(self) -> dict[str, str] | None:
+        """Source path -> split for every image trained or tested on."""
+        return self.plan.assignment if self.plan else None
 
     # -- loaders -------------------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
+from gem_lightning.data_report import CONTACT_SHEET_NAME, REPORT_NAME
 from gem_lightning.errors import GemLightningError
 from gem_lightning.trainer_factory import build_trainer
 
@@ -96,9 +97,12 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if cfg.get("train", True):
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     if trainer.is_global_zero and datamodule.manifest_file is not None:
-        # Keep the split beside the run, so the run can be audited after the cache is cleared.
+        # Keep the split and the data report beside the run, so it can be audited after the cache is cleared.
         output_dir.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(datamodule.manifest_file, output_dir / "split_manifest.csv")
+        report_dir = datamodule.report_file.parent
+        for name in (REPORT_NAME, CONTACT_SHEET_NAME):
+            shutil.copyfile(report_dir / name, output_dir / name)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
     best_checkpoint = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -106,7 +110,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         if not best_checkpoint:
             log.warning("no best checkpoint was saved (fast_dev_run?); testing the current weights")
         trainer.test(model, datamodule=datamodule, ckpt_path=best_checkpoint or None)
-        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test")})
 
     if trainer.is_global_zero:
         _print_summary(output_dir, best_checkpoint, metrics)

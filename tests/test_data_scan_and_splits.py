@@ -115,12 +115,13 @@ def test_a_second_scan_reads_the_cache_and_sees_changes(tmp_path, caplog):
 
 
 def _balanced_folder(root: Path, counts: dict[str, int], layout: str = "flat") -> None:
-    for label, count in counts.items():
+    """Distinct random-noise images (no two alike, so no duplicate groups) per class."""
+    for class_index, (label, count) in enumerate(counts.items()):
         for i in range(count):
             origin = ("train" if i % 5 else "test") if layout == "split_folders" else ""
             folder = root / origin / label
             folder.mkdir(parents=True, exist_ok=True)
-            _photo(hash((label, i)) % 10_000, size=(12, 12)).save(folder / f"{i}.png")
+            _photo(1000 * class_index + i, size=(12, 12)).save(folder / f"{i}.png")
 
 
 def _datamodule(root: Path, cache: Path, **kwargs) -> GemDataModule:
@@ -152,7 +153,7 @@ def test_same_data_and_seed_give_the_same_manifest_bytes(tmp_path):
     assert first.manifest_file.read_bytes() == second.manifest_file.read_bytes()
     assert first.manifest_file.read_bytes() != other_seed.manifest_file.read_bytes()
     rows = read_manifest(first.manifest_file)
-    assert list(rows[0]) == ["path", "class", "split", "sha256", "note"]
+    assert list(rows[0]) == ["path", "class", "split", "sha256", "duplicate_group", "note"]
     assert all(len(r["sha256"]) == 64 for r in rows)
 
 
