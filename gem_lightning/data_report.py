@@ -114,7 +114,7 @@ def build_report(
 
 
 def print_report(report: dict, console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or Console(soft_wrap=True)  # long paths stay on one line, for copy-paste
     table = Table(title=f"images per class ({report['data_root']}, split={report['split']['mode']})")
     table.add_column("class")
     for split in SPLITS:
@@ -181,7 +181,8 @@ def draw_contact_sheet(samples: dict[str, list[Path]], path: Path, title: str, t
     names = list(samples)
     columns = min(6, max(1, len(names)))
     rows = max(1, -(-len(names) // columns))
-    figure = Figure(figsize=(2.0 * columns, 2.25 * rows + 0.4), dpi=100)
+    height = 2.25 * rows + 0.4
+    figure = Figure(figsize=(2.0 * columns, height), dpi=100)
     FigureCanvasAgg(figure)
     figure.suptitle(title, fontsize=10)
     for index, name in enumerate(names):
@@ -189,7 +190,7 @@ def draw_contact_sheet(samples: dict[str, list[Path]], path: Path, title: str, t
         axes.imshow(_mosaic(samples[name], tile))
         axes.set_title(name, fontsize=8)
         axes.axis("off")
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.4 / height))  # leave the title its own strip
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     write_bytes_atomically(path, buffer.getvalue())

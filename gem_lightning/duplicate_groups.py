@@ -93,7 +93,7 @@ def fingerprints(files: list[ScannedFile], root: Path, cache_dir: Path) -> dict[
     return {item.sha256: known[item.sha256] for item in files}
 
 
-def near_pairs(prints: np.ndarray, threshold: float, chunk: int = 2048) -> dict[tuple[int, int], float]:
+def near_pairs(prints: np.ndarray, threshold: float, chunk: int = 1024) -> dict[tuple[int, int], float]:
     """{(i, j): difference} for i < j whose orientation-blind mean absolute difference is below ``threshold``."""
     count = len(prints)
     pairs: dict[tuple[int, int], float] = {}

@@ -11,6 +11,7 @@ from typing import Any
 import hydra
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from gem_lightning.errors import GemLightningError
@@ -58,4 +59,9 @@ def resolve_devices(trainer_cfg: DictConfig | dict) -> dict[str, Any]:
 
 
 def build_trainer(trainer_cfg: DictConfig, **extra: Any) -> pl.Trainer:
-    return hydra.utils.instantiate(resolve_devices(trainer_cfg), **extra)
+    kwargs = resolve_devices(trainer_cfg)
+    if kwargs.get("enable_progress_bar") is False and extra.get("callbacks"):
+        # Lightning refuses a progress-bar callback beside enable_progress_bar=False; the flag is what the
+        # user typed last (the callback comes from the default callbacks group), so it wins.
+        extra["callbacks"] = [c for c in extra["callbacks"] if not isinstance(c, ProgressBar)]
+    return hydra.utils.instantiate(kwargs, **extra)

@@ -7,10 +7,12 @@ import sys
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import ProgressBar
 
 from gem_lightning.errors import GemLightningError
-from gem_lightning.trainer_factory import resolve_devices
-from tests.conftest import REPO_ROOT, TINY_DEMO
+from gem_lightning.trainer_factory import build_trainer, resolve_devices
+from gem_lightning.training import _instantiate_each
+from tests.conftest import REPO_ROOT, TINY_DEMO, compose_config
 
 NO_CUDA = not torch.cuda.is_available()
 
@@ -71,3 +73,11 @@ def test_cli_unknown_key_fails_with_hydra_message_and_writes_nothing(tmp_path):
     assert result.returncode != 0
     assert "Key 'batchsize' not in 'DataSchema'" in result.stderr
     assert not (tmp_path / "outputs").exists()
+
+
+def test_turning_the_progress_bar_off_drops_the_progress_bar_callback(tmp_path):
+    cfg = compose_config(["trainer=cpu", "trainer.enable_progress_bar=false"], tmp_path)
+    callbacks = _instantiate_each(cfg.callbacks)
+    assert any(isinstance(c, ProgressBar) for c in callbacks)  # the default group brings RichProgressBar
+    trainer = build_trainer(cfg.trainer, callbacks=callbacks, logger=False)
+    assert not any(isinstance(c, ProgressBar) for c in trainer.callbacks)

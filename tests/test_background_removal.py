@@ -1,0 +1,240 @@
+"""Background removal with the real rembg u2netp model and real OpenCV GrabCut on real gem photos: the cut-out,
+the content-keyed cache, resuming a killed run, fallbacks, and never touching the user's originals."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gem_lightning.background_removal import GrabCutBackend, RembgBackend
+from gem_lightning.errors import GemLightningError
+from gem_lightning.file_hashing import file_sha256
+from gem_lightning.prepared_images import BackgroundRemoval, SourceImage, load_downscaled
+from tests.conftest import GEMSTONES_DIR, REPO_ROOT, SHARED_DIR, needs_shared
+
+U2NET_DIR = SHARED_DIR / "models" / "u2net"
+# Real Kaggle photos of single stones on plain light backgrounds, large and small, one a PNG named .jpg.
+REAL_PHOTOS = (
+    "train/Ruby/ruby_10.jpg",
+    "train/Emerald/emerald_12.jpg",
+    "train/Almandine/almandine_21.jpg",
+    "test/Sapphire Blue/sapphire blue_3.jpg",
+)
+
+
+@pytest.fixture
+def u2net_home(monkeypatch) -> Path:
+    monkeypatch.setenv("U2NET_HOME", str(U2NET_DIR))
+    return U2NET_DIR
+
+
+@pytest.fixture
+def photo_folder(tmp_path) -> Path:
+    """Writable copies of real photos: a folder whose files the preparation could touch, but must not."""
+    folder = tmp_path / "photos"
+    for relative in REAL_PHOTOS:
+        target = folder / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(GEMSTONES_DIR / relative, target)
+    return folder
+
+
+def _sources(folder: Path) -> list[SourceImage]:
+    return [SourceImage(file_sha256(p), p) for p in sorted(folder.rglob("*.jpg"))]
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[str, int]]:
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    return {str(p.relative_to(folder)): (file_sha256(p), p.stat().st_mtime_ns) for p in files}
+
+
+def _border_is_black(pixels: np.ndarray, width: int = 2) -> float:
+    """Share of the outer frame's pixels that are (nearly) black."""
+    frame = np.concatenate(
+        [
+            pixels[:width].reshape(-1, 3),
+            pixels[-width:].reshape(-1, 3),
+            pixels[:, :width].reshape(-1, 3),
+            pixels[:, -width:].reshape(-1, 3),
+        ]
+    )
+    return float((frame.max(axis=1) < 16).mean())
+
+
+def _check_cut_outs(records: dict, sources: list[SourceImage], variant: Path, max_side: int) -> None:
+    for source in sources:
+        record = records[source.sha256]
+        assert record["method"] != "original" and not record["flag"], record
+        with Image.open(variant / record["file"]) as prepared:
+            assert prepared.mode == "RGB" and prepared.format == "PNG"
+            pixels = np.asarray(prepared)
+        original = load_downscaled(source.path, max_side)
+        with Image.open(source.path) as stored:
+            assert max(pixels.shape[:2]) == min(max_side, max(stored.size))
+        assert pixels.shape[:2] == (original.height, original.width)
+        assert _border_is_black(pixels) > 0.95, f"{source.path}: background left at the border"
+        assert 0.03 < record["foreground"] < 0.95, record
+        # The stone is kept: the centre of the cut-out is the photo's own centre, not black.
+        h, w = pixels.shape[:2]
+        centre = (slice(int(h * 0.4), int(h * 0.6)), slice(int(w * 0.4), int(w * 0.6)))
+        kept = np.asarray(original)[centre].astype(int)
+        assert pixels[centre].max() > 40
+        assert np.abs(pixels[centre].astype(int) - kept).mean() < 12
+
+
+@needs_shared(U2NET_DIR / "u2netp.onnx")
+def test_rembg_u2netp_cuts_real_gems_onto_black_and_caches_them(tmp_path, u2net_home, photo_folder):
+    before = _snapshot(photo_folder)
+    removal = BackgroundRemoval(RembgBackend("u2netp"), max_side=192, workers=1, progress=False)
+    sources = _sources(photo_folder)
+    records, summary = removal.prepare(sources, tmp_path / "cache")
+    assert (summary.done, summary.cached, summary.failed) == (len(sources), 0, 0)
+    variant = removal.variant_dir(tmp_path / "cache")
+    assert variant.name.startswith("rembg-u2netp-192px-")
+    _check_cut_outs(records, sources, variant, 192)
+
+    stored = {p: p.stat().st_mtime_ns for p in variant.rglob("*.png")}
+    again, second = removal.prepare(sources, tmp_path / "cache")
+    assert (second.done, second.cached) == (0, len(sources)), "a second run must be a pure cache hit"
+    assert {p: p.stat().st_mtime_ns for p in variant.rglob("*.png")} == stored
+    assert again == records
+    assert _snapshot(photo_folder) == before, "the user's photos must never change"
+
+
+@needs_shared(GEMSTONES_DIR)
+def test_grabcut_cuts_real_gems_onto_black_without_any_model(tmp_path, photo_folder, monkeypatch):
+    monkeypatch.setenv("U2NET_HOME", str(tmp_path / "no-models-here"))
+    before = _snapshot(photo_folder)
+    removal = BackgroundRemoval(GrabCutBackend(), max_side=192, workers=2, progress=False)
+    sources = _sources(photo_folder)
+    records, summary = removal.prepare(sources, tmp_path / "cache")
+    assert (summary.done, summary.failed) == (len(sources), 0)
+    _check_cut_outs(records, sources, removal.variant_dir(tmp_path / "cache"), 192)
+    assert removal.prepare(sources, tmp_path / "cache")[1].done == 0
+    assert _snapshot(photo_folder) == before
+
+
+@needs_shared(U2NET_DIR / "u2netp.onnx")
+def test_implausible_masks_follow_the_fallback_and_are_recorded(tmp_path, u2net_home, photo_folder):
+    sources = _sources(photo_folder)[:2]
+    # No real mask keeps over 99.9% of a gem photo, so every image takes the fallback path.
+    strict = {"max_side": 96, "min_foreground": 0.0, "max_foreground": 0.001, "workers": 1, "progress": False}
+
+    kept, _ = BackgroundRemoval(RembgBackend("u2netp"), fallback="original", **strict).prepare(sources, tmp_path)
+    for source in sources:
+        record = kept[source.sha256]
+        assert record["method"] == "original" and "gem not separated" in record["flag"]
+    original_variant = BackgroundRemoval(RembgBackend("u2netp"), fallback="original", **strict).variant_dir(tmp_path)
+    with Image.open(original_variant / kept[sources[0].sha256]["file"]) as prepared:
+        assert np.array_equal(np.asarray(prepared), np.asarray(load_downscaled(sources[0].path, 96)))
+
+    dropped, summary = BackgroundRemoval(RembgBackend("u2netp"), fallback="drop", **strict).prepare(sources, tmp_path)
+    assert summary.done == len(sources)
+    assert all(r["file"] is None and r["method"] == "dropped" for r in dropped.values())
+
+    second, _ = BackgroundRemoval(RembgBackend("u2netp"), fallback="grabcut", **strict).prepare(sources, tmp_path)
+    assert all("GrabCut too" in r["flag"] and r["method"] == "original" for r in second.values())
+
+
+def test_a_missing_rembg_model_is_one_clear_error_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setenv("U2NET_HOME", str(tmp_path / "models"))
+    removal = BackgroundRemoval(RembgBackend("u2net"), workers=1, progress=False)
+    with pytest.raises(GemLightningError) as raised:
+        removal.prepare([SourceImage("0" * 64, tmp_path / "x.jpg")], tmp_path / "cache")
+    message = str(raised.value)
+    assert "u2net.onnx" in message and str(tmp_path / "models") in message and "U2NET_HOME" in message
+    assert not (tmp_path / "cache").exists(), "nothing may be started before the model is known to be there"
+
+
+def test_unknown_backend_settings_are_rejected():
+    with pytest.raises(GemLightningError, match="not a local rembg model"):
+        RembgBackend("atlascloud")
+    with pytest.raises(GemLightningError, match="background.fallback"):
+        BackgroundRemoval(GrabCutBackend(), fallback="skip")
+
+
+def _prepare_command(tmp_path: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "gem_lightning.prepare",
+        "data=demo",
+        f"data.root={tmp_path / 'gems'}",
+        "data.demo.images_per_class=12",
+        "data.demo.image_size=96",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        "background=rembg",
+        "background.backend.model=u2netp",
+        "background.workers=1",
+        "background.progress=false",
+        *extra,
+    ]
+
+
+@needs_shared(U2NET_DIR / "u2netp.onnx")
+def test_a_killed_run_resumes_with_what_is_left_and_leaves_no_partial_files(tmp_path):
+    env = {**os.environ, "U2NET_HOME": str(U2NET_DIR)}
+    command = _prepare_command(tmp_path)
+    process = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    prepared = tmp_path / "cache" / "prepared"
+    deadline = time.monotonic() + 120
+    try:
+        while len(list(prepared.rglob("*.json"))) < 5:
+            assert process.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline, "no image was prepared within two minutes"
+            time.sleep(0.05)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    done_before = len(list(prepared.rglob("*.json")))
+    assert 5 <= done_before < 120, "the kill must land mid-way"
+
+    finished = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    # The printed report: the per-class table and the closing summary of this (resumed) run.
+    assert "Beryl Golden" in finished.stdout and "Quartz Lemon" in finished.stdout
+    assert f"background removal (rembg u2netp): done {120 - done_before}, cached {done_before}" in finished.stdout
+    report = json.loads(next((tmp_path / "cache" / "reports").rglob("data_report.json")).read_text())
+    summary = report["background"]["summary"]
+    assert summary["cached"] == done_before and summary["done"] == 120 - done_before and summary["failed"] == 0
+    assert not [p for p in prepared.rglob("*") if p.name.endswith(".tmp")], "partial files were left behind"
+    pngs = list(prepared.rglob("*.png"))
+    assert len(pngs) == 120
+    for png in pngs:
+        with Image.open(png) as image:
+            image.load()  # a truncated PNG would fail here
+
+
+def test_the_prepare_command_checks_and_names_a_missing_model(tmp_path):
+    env = {**os.environ, "U2NET_HOME": str(tmp_path / "empty")}
+    result = subprocess.run(
+        _prepare_command(tmp_path, "--check"), cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: rembg model file u2netp.onnx not found")
+    assert str(tmp_path / "empty") in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_the_console_script_runs_the_same_command(tmp_path):
+    result = subprocess.run(
+        ["gem-prepare", "--check", "data=demo", f"paths.cache_dir={tmp_path / 'cache'}", "background=grabcut"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("ok: ") and "OpenCV GrabCut" in result.stdout
