@@ -163,6 +163,10 @@ def test_unknown_backend_settings_are_rejected():
         BackgroundRemoval(GrabCutBackend(), fallback="skip")
 
 
+DEMO_PER_CLASS = 8
+DEMO_IMAGES = 10 * DEMO_PER_CLASS  # the demo set has ten classes
+
+
 def _prepare_command(tmp_path: Path, *extra: str) -> list[str]:
     return [
         sys.executable,
@@ -170,7 +174,7 @@ def _prepare_command(tmp_path: Path, *extra: str) -> list[str]:
         "gem_lightning.prepare",
         "data=demo",
         f"data.root={tmp_path / 'gems'}",
-        "data.demo.images_per_class=12",
+        f"data.demo.images_per_class={DEMO_PER_CLASS}",
         "data.demo.image_size=96",
         f"paths.cache_dir={tmp_path / 'cache'}",
         "background=rembg",
@@ -199,19 +203,19 @@ def test_a_killed_run_resumes_with_what_is_left_and_leaves_no_partial_files(tmp_
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
     done_before = len(list(prepared.rglob("*.json")))
-    assert 5 <= done_before < 120, "the kill must land mid-way"
+    assert 5 <= done_before < DEMO_IMAGES, "the kill must land mid-way"
 
     finished = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr
     # The printed report: the per-class table and the closing summary of this (resumed) run.
     assert "Beryl Golden" in finished.stdout and "Quartz Lemon" in finished.stdout
-    assert f"background removal (rembg u2netp): done {120 - done_before}, cached {done_before}" in finished.stdout
+    assert f"background removal (rembg u2netp): done {DEMO_IMAGES - done_before}, cached {done_before}" in finished.stdout
     report = json.loads(next((tmp_path / "cache" / "reports").rglob("data_report.json")).read_text())
     summary = report["background"]["summary"]
-    assert summary["cached"] == done_before and summary["done"] == 120 - done_before and summary["failed"] == 0
+    assert summary["cached"] == done_before and summary["done"] == DEMO_IMAGES - done_before and summary["failed"] == 0
     assert not [p for p in prepared.rglob("*") if p.name.endswith(".tmp")], "partial files were left behind"
     pngs = list(prepared.rglob("*.png"))
-    assert len(pngs) == 120
+    assert len(pngs) == DEMO_IMAGES
     for png in pngs:
         with Image.open(png) as image:
             image.load()  # a truncated PNG would fail here
