@@ -128,6 +128,9 @@ class GrabCutBackend:
     def describe(self) -> str:
         return "OpenCV GrabCut"
 
+    def model_file(self) -> None:
+        return None  # GrabCut learns its colour models from each image itself
+
     def check(self) -> None:
         try:
             import cv2  # noqa: F401

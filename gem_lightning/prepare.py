@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         background = datamodule.background
         needs = "original photos (background=none)"
         if background is not None:
-            model_file = getattr(background.backend, "model_file", lambda: None)()
+            model_file = background.backend.model_file()
             needs = background.backend.describe() + (f" ({model_file})" if model_file else "")
         where = "rendered on first use" if cfg.data.demo else "found"
         print(f"ok: data {datamodule.root} {where}; background: {needs}; cache {Path(cfg.data.cache_dir).resolve()}")

@@ -209,7 +209,8 @@ def test_a_killed_run_resumes_with_what_is_left_and_leaves_no_partial_files(tmp_
     assert finished.returncode == 0, finished.stderr
     # The printed report: the per-class table and the closing summary of this (resumed) run.
     assert "Beryl Golden" in finished.stdout and "Quartz Lemon" in finished.stdout
-    assert f"background removal (rembg u2netp): done {DEMO_IMAGES - done_before}, cached {done_before}" in finished.stdout
+    closing = f"background removal (rembg u2netp): done {DEMO_IMAGES - done_before}, cached {done_before}"
+    assert closing in finished.stdout
     report = json.loads(next((tmp_path / "cache" / "reports").rglob("data_report.json")).read_text())
     summary = report["background"]["summary"]
     assert summary["cached"] == done_before and summary["done"] == DEMO_IMAGES - done_before and summary["failed"] == 0
