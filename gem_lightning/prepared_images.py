@@ -17,7 +17,6 @@ cores for onnxruntime/OpenCV, with a progress bar (ETA) and a closing summary.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import io
 import json
@@ -45,6 +44,11 @@ from gem_lightning.background_removal import (
 )
 from gem_lightning.errors import GemLightningError
 from gem_lightning.image_files import to_rgb, upright
+
+try:  # POSIX; on Windows the cache works without the lock (see _exclusive)
+    import fcntl
+except ImportError:  # pragma: no cover - not on the machines we test on
+    fcntl = None
 
 log = logging.getLogger(__name__)
 
@@ -192,9 +196,12 @@ class BackgroundRemoval:
         unique = list({source.sha256: source for source in sources}.values())
         started = time.perf_counter()
         summary = PreparationSummary(skipped=skipped)
-        with _exclusive(variant):
+        with _exclusive(variant) as locked:
             for stray in variant.glob("*/.*.tmp"):
-                stray.unlink(missing_ok=True)  # left by a killed run; the lock proves no one is writing it
+                # Left by a killed run. With the lock held no one else is writing; without a lock (Windows)
+                # only temp files untouched for an hour are surely abandoned.
+                if locked or time.time() - stray.stat().st_mtime > 3600:
+                    stray.unlink(missing_ok=True)
             records = self.lookup(cache_dir, [s.sha256 for s in unique])
             todo = [source for source in unique if source.sha256 not in records]
             summary.cached = len(unique) - len(todo)
@@ -261,11 +268,15 @@ class BackgroundRemoval:
 
 @contextmanager
 def _exclusive(variant: Path):
+    """Hold an exclusive lock on the cache folder; yields whether a lock is really held."""
     variant.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield False
+        return
     with open(variant / ".lock", "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            yield
+            yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 

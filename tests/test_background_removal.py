@@ -243,3 +243,21 @@ def test_the_console_script_runs_the_same_command(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("ok: ") and "OpenCV GrabCut" in result.stdout
+
+
+def test_two_concurrent_runs_share_the_work_instead_of_doing_it_twice(tmp_path):
+    # Sweep workers or DDP ranks preparing the same data at once: the second waits on the cache lock.
+    data = [c for c in _prepare_command(tmp_path) if not c.startswith("background")]
+    subprocess.run(  # render the demo set first (no cut-outs), so both runs start on the same files
+        data, cwd=tmp_path, capture_output=True, text=True, timeout=120, check=True
+    )
+    command = [*data, "background=grabcut", "background.workers=1", "background.progress=false"]
+    runs = [
+        subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = [run.communicate(timeout=300) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], [err for _, err in outputs]
+    closing = sorted(line for out, _ in outputs for line in out.splitlines() if "background removal (" in line)
+    assert closing[0].startswith(f"background removal (OpenCV GrabCut): done 0, cached {DEMO_IMAGES},")
+    assert closing[1].startswith(f"background removal (OpenCV GrabCut): done {DEMO_IMAGES}, cached 0,")
