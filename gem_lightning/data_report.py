@@ -182,7 +182,8 @@ def draw_contact_sheet(samples: dict[str, list[Path]], path: Path, title: str, t
     columns = min(6, max(1, len(names)))
     rows = max(1, -(-len(names) // columns))
     height = 2.25 * rows + 0.4
-    figure = Figure(figsize=(2.0 * columns, height), dpi=100)
+    # Constrained layout keeps titles and the suptitle clear of the images, whatever the grid.
+    figure = Figure(figsize=(2.0 * columns, height), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)
     figure.suptitle(title, fontsize=10)
     for index, name in enumerate(names):
@@ -190,7 +191,6 @@ def draw_contact_sheet(samples: dict[str, list[Path]], path: Path, title: str, t
         axes.imshow(_mosaic(samples[name], tile))
         axes.set_title(name, fontsize=8)
         axes.axis("off")
-    figure.tight_layout(rect=(0, 0, 1, 1 - 0.4 / height))  # leave the title its own strip
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     write_bytes_atomically(path, buffer.getvalue())
