@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import REPO_ROOT, TINY_DEMO
+from tests.conftest import REPO_ROOT, SHARED_DIR, TINY_DEMO, needs_shared
+
+U2NET_DIR = SHARED_DIR / "models" / "u2net"
 
 
 def test_train_py_on_demo_data_prints_the_run_dir_best_checkpoint_and_metrics(tmp_path):
@@ -65,3 +68,45 @@ def test_resuming_from_a_missing_checkpoint_names_it(tmp_path):
     assert result.returncode == 2
     assert f"error: ckpt_path={tmp_path}/gone/last.ckpt is not a file" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@needs_shared(U2NET_DIR / "u2netp.onnx")
+def test_train_py_with_rembg_prepares_the_cut_outs_itself(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            *TINY_DEMO,
+            "background=rembg",
+            "background.backend.model=u2netp",
+            "background.progress=false",
+            f"paths.root_dir={tmp_path}",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "U2NET_HOME": str(U2NET_DIR)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = (tmp_path / "outputs" / "demo" / "runs").iterdir()
+    report = json.loads((run_dir / "data_report.json").read_text())
+    assert report["background"]["method"] == "rembg u2netp"
+    assert report["background"]["summary"]["done"] == 120 and report["background"]["summary"]["failed"] == 0
+    assert len(list((tmp_path / "cache" / "prepared").rglob("*.png"))) == 120
+
+
+def test_train_py_with_a_missing_rembg_model_stops_with_one_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "train.py", *TINY_DEMO, "background=rembg", f"paths.root_dir={tmp_path}"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "U2NET_HOME": str(tmp_path / "models")},
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stdout + result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert "u2net.onnx" in line and str(tmp_path / "models") in line
+    assert not (tmp_path / "cache" / "prepared").exists()
