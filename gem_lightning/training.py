@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +16,10 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
+from gem_lightning.atomic_files import write_text_atomically
 from gem_lightning.data_report import CONTACT_SHEET_NAME, REPORT_NAME
 from gem_lightning.errors import GemLightningError
+from gem_lightning.multirun_summary import METRICS_FILE
 from gem_lightning.trainer_factory import build_trainer
 
 log = logging.getLogger(__name__)
@@ -65,6 +69,7 @@ def _print_summary(output_dir: Path, best_checkpoint: str, metrics: dict[str, fl
 
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Fit and test as ``cfg`` says. Returns (metrics, the objects built) for callers that look inside."""
+    started = time.perf_counter()
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
 
@@ -114,5 +119,13 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
     if trainer.is_global_zero:
         _print_summary(output_dir, best_checkpoint, metrics)
+        # What a multirun summary (gem_lightning.multirun_summary) reads back for this job.
+        result = {
+            "metrics": metrics,
+            "epochs": trainer.current_epoch,
+            "seconds": time.perf_counter() - started,
+            "best_checkpoint": best_checkpoint,
+        }
+        write_text_atomically(output_dir / METRICS_FILE, json.dumps(result, indent=1))
     objects = {"datamodule": datamodule, "model": model, "trainer": trainer, "best_checkpoint": best_checkpoint}
     return metrics, objects
