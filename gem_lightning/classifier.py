@@ -147,7 +147,6 @@ class GemClassifier(pl.LightningModule):
         if self._leaked_seen:
             self.log_dict(self.leak_free_metrics.compute())
             self.log("test_leak_free/leaked_images_left_out", float(self._leaked_seen))
-        self.leak_free_metrics.reset()
 
     def on_train_start(self) -> None:
         # The sanity-check validation ran on an untrained head; it must not count as the best epoch.

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from gem_lightning.data_report import TrainingItem, build_report, write_report
+from gem_lightning.data_report import REPORT_NAME, TrainingItem, build_report, write_report
 from gem_lightning.dataset_scan import DatasetScan, discover_classes, scan_dataset
 from gem_lightning.demo_data import DemoGemSet
 from gem_lightning.duplicate_groups import DEFAULT_THRESHOLD, find_duplicate_groups
@@ -199,7 +199,7 @@ class GemDataModule(pl.LightningDataModule):
             "manifest": str(manifest_file),
         }
         report = build_report(scan, plan, duplicates, items, settings, background_report)
-        variant = self.background.variant_dir(self.cache_dir).name if self.background else "original"
+        variant = Path(background_report["cache"]).name if background_report else "original"
         self.report_file = write_report(
             report,
             self.cache_dir / "reports" / f"{manifest_file.stem}-{variant}",
@@ -239,7 +239,7 @@ class GemDataModule(pl.LightningDataModule):
                     "%d image(s) have no prepared version (dropped by background.fallback=drop or failed) and "
                     "are left out; see %s",
                     len(background_report["not_used"]),
-                    "data_report.json",
+                    REPORT_NAME,
                 )
         items = [
             TrainingItem(
@@ -306,11 +306,6 @@ class GemDataModule(pl.LightningDataModule):
             name: Counter(self.class_names[label] for _, label in dataset.items)
             for name, dataset in self.datasets.items()
         }
-
-    @property
-    def assignment(self) -> dict[str, str] | None:
-        """Source path -> split for every image trained or tested on."""
-        return self.plan.assignment if self.plan else None
 
     # -- loaders -------------------------------------------------------------------------------------------
 

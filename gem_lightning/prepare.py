@@ -93,16 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     try:
         return run(args)
-    except HydraException as error:
-        # A bad override (unknown key, wrong type): Hydra's own message says which.
-        user_error = find_user_error(error)
-        print(f"error: {user_error or error}", file=sys.stderr)
-        return 2
-    except GemLightningError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
     except Exception as error:
-        user_error = find_user_error(error)
+        # Ours, wherever Hydra wrapped it; else a bad override (unknown key, wrong type), whose own message
+        # says which. Anything else is a bug and keeps its traceback.
+        user_error = find_user_error(error) or (error if isinstance(error, HydraException) else None)
         if user_error is None:
             raise
         print(f"error: {user_error}", file=sys.stderr)

@@ -153,11 +153,6 @@ def plan_splits(
     return plan
 
 
-def assign_splits(scan: DatasetScan, mode: str, seed: int, val_fraction: float, test_fraction: float) -> dict[str, str]:
-    """Map each usable file's path to train/val/test, ignoring duplicates (see plan_splits for those)."""
-    return plan_splits(scan, mode, seed, val_fraction, test_fraction).assignment
-
-
 def render_manifest(scan: DatasetScan, plan: SplitPlan) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")

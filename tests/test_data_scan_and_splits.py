@@ -16,7 +16,7 @@ from gem_lightning.datamodule import GemDataModule
 from gem_lightning.dataset_scan import scan_dataset
 from gem_lightning.errors import GemLightningError
 from gem_lightning.image_files import load_rgb
-from gem_lightning.splits import assign_splits, read_manifest
+from gem_lightning.splits import plan_splits, read_manifest
 from tests.conftest import GEMSTONES_DIR, needs_shared
 
 
@@ -190,7 +190,7 @@ def test_predefined_split_keeps_the_folders_test_set(tmp_path):
     root = tmp_path / "gems"
     _balanced_folder(root, {"A": 30, "B": 25}, layout="split_folders")
     scan = scan_dataset(root, tmp_path / "cache", max_pixels=10_000)
-    assignment = assign_splits(scan, "predefined", seed=1, val_fraction=0.15, test_fraction=0.15)
+    assignment = plan_splits(scan, "predefined", seed=1, val_fraction=0.15, test_fraction=0.15).assignment
     for item in scan.usable:
         assert (assignment[item.path] == "test") == (item.origin == "test")
     val = Counter(scan_item.label for scan_item in scan.usable if assignment[scan_item.path] == "val")
@@ -201,7 +201,7 @@ def test_predefined_split_on_a_flat_folder_says_what_to_do(tmp_path):
     _balanced_folder(tmp_path / "gems", {"A": 10})
     scan = scan_dataset(tmp_path / "gems", tmp_path / "cache", max_pixels=10_000)
     with pytest.raises(GemLightningError, match="data.split=pooled"):
-        assign_splits(scan, "predefined", 0, 0.15, 0.15)
+        plan_splits(scan, "predefined", 0, 0.15, 0.15)
 
 
 def test_a_missing_data_folder_names_it_and_the_key(tmp_path):
