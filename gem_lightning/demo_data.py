@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from gem_lightning.file_locks import exclusive_lock
+
 
 @dataclass(frozen=True)
 class DemoClass:
@@ -131,13 +133,23 @@ class DemoGemSet:
 
     def render(self, root: Path) -> Path:
         root = Path(root)
-        settings = asdict(self)
-        marker = root / MARKER
-        if marker.is_file() and json.loads(marker.read_text()) == settings:
+        if self._rendered(root):
             return root
         if not 1 <= self.num_classes <= len(DEMO_CLASSES):
             raise ValueError(f"num_classes must be between 1 and {len(DEMO_CLASSES)}")
         root.parent.mkdir(parents=True, exist_ok=True)
+        # Sweep workers starting together would otherwise each render and swap the folder under the
+        # others' feet; with the lock one renders and the rest find it done.
+        with exclusive_lock(root.parent / f".{root.name}.lock"):
+            if not self._rendered(root):
+                self._render_into(root)
+        return root
+
+    def _rendered(self, root: Path) -> bool:
+        marker = root / MARKER
+        return marker.is_file() and json.loads(marker.read_text()) == asdict(self)
+
+    def _render_into(self, root: Path) -> None:
         # Render beside the target and swap it in whole, so an interrupted render never looks complete.
         staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
         try:
@@ -148,11 +160,10 @@ class DemoGemSet:
                 for i in range(self.images_per_class):
                     stem = spec.name.lower().replace(" ", "_")
                     render_stone(spec, self.image_size, rng).save(folder / f"{stem}_{i:03d}.png")
-            (staging / MARKER).write_text(json.dumps(settings))
+            (staging / MARKER).write_text(json.dumps(asdict(self)))
             if root.exists():
                 shutil.rmtree(root)
             staging.rename(root)
         finally:
             if staging.exists():
                 shutil.rmtree(staging)
-        return root

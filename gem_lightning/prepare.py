@@ -17,17 +17,11 @@ import sys
 from pathlib import Path
 
 import hydra
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
-from omegaconf import DictConfig
 
-from gem_lightning.config_schema import register_config_schemas
 from gem_lightning.data_report import CONTACT_SHEET_NAME, print_report
-from gem_lightning.errors import GemLightningError, find_user_error
-
-# The repository's conf/ beside this package (an editable install, as the README sets up).
-DEFAULT_CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
+from gem_lightning.errors import find_user_error
+from gem_lightning.train_config import DEFAULT_CONFIG_DIR, compose_train_config
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,18 +47,6 @@ def _parser() -> argparse.ArgumentParser:
         help=f"Hydra config folder (default {DEFAULT_CONFIG_DIR})",
     )
     return parser
-
-
-def compose_train_config(config_dir: Path, overrides: list[str]) -> DictConfig:
-    """The config train.py would compose for ``overrides`` (without starting a run)."""
-    if not (config_dir / "train.yaml").is_file():
-        raise GemLightningError(f"no train.yaml in {config_dir}: pass --config-dir with the project's conf/ folder")
-    register_config_schemas()
-    with initialize_config_dir(config_dir=str(config_dir.resolve()), version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    # ${hydra:runtime.cwd} in conf/paths needs the Hydra config set, as inside a real run.
-    HydraConfig.instance().set_config(cfg)
-    return cfg
 
 
 def run(args: argparse.Namespace) -> int:

@@ -26,7 +26,6 @@ import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,12 +42,8 @@ from gem_lightning.background_removal import (
     default_threads_per_worker,
 )
 from gem_lightning.errors import GemLightningError
+from gem_lightning.file_locks import exclusive_lock
 from gem_lightning.image_files import to_rgb, upright
-
-try:  # POSIX; on Windows the cache works without the lock (see _exclusive)
-    import fcntl
-except ImportError:  # pragma: no cover - not on the machines we test on
-    fcntl = None
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +191,7 @@ class BackgroundRemoval:
         unique = list({source.sha256: source for source in sources}.values())
         started = time.perf_counter()
         summary = PreparationSummary(skipped=skipped)
-        with _exclusive(variant) as locked:
+        with exclusive_lock(variant / ".lock") as locked:
             for stray in variant.glob("*/.*.tmp"):
                 # Left by a killed run. With the lock held no one else is writing; without a lock (Windows)
                 # only temp files untouched for an hour are surely abandoned.
@@ -264,21 +259,6 @@ class BackgroundRemoval:
             "max_foreground": self.max_foreground,
             "fallback": self.fallback,
         }
-
-
-@contextmanager
-def _exclusive(variant: Path):
-    """Hold an exclusive lock on the cache folder; yields whether a lock is really held."""
-    variant.mkdir(parents=True, exist_ok=True)
-    if fcntl is None:
-        yield False
-        return
-    with open(variant / ".lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # -- inside a worker process -----------------------------------------------------------------------------

@@ -6,11 +6,13 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
@@ -67,8 +69,12 @@ def _print_summary(output_dir: Path, best_checkpoint: str, metrics: dict[str, fl
     print(f"best checkpoint: {best_checkpoint or '(none saved)'}")
 
 
-def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
-    """Fit and test as ``cfg`` says. Returns (metrics, the objects built) for callers that look inside."""
+def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> tuple[dict[str, float], dict[str, Any]]:
+    """Fit and test as ``cfg`` says. Returns (metrics, the objects built) for callers that look inside.
+
+    ``extra_callbacks`` join the configured ones: a sweep trial's pruning callback holds its Optuna trial,
+    which no config can express.
+    """
     started = time.perf_counter()
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
@@ -77,7 +83,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if ckpt_path and not Path(ckpt_path).is_file():
         raise GemLightningError(f"ckpt_path={ckpt_path} is not a file: give the last.ckpt of the run to resume")
     # The trainer first: a request for a GPU the machine lacks fails before any data work.
-    callbacks = _instantiate_each(cfg.get("callbacks"))
+    callbacks = [*_instantiate_each(cfg.get("callbacks")), *extra_callbacks]
     loggers = _instantiate_each(cfg.get("logger"))
     trainer = build_trainer(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 

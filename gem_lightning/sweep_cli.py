@@ -1,0 +1,178 @@
+"""``python sweep.py``: an Optuna search over train.py runs (see README.md, "Optuna sweeps").
+
+    python sweep.py experiment=demo --n-trials 12          # conf/sweep/default.yaml, a SQLite study
+    python sweep.py sweep=backbones sweep/pruner=hyperband --n-trials 40 trainer.gpus=1 --jobs 2
+    python sweep.py --storage postgresql://user:pw@db-host/optuna --study-name gems --n-trials 200
+
+Every other argument is a train.py override (or a ``sweep.*`` / ``sweep/pruner=`` override of the sweep's
+own settings). ``--n-trials N`` is the number of finished trials (complete or pruned) the *study* should end
+with, counting every worker and every earlier run: running the same command again after a crash (or on a
+second machine) continues towards the same N, and a worker whose study already has N finished trials
+just prints the results. ``--jobs K`` runs K workers side by side on this machine (sharing its GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from hydra.errors import HydraException
+
+from gem_lightning.errors import find_user_error
+from gem_lightning.search_space import override_value
+from gem_lightning.study_storage import shown
+from gem_lightning.sweep_plan import SweepPlan
+from gem_lightning.sweep_results import print_results, write_results
+from gem_lightning.sweep_worker import open_plan_study, run_worker
+from gem_lightning.train_config import DEFAULT_CONFIG_DIR, compose_train_config
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SWEEP = "default"
+# Flags that are shortcuts for sweep.* keys, so the file and the command line cannot disagree.
+FLAG_KEYS = {"n_trials": "sweep.n_trials", "storage": "sweep.storage", "study_name": "sweep.study_name"}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python sweep.py",
+        description="Optuna sweep over train.py runs: TPE sampling, pruning, resumable and shareable studies.",
+        epilog="Other arguments are train.py overrides; sweep=<name> picks conf/sweep/<name>.yaml (default).",
+    )
+    parser.add_argument("overrides", nargs="*", help="train.py overrides, sweep=<name>, sweep.<key>=<value>")
+    parser.add_argument(
+        "--n-trials",
+        type=int,
+        help="finished (complete + pruned) trials the study should end with, over all workers and earlier runs "
+        "(default: sweep.n_trials)",
+    )
+    parser.add_argument("--jobs", type=int, default=None, help="workers side by side on this machine (sweep.jobs)")
+    parser.add_argument("--storage", help="database URL shared by workers on many machines (default: SQLite file)")
+    parser.add_argument("--study-name", help="the study's name and folder under outputs/sweeps/ (sweep.study_name)")
+    parser.add_argument("--config-dir", type=Path, default=DEFAULT_CONFIG_DIR, help="Hydra config folder")
+    # Set by the --jobs supervisor for each worker it starts: the CPU cores that worker may use.
+    parser.add_argument("--cpus", help=argparse.SUPPRESS)
+    return parser
+
+
+def _is_sweep_override(text: str) -> bool:
+    key = text.lstrip("+~").split("=", 1)[0]
+    return key == "sweep" or key.startswith(("sweep.", "sweep/"))
+
+
+def split_overrides(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """(train.py overrides for every trial, overrides of the sweep's own settings)."""
+    train_overrides = [o for o in args.overrides if not _is_sweep_override(o)]
+    sweep_overrides = [o for o in args.overrides if _is_sweep_override(o)]
+    if not any(o.lstrip("+").startswith("sweep=") for o in sweep_overrides):
+        sweep_overrides.insert(0, f"sweep={DEFAULT_SWEEP}")
+    for flag, key in FLAG_KEYS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            sweep_overrides.append(f"{key}={override_value(value)}")
+    if args.jobs is not None:
+        sweep_overrides.append(f"sweep.jobs={args.jobs}")
+    return train_overrides, sweep_overrides
+
+
+def _limit_cpus(cpus: str) -> None:
+    """Confine this worker to its share of the cores, so K workers do not each start a thread per core."""
+    cores = {int(c) for c in cpus.split(",")}
+    os.sched_setaffinity(0, cores)
+    torch.set_num_threads(len(cores))
+
+
+def _core_shares(jobs: int) -> list[str | None]:
+    if not hasattr(os, "sched_getaffinity"):
+        return [None] * jobs
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < jobs:
+        return [None] * jobs
+    share = len(cores) // jobs
+    return [",".join(str(c) for c in cores[i * share : (i + 1) * share]) for i in range(jobs)]
+
+
+def run_jobs(worker_args: list[str], jobs: int) -> int:
+    """Start ``jobs`` workers of this same sweep (one process each) and wait for all of them.
+
+    Trials run side by side: on a GPU machine they share the device the trainer settings name; each worker
+    gets its own share of the CPU cores. Ctrl+C or SIGTERM reaches every worker, which records its trial as
+    interrupted (queued again), so the same command resumes the sweep.
+    """
+    workers = []
+    for cpus in _core_shares(jobs):
+        command = [sys.executable, "-m", "gem_lightning.sweep_cli", *worker_args]
+        if cpus is not None:
+            command += ["--cpus", cpus]
+        workers.append(subprocess.Popen(command))
+
+    def forward(signum, frame) -> None:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    return max(worker.wait() for worker in workers)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.cpus:
+        _limit_cpus(args.cpus)
+    train_overrides, sweep_overrides = split_overrides(args)
+    cfg = compose_train_config(args.config_dir, [*train_overrides, *sweep_overrides])
+    plan = SweepPlan.from_config(cfg, train_overrides, args.config_dir)
+    jobs = int(cfg.sweep.jobs)
+    if jobs < 1:
+        print(f"error: sweep.jobs={jobs}: use 1 or more workers", file=sys.stderr)
+        return 2
+    if jobs > 1:
+        # The same sweep for each worker, as one worker each (so workers do not start workers).
+        sweep_overrides = [o for o in sweep_overrides if not o.startswith("sweep.jobs=")]
+        worker_args = [*train_overrides, *sweep_overrides, "sweep.jobs=1", "--config-dir", str(args.config_dir)]
+        status = run_jobs(worker_args, jobs)
+        if status != 0:
+            return status
+    else:
+        log.info(
+            "study %s in %s: running trials until it has %d finished ones (complete or pruned), counting every "
+            "worker; trial folders in %s",
+            plan.study_name,
+            shown(plan.storage),
+            plan.n_trials,
+            plan.sweep_dir / "trials",
+        )
+        report = run_worker(plan)
+        log.info("this worker ran %d trial(s)", report.trials_run)
+        if args.cpus:
+            return 0  # one of several workers: the supervisor prints the results once
+    _, study = open_plan_study(plan)
+    print_results(plan, write_results(plan, study))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_intermixed_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print("interrupted: the running trial is queued again; run the same command to resume", file=sys.stderr)
+        return 130
+    except Exception as error:
+        # Ours, wherever Hydra wrapped it; else a bad override, whose own message says which.
+        user_error = find_user_error(error) or (error if isinstance(error, HydraException) else None)
+        if user_error is None:
+            raise
+        print(f"error: {user_error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""Compose the config ``train.py`` would get, outside ``@hydra.main``: for the prepare command and sweep trials.
+
+Both take train.py's overrides, so ``python -m gem_lightning.prepare <overrides>`` prepares, and a sweep
+trial with ``<overrides> <sampled values>`` trains, exactly what ``python train.py <overrides>`` would.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from gem_lightning.config_schema import register_config_schemas
+from gem_lightning.errors import GemLightningError
+
+# The repository's conf/ beside this package (an editable install, as the README sets up).
+DEFAULT_CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def compose_train_config(config_dir: Path, overrides: list[str]) -> DictConfig:
+    """The config train.py would compose for ``overrides`` (without starting a run), Hydra's node included."""
+    config_dir = Path(config_dir)
+    if not (config_dir / "train.yaml").is_file():
+        raise GemLightningError(f"no train.yaml in {config_dir}: pass --config-dir with the project's conf/ folder")
+    register_config_schemas()
+    with initialize_config_dir(config_dir=str(config_dir.resolve()), version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+    # ${hydra:runtime.cwd} in conf/paths needs the Hydra config set, as inside a real run.
+    HydraConfig.instance().set_config(cfg)
+    return cfg
