@@ -129,7 +129,10 @@ def as_overrides(values: Mapping[str, Any]) -> list[str]:
     return [f"{name}={override_value(value)}" for name, value in values.items()]
 
 
+def override_key(text: str) -> str:
+    """The key (or config group) a command-line override sets: ``augment=seed`` sets ``augment``."""
+    return OverridesParser.create().parse_override(text).key_or_group
+
+
 def override_keys(overrides: Iterable[str]) -> set[str]:
-    """The keys (or config groups) that command-line overrides set: ``augment=seed`` sets ``augment``."""
-    parser = OverridesParser.create()
-    return {parser.parse_override(text).key_or_group for text in overrides}
+    return {override_key(text) for text in overrides}

@@ -9,9 +9,9 @@ stale after ``grace_period`` seconds, is marked failed by the next worker that l
 with the same parameters (Optuna's ``RetryHeartbeatStaleTrialCallback``), so the study still ends with the
 requested number of finished trials.
 
-Taking a trial is done under a lock shared by all workers of the study (a lock file beside a SQLite study,
-an advisory lock on PostgreSQL/MySQL): counting the finished and running trials and asking for the next one
-is then one step, so workers never start more trials than ``n_trials`` between them.
+Taking a trial is done under a lock shared by all workers of the database (a lock file beside a SQLite
+study, an advisory lock on PostgreSQL/MySQL): counting the finished and running trials and asking for the
+next one is then one step, so workers never start more trials than ``n_trials`` between them.
 """
 
 from __future__ import annotations
@@ -89,8 +89,12 @@ def open_storage(url: URL, heartbeat_interval: int, grace_period: int, max_retry
             "pip install -e '.[postgres]'"
         ) from None
     except OperationalError as error:
-        reason = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
-        raise GemLightningError(f"sweep.storage={shown(url)}: cannot open the study database: {reason}") from None
+        raise _unreachable(url, error) from None
+
+
+def _unreachable(url: URL, error: OperationalError) -> GemLightningError:
+    reason = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
+    return GemLightningError(f"sweep.storage={shown(url)}: cannot open the study database: {reason}")
 
 
 def retry_callback(max_retry: int) -> RetryHeartbeatStaleTrialCallback:
@@ -100,8 +104,12 @@ def retry_callback(max_retry: int) -> RetryHeartbeatStaleTrialCallback:
 
 
 @contextmanager
-def trial_turn(url: URL, study_name: str) -> Iterator[None]:
-    """One worker at a time, across processes and machines: held while counting trials and asking for one."""
+def one_worker_at_a_time(url: URL) -> Iterator[None]:
+    """One worker at a time, across processes and machines, on the database at ``url``.
+
+    Held while opening the storage (workers starting together on a fresh database would otherwise race to
+    create Optuna's tables) and while counting trials and asking for the next one. Both take milliseconds.
+    """
     backend = url.get_backend_name()
     if backend == "sqlite":
         with exclusive_lock(Path(f"{url.database}.lock")) as held:
@@ -112,14 +120,19 @@ def trial_turn(url: URL, study_name: str) -> Iterator[None]:
     if backend in ("postgresql", "mysql"):
         # A dedicated connection: a session-level advisory lock lives as long as the connection holding it.
         engine = sqlalchemy.create_engine(url, poolclass=NullPool)
-        key = f"gem_lightning sweep {study_name}"
+        key = "gem_lightning sweep workers"
         lock, unlock, name = (
             ("SELECT pg_advisory_lock(:name)", "SELECT pg_advisory_unlock(:name)", zlib.crc32(key.encode()))
             if backend == "postgresql"
             else ("SELECT GET_LOCK(:name, -1)", "SELECT RELEASE_LOCK(:name)", key[:64])
         )
         try:
-            with engine.connect() as connection:
+            connection = engine.connect()
+        except OperationalError as error:
+            engine.dispose()
+            raise _unreachable(url, error) from None
+        try:
+            with connection:
                 connection.execute(sqlalchemy.text(lock), {"name": name})
                 try:
                     yield
@@ -150,7 +163,7 @@ def load_study(
         changed = sorted(key for key in identity if stored.get(key) != identity[key])
         details = "; ".join(f"{key}: was {stored.get(key)!r}, now {identity[key]!r}" for key in changed)
         raise GemLightningError(
-            f"study {study_name!r} was started with other settings ({details}). Resume it with the same command, "
-            f"or start a new study with --study-name NEW."
+            f"study {study_name!r} was started with other settings ({details}). Resume it with the same command "
+            "(paths, devices and loader settings may differ), or start a new study with --study-name NEW."
         )
     return study

@@ -148,8 +148,7 @@ def run(args: argparse.Namespace) -> int:
             plan.n_trials,
             plan.sweep_dir / "trials",
         )
-        report = run_worker(plan)
-        log.info("this worker ran %d trial(s)", report.trials_run)
+        log.info("this worker ran %d trial(s)", run_worker(plan))
         if args.cpus:
             return 0  # one of several workers: the supervisor prints the results once
     _, study = open_plan_study(plan)

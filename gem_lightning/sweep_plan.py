@@ -19,12 +19,19 @@ from omegaconf import DictConfig, OmegaConf
 from sqlalchemy.engine import URL
 
 from gem_lightning.errors import GemLightningError
-from gem_lightning.search_space import SearchSpace, override_keys
+from gem_lightning.search_space import SearchSpace, override_key, override_keys
 from gem_lightning.study_storage import storage_url
 
 log = logging.getLogger(__name__)
 
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# Overrides that may differ between the workers of one study: where files go, how this machine loads data,
+# which devices it trains on and what it prints. Anything else changes what a trial measures.
+PER_MACHINE_KEYS = (
+    *("paths", "hydra", "data.num_workers", "data.pin_memory"),
+    *("trainer.gpus", "trainer.devices", "trainer.accelerator", "trainer.enable_progress_bar"),
+    "trainer.enable_model_summary",
+)
 KEEP_CHECKPOINTS = ("best", "all")
 
 
@@ -93,8 +100,9 @@ class SweepPlan:
 
     def identity(self) -> dict[str, Any]:
         """What a resumed study must share with its start (see study_storage.load_study)."""
+        comparable = [o for o in self.base_overrides if not _per_machine(override_key(o))]
         return {
-            "overrides": sorted(self.base_overrides),
+            "overrides": sorted(comparable),
             "space": self.space.describe(),
             "fixed": {k: str(v) for k, v in sorted(self.space.fixed.items())},
             "metric": self.metric,
@@ -114,3 +122,7 @@ class SweepPlan:
 
     def trial_dir(self, number: int) -> Path:
         return self.sweep_dir / "trials" / f"{number:04d}"
+
+
+def _per_machine(key: str) -> bool:
+    return any(key == k or key.startswith(f"{k}.") or key.startswith(f"{k}/") for k in PER_MACHINE_KEYS)

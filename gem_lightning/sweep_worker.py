@@ -24,7 +24,6 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
@@ -37,7 +36,13 @@ from optuna_integration.pytorch_lightning import PyTorchLightningPruningCallback
 from gem_lightning.atomic_files import write_text_atomically
 from gem_lightning.errors import GemLightningError
 from gem_lightning.search_space import as_overrides
-from gem_lightning.study_storage import load_study, open_storage, quiet_experimental, retry_callback, trial_turn
+from gem_lightning.study_storage import (
+    load_study,
+    one_worker_at_a_time,
+    open_storage,
+    quiet_experimental,
+    retry_callback,
+)
 from gem_lightning.sweep_plan import SweepPlan
 from gem_lightning.train_config import compose_train_config
 from gem_lightning.training import train
@@ -47,34 +52,45 @@ log = logging.getLogger(__name__)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
-@dataclass
-class WorkerReport:
-    trials_run: int = 0
-    waited_seconds: float = 0.0
-
-
 def open_plan_study(plan: SweepPlan) -> tuple[RDBStorage, optuna.Study]:
-    storage = open_storage(plan.storage, plan.heartbeat_interval, plan.grace_period, plan.max_retry)
-    study = load_study(storage, plan.study_name, plan.direction, plan.identity(), plan.make_pruner())
+    with one_worker_at_a_time(plan.storage):
+        storage = open_storage(plan.storage, plan.heartbeat_interval, plan.grace_period, plan.max_retry)
+        study = load_study(storage, plan.study_name, plan.direction, plan.identity(), plan.make_pruner())
     return storage, study
 
 
 def _raise_keyboard_interrupt(signum, frame) -> None:
-    # SIGTERM (a scheduler, `kill`, a supervisor) ends the trial as Ctrl+C does: recorded and queued again.
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def run_worker(plan: SweepPlan) -> WorkerReport:
-    """Run trials until the study has ``plan.n_trials`` finished ones (complete or pruned), counting all workers."""
+def run_worker(plan: SweepPlan) -> int:
+    """Run trials until the study has ``plan.n_trials`` finished ones (complete or pruned), counting all
+    workers; returns how many this worker ran."""
     storage, study = open_plan_study(plan)
-    report = WorkerReport()
     # Optuna warns on ask/tell with a heartbeat storage because only optimize() beats; _heartbeat() beats here.
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used", category=UserWarning)
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    waiting_since = None
+    with _sigterm_as_interrupt():
+        return _take_trials(plan, storage, study)
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """While trials run, SIGTERM (a scheduler, `kill`, the --jobs supervisor) ends the trial as Ctrl+C does:
+    recorded as interrupted and queued again."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _take_trials(plan: SweepPlan, storage: RDBStorage, study: optuna.Study) -> int:
+    trials_run, waiting = 0, False
     while True:
-        with trial_turn(plan.storage, plan.study_name):
+        with one_worker_at_a_time(plan.storage):
             with quiet_experimental():
                 optuna.storages.fail_stale_trials(study)
             trials = study.get_trials(deepcopy=False)
@@ -85,12 +101,12 @@ def run_worker(plan: SweepPlan) -> WorkerReport:
                 study.sampler = plan.make_sampler(len(trials))
                 trial = study.ask()
         if finished >= plan.n_trials:
-            break
+            return trials_run
         if trial is None:
             # The rest of the budget is running elsewhere; it either finishes or, if its worker died, goes
             # stale after grace_period and is queued again. Wait and look again.
-            if waiting_since is None:
-                waiting_since = time.monotonic()
+            if not waiting:
+                waiting = True
                 log.info(
                     "study %s: %d of %d trials finished, %s running; waiting for them (a dead worker's trial "
                     "is retried after %d s without a heartbeat)",
@@ -102,14 +118,9 @@ def run_worker(plan: SweepPlan) -> WorkerReport:
                 )
             time.sleep(min(5.0, plan.heartbeat_interval))
             continue
-        if waiting_since is not None:
-            report.waited_seconds += time.monotonic() - waiting_since
-            waiting_since = None
+        waiting = False
         run_trial(plan, storage, study, trial)
-        report.trials_run += 1
-    if waiting_since is not None:
-        report.waited_seconds += time.monotonic() - waiting_since
-    return report
+        trials_run += 1
 
 
 @contextmanager
