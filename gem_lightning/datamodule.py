@@ -68,8 +68,10 @@ class GemImageDataset(Dataset):
 
 def _resolve_num_workers(num_workers: int | str) -> int:
     if num_workers == "auto":
-        # Leave no core idle but do not spawn more decoders than a laptop-sized batch needs.
-        return min(8, os.cpu_count() or 1)
+        # Leave no core idle but do not spawn more decoders than a laptop-sized batch needs. The cores this
+        # process may use (a sweep worker of --jobs K gets its share), not all the machine's.
+        usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        return min(8, usable or 1)
     if isinstance(num_workers, int) and num_workers >= 0:
         return num_workers
     raise GemLightningError(f"data.num_workers={num_workers!r}: use a whole number >= 0 or 'auto'")

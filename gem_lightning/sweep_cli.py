@@ -118,7 +118,9 @@ def run_jobs(worker_args: list[str], jobs: int) -> int:
                 worker.send_signal(signum)
 
     signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
+    # Ctrl+C in a terminal reaches every process of the group, the workers included; forwarding it would
+    # interrupt them twice. The supervisor just waits for them to record their trials and stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     return max(worker.wait() for worker in workers)
 
 

@@ -87,10 +87,25 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold Ctrl+C and SIGTERM until the block ends: an interruption inside would leave the study half-told
+    (a trial asked for but without the heartbeat that lets it go stale, an interrupted trial not requeued)."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _take_trials(plan: SweepPlan, storage: RDBStorage, study: optuna.Study) -> int:
     trials_run, waiting = 0, False
     while True:
-        with one_worker_at_a_time(plan.storage):
+        with _signals_deferred(), one_worker_at_a_time(plan.storage):
             with quiet_experimental():
                 optuna.storages.fail_stale_trials(study)
             trials = study.get_trials(deepcopy=False)
@@ -100,6 +115,9 @@ def _take_trials(plan: SweepPlan, storage: RDBStorage, study: optuna.Study) -> i
             if finished < plan.n_trials and finished + len(running) < plan.n_trials:
                 study.sampler = plan.make_sampler(len(trials))
                 trial = study.ask()
+                # At once: a trial without any heartbeat is never considered stale, so one whose worker
+                # died before its first beat would hold its place in the budget for ever.
+                storage.record_heartbeat(trial._trial_id)
         if finished >= plan.n_trials:
             return trials_run
         if trial is None:
@@ -215,9 +233,9 @@ def run_trial(plan: SweepPlan, storage: RDBStorage, study: optuna.Study, trial: 
             log.warning("trial %d ran out of memory (%s); the sweep goes on", number, " ".join(as_overrides(params)))
             return
         except (KeyboardInterrupt, SystemExit):
-            trial.set_user_attr("failed", "interrupted; queued again with the same parameters")
-            study.tell(trial, state=TrialState.FAIL)
-            with quiet_experimental():
+            with _signals_deferred(), quiet_experimental():
+                trial.set_user_attr("failed", "interrupted; queued again with the same parameters")
+                study.tell(trial, state=TrialState.FAIL)
                 retry_callback(plan.max_retry)(study, _frozen(study, number))
             # Lightning turns Ctrl+C into SystemExit(1); the command line reports every interruption alike.
             raise KeyboardInterrupt(f"trial {number} interrupted") from None
