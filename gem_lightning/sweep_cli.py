@@ -21,6 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import hydra
 import torch
 from hydra.errors import HydraException
 
@@ -130,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
     train_overrides, sweep_overrides = split_overrides(args)
     cfg = compose_train_config(args.config_dir, [*train_overrides, *sweep_overrides])
     plan = SweepPlan.from_config(cfg, train_overrides, args.config_dir)
+    # A missing data folder or model file would fail every trial; say so before the study records any.
+    hydra.utils.instantiate(cfg.data).check()
     jobs = int(cfg.sweep.jobs)
     if jobs < 1:
         print(f"error: sweep.jobs={jobs}: use 1 or more workers", file=sys.stderr)

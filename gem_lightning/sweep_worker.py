@@ -226,6 +226,8 @@ def run_trial(plan: SweepPlan, storage: RDBStorage, study: optuna.Study, trial: 
             trial.set_user_attr("seconds", round(time.perf_counter() - started, 1))
             study.tell(trial, state=TrialState.PRUNED)
             log.info("trial %d pruned: %s", number, pruned)
+            if plan.keep_checkpoints == "best":
+                remove_unneeded_checkpoints(plan, study)
             return
         except torch.OutOfMemoryError as error:
             trial.set_user_attr("failed", f"out of memory: {str(error).splitlines()[0]}")
@@ -260,13 +262,14 @@ def remove_unneeded_checkpoints(plan: SweepPlan, study: optuna.Study) -> None:
     """Keep the best trial's checkpoints; a 50-trial ResNet-18 sweep would otherwise keep ~4.5 GB of them.
 
     Only finished trials lose theirs (and interrupted attempts whose retry has finished): running trials
-    need theirs, and an interrupted attempt's last.ckpt is what its retry resumes from.
+    need theirs, and an interrupted attempt's last.ckpt is what its retry resumes from. A best trial that
+    resumed an interrupted attempt keeps that attempt's too: its best epoch may have been saved there.
     """
     try:
-        best = study.best_trial.number
+        best = study.best_trial
     except ValueError:
         return
     finished = study.get_trials(deepcopy=False, states=FINISHED)
     done = {t.number for t in finished} | {n for t in finished for n in t.system_attrs.get("retry_history", [])}
-    for number in done - {best}:
+    for number in done - {best.number, *best.system_attrs.get("retry_history", [])}:
         shutil.rmtree(plan.trial_dir(number) / "checkpoints", ignore_errors=True)

@@ -320,3 +320,10 @@ def test_an_unreachable_database_is_one_clear_error(tmp_path, capsys):
     assert status == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: sweep.storage=postgresql+psycopg://nobody@127.0.0.1:9/none: cannot open")
+
+
+def test_missing_data_stops_before_the_study_records_a_trial(tmp_path, capsys):
+    assert sweep_main([f"paths.root_dir={tmp_path}", "--n-trials", "2", "--study-name", "nodata"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"error: data folder not found: {tmp_path / 'data' / 'gemstones'}")
+    assert not (tmp_path / "outputs" / "sweeps" / "nodata").exists()
