@@ -25,7 +25,7 @@ import hydra
 import torch
 from hydra.errors import HydraException
 
-from gem_lightning.errors import find_user_error
+from gem_lightning.errors import GemLightningError, find_user_error
 from gem_lightning.search_space import override_value
 from gem_lightning.study_storage import shown
 from gem_lightning.sweep_plan import SweepPlan
@@ -135,8 +135,7 @@ def run(args: argparse.Namespace) -> int:
     hydra.utils.instantiate(cfg.data).check()
     jobs = int(cfg.sweep.jobs)
     if jobs < 1:
-        print(f"error: sweep.jobs={jobs}: use 1 or more workers", file=sys.stderr)
-        return 2
+        raise GemLightningError(f"sweep.jobs={jobs}: use 1 or more workers")
     if jobs > 1:
         # The same sweep for each worker, as one worker each (so workers do not start workers).
         sweep_overrides = [o for o in sweep_overrides if not o.startswith("sweep.jobs=")]
