@@ -271,6 +271,51 @@ def test_two_jobs_side_by_side_share_one_sqlite_study(tmp_path):
     assert result.stdout.count("finished trials: 4 of 4") == 1  # the supervisor prints the results once
 
 
+@pytest.mark.slow
+def test_sigterm_to_the_jobs_supervisor_reaches_every_worker_and_the_sweep_resumes(tmp_path):
+    args = _sweep_args(tmp_path, "jobs-killed", 4, "--jobs", "2", "trainer.max_epochs=8")
+    supervisor = _sweep_process(args, tmp_path / "first.log")
+    deadline = time.monotonic() + 300
+    while True:  # both workers in the middle of a trial
+        assert supervisor.poll() is None and time.monotonic() < deadline, (tmp_path / "first.log").read_text()[-2000:]
+        try:
+            running = [t for t in _study(tmp_path, "jobs-killed").trials if t.state == TrialState.RUNNING]
+        except Exception:  # the study (or its folder) is not created yet
+            running = []
+        if len(running) == 2 and all(t.intermediate_values for t in running):
+            break
+        time.sleep(0.2)
+    supervisor.send_signal(signal.SIGTERM)
+    assert supervisor.wait(timeout=120) != 0
+    trials = _study(tmp_path, "jobs-killed").trials
+    interrupted = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(interrupted) == 2 and all("interrupted" in t.user_attrs["failed"] for t in interrupted)
+    assert sum(t.state == TrialState.WAITING for t in trials) == 2  # both queued again
+    assert not any(t.state == TrialState.RUNNING for t in trials)
+
+    again = subprocess.run([sys.executable, "sweep.py", *args], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-3000:]
+    study = _study(tmp_path, "jobs-killed")
+    assert sum(t.state == TrialState.COMPLETE for t in study.trials) == 4
+    retried = {t.system_attrs.get("failed_trial") for t in study.trials} - {None}
+    assert retried == {t.number for t in interrupted}
+    _assert_no_trial_trained_twice(study)
+
+
+@pytest.mark.parametrize("pruner", ["median", "hyperband", "threshold", "none"])
+def test_every_pruner_config_builds_with_the_train_config(pruner, tmp_path):
+    from gem_lightning.sweep_plan import SweepPlan
+    from gem_lightning.train_config import compose_train_config
+
+    overrides = [*TRIAL_SIZE, *_paths(tmp_path)]
+    cfg = compose_train_config(CONFIG_DIR, [*overrides, "sweep=backbones", f"sweep/pruner={pruner}"])
+    plan = SweepPlan.from_config(cfg, overrides, CONFIG_DIR)
+    built = plan.make_pruner()
+    assert isinstance(built, optuna.pruners.BasePruner)
+    assert "model" in plan.space.distributions  # sweep=backbones adds the backbone
+    assert plan.sweep_dir == tmp_path / "outputs" / "sweeps" / "demo_backbones"
+
+
 requires_postgres = pytest.mark.skipif(
     find_postgres_bin() is None and not os.environ.get("CI"),
     reason="PostgreSQL's initdb/pg_ctl are not installed (Debian: apt-get install postgresql; CI installs it)",
