@@ -81,7 +81,7 @@ class SearchSpace:
         parser = OverridesParser.create()
         distributions, fixed = {}, {}
         for name, expression in params.items():
-            if isinstance(expression, (list, tuple)) or hasattr(expression, "_iter_ex"):
+            if isinstance(expression, (list, tuple)):  # a YAML list reads as choice(...)
                 distributions[name] = CategoricalDistribution(list(expression))
                 continue
             if not isinstance(expression, str):

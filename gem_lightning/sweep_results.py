@@ -139,8 +139,7 @@ def write_results(plan: SweepPlan, study: optuna.Study) -> dict[str, Any]:
     rows = trial_rows(study)
     if rows:
         write_text_atomically(plan.sweep_dir / TRIALS_FILE, _csv_text(rows))
-    completed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-    best = study.best_trial if completed else None
+    best = study.best_trial if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) else None
     best_file = None
     if best is not None:
         best_file = plan.sweep_dir / BEST_EXPERIMENT
