@@ -1,5 +1,9 @@
 """The one exception type whose message is meant for the user, not for a traceback."""
 
+import sys
+
+from hydra.errors import HydraException
+
 
 class GemLightningError(Exception):
     """A problem the user can fix (a missing file, a bad setting).
@@ -20,3 +24,16 @@ def find_user_error(error: BaseException | None) -> GemLightningError | None:
             return error
         error = error.__cause__
     return None
+
+
+def exit_status_for(error: Exception) -> int:
+    """For a command's ``except Exception``: print a user error as one line and return exit status 2.
+
+    A user error is ours (wherever Hydra wrapped it) or a bad override (unknown key, wrong type), whose own
+    Hydra message says which. Anything else is a bug and is raised again with its traceback.
+    """
+    user_error = find_user_error(error) or (error if isinstance(error, HydraException) else None)
+    if user_error is None:
+        raise error
+    print(f"error: {user_error}", file=sys.stderr)
+    return 2

@@ -17,10 +17,9 @@ import sys
 from pathlib import Path
 
 import hydra
-from hydra.errors import HydraException
 
 from gem_lightning.data_report import CONTACT_SHEET_NAME, print_report
-from gem_lightning.errors import find_user_error
+from gem_lightning.errors import exit_status_for
 from gem_lightning.train_config import DEFAULT_CONFIG_DIR, compose_train_config
 
 
@@ -76,13 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args)
     except Exception as error:
-        # Ours, wherever Hydra wrapped it; else a bad override (unknown key, wrong type), whose own message
-        # says which. Anything else is a bug and keeps its traceback.
-        user_error = find_user_error(error) or (error if isinstance(error, HydraException) else None)
-        if user_error is None:
-            raise
-        print(f"error: {user_error}", file=sys.stderr)
-        return 2
+        return exit_status_for(error)
 
 
 if __name__ == "__main__":

@@ -23,9 +23,8 @@ from pathlib import Path
 
 import hydra
 import torch
-from hydra.errors import HydraException
 
-from gem_lightning.errors import GemLightningError, find_user_error
+from gem_lightning.errors import GemLightningError, exit_status_for
 from gem_lightning.search_space import override_value
 from gem_lightning.study_storage import shown
 from gem_lightning.sweep_plan import SweepPlan
@@ -143,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
         status = run_jobs(worker_args, jobs)
         if status != 0:
             return status
+        _, study = open_plan_study(plan)
     else:
         log.info(
             "study %s in %s: running trials until it has %d finished ones (complete or pruned), counting every "
@@ -152,10 +152,10 @@ def run(args: argparse.Namespace) -> int:
             plan.n_trials,
             plan.sweep_dir / "trials",
         )
-        log.info("this worker ran %d trial(s)", run_worker(plan))
+        storage, study = open_plan_study(plan)
+        log.info("this worker ran %d trial(s)", run_worker(plan, storage, study))
         if args.cpus:
             return 0  # one of several workers: the supervisor prints the results once
-    _, study = open_plan_study(plan)
     print_results(plan, write_results(plan, study))
     return 0
 
@@ -169,12 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: the running trial is queued again; run the same command to resume", file=sys.stderr)
         return 130
     except Exception as error:
-        # Ours, wherever Hydra wrapped it; else a bad override, whose own message says which.
-        user_error = find_user_error(error) or (error if isinstance(error, HydraException) else None)
-        if user_error is None:
-            raise
-        print(f"error: {user_error}", file=sys.stderr)
-        return 2
+        return exit_status_for(error)
 
 
 if __name__ == "__main__":

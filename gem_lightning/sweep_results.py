@@ -111,7 +111,8 @@ def experiment_text(plan: SweepPlan, best: FrozenTrial) -> str:
     Its config groups come from Hydra's record of the trial's choices; its values are what differs from
     those groups' defaults, so it reads like a hand-written experiment and survives edits to other keys.
     """
-    wanted = compose_train_config(plan.config_dir, best_overrides(plan, best))
+    overrides = best_overrides(plan, best)
+    wanted = compose_train_config(plan.config_dir, overrides)
     choices = {
         group: choice
         for group, choice in wanted.hydra.runtime.choices.items()
@@ -128,7 +129,7 @@ def experiment_text(plan: SweepPlan, best: FrozenTrial) -> str:
         f"# Best trial #{best.number} of study {plan.study_name} ({plan.metric} = {best.value:.4f}) by sweep.py\n"
         f"# Run it: python train.py --config-dir {_shown_path(plan.sweep_dir)} experiment=best\n"
         f"# (or copy it into conf/experiment/ under a name of its own and use experiment=<name>)\n"
-        f"# Its overrides: {' '.join(best_overrides(plan, best))}\n"
+        f"# Its overrides: {' '.join(overrides)}\n"
     )
     body = {"defaults": [{f"override /{group}": choice} for group, choice in choices.items()], **values}
     return header + OmegaConf.to_yaml(OmegaConf.create(body))

@@ -63,10 +63,9 @@ def _raise_keyboard_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def run_worker(plan: SweepPlan) -> int:
+def run_worker(plan: SweepPlan, storage: RDBStorage, study: optuna.Study) -> int:
     """Run trials until the study has ``plan.n_trials`` finished ones (complete or pruned), counting all
     workers; returns how many this worker ran."""
-    storage, study = open_plan_study(plan)
     # Optuna warns on ask/tell with a heartbeat storage because only optimize() beats; _heartbeat() beats here.
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used", category=UserWarning)
     with _sigterm_as_interrupt():
