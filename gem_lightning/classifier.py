@@ -13,6 +13,7 @@ from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from gem_lightning.backbones import create_backbone
+from gem_lightning.errors import GemLightningError
 
 CHECKPOINT_KEY = "gem_lightning"  # where a checkpoint describes itself for inference
 CHECKPOINT_FORMAT = 1
@@ -70,6 +71,10 @@ class GemClassifier(pl.LightningModule):
         self.mean, self.std = built.mean, built.std
         self.register_buffer("_mean", torch.tensor(built.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("_std", torch.tensor(built.std).view(1, 3, 1, 1), persistent=False)
+        # Temperature scaling (gem_lightning.calibration): fitted on the validation split after training and
+        # saved in the state dict, so every copy of the checkpoint predicts with it. 1.0 = uncalibrated.
+        self.register_buffer("temperature", torch.ones(()))
+        self.calibration: dict | None = None  # how the temperature was fitted (NLL and ECE before/after)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         # The composed Hydra config of the run that trained this model, saved into every checkpoint.
@@ -91,6 +96,11 @@ class GemClassifier(pl.LightningModule):
         if images.dtype == torch.uint8:
             images = images.float().div(255)
         return self.head(self.backbone((images - self._mean) / self._std))
+
+    def probabilities(self, images: torch.Tensor, calibrated: bool = True) -> torch.Tensor:
+        """Class probabilities, divided by the fitted temperature first unless ``calibrated`` is false."""
+        logits = self(images)
+        return (logits / self.temperature if calibrated else logits).softmax(-1)
 
     # -- frozen warm-up ------------------------------------------------------------------------------------
 
@@ -138,6 +148,11 @@ class GemClassifier(pl.LightningModule):
     def test_step(self, batch, batch_idx: int) -> None:
         self._shared_step(batch, "test")
 
+    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
+        """Raw logits; callers divide by ``temperature`` (calibration needs them unscaled)."""
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self(images)
+
     def on_test_epoch_start(self) -> None:
         self._leaked_seen = 0
         self.leak_free_metrics.reset()
@@ -181,17 +196,41 @@ class GemClassifier(pl.LightningModule):
             "backbone": self.hparams.backbone,
             "augment_policy": self.hparams.augment_policy,
             "config": self.run_config,
+            "temperature": float(self.temperature),
+            "calibration": self.calibration,
         }
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[CHECKPOINT_KEY] = self.description()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.run_config = checkpoint.get(CHECKPOINT_KEY, {}).get("config")
+        description = checkpoint.get(CHECKPOINT_KEY, {})
+        self.run_config = description.get("config")
+        self.calibration = description.get("calibration")
+        # Checkpoints written before calibration existed have no temperature: they are uncalibrated.
+        checkpoint["state_dict"].setdefault("temperature", torch.ones(()))
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> GemClassifier:
-        """Rebuild a trained classifier from its checkpoint alone (no hub weights, no config files)."""
+        """Rebuild a trained classifier from its checkpoint alone (no hub weights, no config files).
+
+        A missing file, a file that is not a checkpoint, or a checkpoint of another project raise one
+        GemLightningError naming the file.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise GemLightningError(
+                f"checkpoint not found: {path}. Give a .ckpt from a run's checkpoints/ folder (train.py prints "
+                "'best checkpoint: ...')"
+            )
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # truncated, not a torch file, or holding objects we never write
+            raise GemLightningError(f"cannot read checkpoint {path}: {type(error).__name__}: {error}") from error
+        if not isinstance(checkpoint, dict) or CHECKPOINT_KEY not in checkpoint:
+            raise GemLightningError(
+                f"{path} is not a gem-lightning checkpoint (no '{CHECKPOINT_KEY}' entry); train one with train.py"
+            )
         # The checkpoint's own weights replace the pretrained ones, so never look for those.
         model = cls.load_from_checkpoint(path, map_location=map_location, pretrained=False, weights_only=True)
         return model.eval()

@@ -1,7 +1,9 @@
-"""Compose the config ``train.py`` would get, outside ``@hydra.main``: for the prepare command and sweep trials.
+"""Compose the project's Hydra configs outside ``@hydra.main``: train.py's for the prepare command and sweep
+trials, and the inference commands' own (``conf/predict.yaml``, ``evaluate.yaml``, ``export.yaml``, ``web.yaml``).
 
-Both take train.py's overrides, so ``python -m gem_lightning.prepare <overrides>`` prepares, and a sweep
-trial with ``<overrides> <sampled values>`` trains, exactly what ``python train.py <overrides>`` would.
+The prepare command and sweep trials take train.py's overrides, so ``python -m gem_lightning.prepare
+<overrides>`` prepares, and a sweep trial with ``<overrides> <sampled values>`` trains, exactly what
+``python train.py <overrides>`` would.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
@@ -17,6 +20,18 @@ from gem_lightning.errors import GemLightningError
 
 # The repository's conf/ beside this package (an editable install, as the README sets up).
 DEFAULT_CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def compose_config(config_name: str, overrides: list[str], config_dir: Path = DEFAULT_CONFIG_DIR) -> DictConfig:
+    """``conf/<config_name>.yaml`` with ``overrides`` applied, as Hydra's compose API builds it."""
+    config_dir = Path(config_dir)
+    if not (config_dir / f"{config_name}.yaml").is_file():
+        raise GemLightningError(
+            f"no {config_name}.yaml in {config_dir}: pass --config-dir with the project's conf/ folder"
+        )
+    GlobalHydra.instance().clear()  # a second command in one process (tests, the web page) starts afresh
+    with initialize_config_dir(config_dir=str(config_dir.resolve()), version_base="1.3"):
+        return compose(config_name, overrides=list(overrides))
 
 
 def compose_train_config(config_dir: Path, overrides: list[str]) -> DictConfig:

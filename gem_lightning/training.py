@@ -21,7 +21,9 @@ from rich.table import Table
 from gem_lightning.atomic_files import write_text_atomically
 from gem_lightning.data_report import CONTACT_SHEET_NAME, REPORT_NAME
 from gem_lightning.errors import GemLightningError
+from gem_lightning.evaluate import evaluate_checkpoint
 from gem_lightning.multirun_summary import METRICS_FILE
+from gem_lightning.predictor import Predictor
 from gem_lightning.trainer_factory import build_trainer
 
 log = logging.getLogger(__name__)
@@ -123,8 +125,20 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> tuple[di
         trainer.test(model, datamodule=datamodule, ckpt_path=best_checkpoint or None)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test")})
 
+    report = None
+    if cfg.get("evaluate", False) and cfg.get("test", True) and best_checkpoint and trainer.is_global_zero:
+        # Calibrate the best checkpoint on the validation split (stored in it) and write the report.
+        predictor = Predictor(best_checkpoint, cache_dir=cfg.paths.cache_dir, batch_size=cfg.data.batch_size)
+        evaluation = evaluate_checkpoint(predictor, output_dir=output_dir / "evaluation", datamodule=datamodule)
+        summary = evaluation.evaluation.summary
+        metrics.update({f"calibration/{k}": summary[k] for k in ("nll_before", "nll_after", "ece_before", "ece_after")})
+        metrics["calibration/temperature"] = evaluation.evaluation.temperature
+        report = evaluation.report
+
     if trainer.is_global_zero:
         _print_summary(output_dir, best_checkpoint, metrics)
+        if report is not None:
+            print(f"evaluation report: {report}")
         # What a multirun summary (gem_lightning.multirun_summary) reads back for this job.
         result = {
             "metrics": metrics,

@@ -1,0 +1,186 @@
+"""``python -m gem_lightning.evaluate ckpt=...`` (or ``gem-evaluate``): calibrate a checkpoint and report on it.
+
+1. Calibrate (``calibrate=true``, the default): fit the temperature on the validation split of the
+   checkpoint's own training run (the data module is rebuilt from the config stored in the checkpoint, so
+   the split is the same one) and store it in the checkpoint.
+2. Evaluate the run's test split (``split=test``; or ``split=val``), or any labelled folder
+   (``input=<folder>/<class>/<images>``, cut out as the run's photos were).
+3. Write one report folder, by default ``<run dir>/evaluation/<split or folder>/``: ``report.md`` with the
+   confusion matrix, reliability diagram and misclassified gallery, ``evaluation.json``, ``per_class.csv``.
+
+``train.py`` does the same for its best checkpoint after testing (``evaluate: true`` in conf/train.yaml).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from gem_lightning.calibration import CalibrationResult, calibrate, store_calibration
+from gem_lightning.command_line import run_command
+from gem_lightning.datamodule import GemDataModule, GemImageDataset, eval_transform
+from gem_lightning.dataset_scan import scan_dataset
+from gem_lightning.errors import GemLightningError
+from gem_lightning.evaluation import Evaluation, evaluate_logits
+from gem_lightning.evaluation_report import write_evaluation_report
+from gem_lightning.predictor import Predictor, collect_logits
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("test", "val")
+
+
+@dataclass(frozen=True)
+class EvaluationRun:
+    report: Path
+    evaluation: Evaluation
+    calibration: CalibrationResult | None
+
+
+def run_dir_of(checkpoint: Path) -> Path:
+    """The run folder a checkpoint belongs to (``<run>/checkpoints/x.ckpt`` -> ``<run>``)."""
+    checkpoint = Path(checkpoint).resolve()
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+
+
+def datamodule_of(predictor: Predictor) -> GemDataModule:
+    """The checkpoint's training data module, rebuilt from the composed config stored in the checkpoint."""
+    settings = (predictor.model.run_config or {}).get("data")
+    if not settings:
+        raise GemLightningError(
+            f"{predictor.checkpoint} holds no training config, so its validation and test splits are unknown; "
+            "evaluate a labelled folder with input=<folder> calibrate=false"
+        )
+    datamodule = hydra.utils.instantiate(OmegaConf.create(settings))
+    datamodule.prepare_data()
+    datamodule.setup()
+    if list(datamodule.class_names) != predictor.class_names:
+        raise GemLightningError(
+            f"the classes under {datamodule.root} are no longer those {predictor.checkpoint} was trained on; "
+            "evaluate a labelled folder with input=<folder> instead"
+        )
+    return datamodule
+
+
+def _labelled_folder(predictor: Predictor, folder: Path, cache_dir: Path) -> tuple[GemImageDataset, list[str]]:
+    """The usable images of ``<folder>/<class>/`` (classes the checkpoint knows), cut out as in training."""
+    scan = scan_dataset(folder, cache_dir, predictor.max_image_pixels)
+    scan.log_skipped()
+    unknown = sorted(set(scan.class_names) - set(predictor.class_names))
+    if unknown:
+        raise GemLightningError(
+            f"input={folder} has class folders the checkpoint does not know: {', '.join(unknown)}. "
+            f"Its classes are: {', '.join(predictor.class_names)}"
+        )
+    files = [scan.root / item.path for item in scan.usable]
+    label_of = {scan.root / item.path: predictor.class_names.index(item.label) for item in scan.usable}
+    pairs, skipped = predictor.prepare(files)
+    for item in skipped:
+        log.warning("skipped %s: %s", item.source, item.reason)
+    if not pairs:
+        raise GemLightningError(f"input={folder}: no usable image to evaluate")
+    size = predictor.image_size
+    dataset = GemImageDataset([(inp, label_of[src]) for src, inp in pairs], eval_transform(size), 2 * size)
+    return dataset, [str(src.relative_to(scan.root)) for src, _ in pairs]
+
+
+def evaluate_checkpoint(
+    predictor: Predictor,
+    split: str = "test",
+    input_folder: str | Path | None = None,
+    calibrate_first: bool = True,
+    output_dir: str | Path | None = None,
+    datamodule: GemDataModule | None = None,
+) -> EvaluationRun:
+    """Calibrate (optionally), evaluate and write the report; ``datamodule`` reuses a live one (train.py)."""
+    if split not in SPLITS:
+        raise GemLightningError(f"split={split!r}: use one of {', '.join(SPLITS)} (or input=<labelled folder>)")
+    model, checkpoint = predictor.model, predictor.checkpoint
+    if datamodule is None and (calibrate_first or input_folder is None):
+        datamodule = datamodule_of(predictor)
+    options = {"batch_size": predictor.batch_size, "num_workers": predictor.num_workers, "progress": predictor.progress}
+
+    calibration = None
+    if calibrate_first:
+        validation = collect_logits(model, datamodule.datasets["val"], description="validation logits", **options)
+        calibration = calibrate(validation.logits, validation.targets, split="val")
+        store_calibration(checkpoint, calibration)
+        model.temperature.fill_(calibration.temperature)
+        log.info(
+            "temperature %.3f fitted on %d validation images (NLL %.4f -> %.4f, ECE %.4f -> %.4f), stored in %s",
+            calibration.temperature,
+            calibration.images,
+            calibration.nll_before,
+            calibration.nll_after,
+            calibration.ece_before,
+            calibration.ece_after,
+            checkpoint,
+        )
+    elif model.calibration:
+        calibration = CalibrationResult(**model.calibration)
+
+    if input_folder is None:
+        dataset = datamodule.datasets[split]
+        if not dataset.items:
+            raise GemLightningError(f"the {split} split of {datamodule.root} is empty: nothing to evaluate")
+        # setup() builds each split's dataset from the data module's items in order, so they line up.
+        sources = [item.source for item in datamodule.items if item.split == split]
+        name, data = split, f"{split} split of {datamodule.root}"
+    else:
+        folder = Path(input_folder)
+        dataset, sources = _labelled_folder(predictor, folder, predictor.cache_dir)
+        name, data = folder.resolve().name, f"labelled folder {folder}"
+    result = collect_logits(model, dataset, description=f"evaluating {name}", **options)
+    evaluation = evaluate_logits(result, predictor.class_names, float(model.temperature))
+    folder = Path(output_dir) if output_dir else run_dir_of(checkpoint) / "evaluation" / name
+    context = {
+        "title": f"{checkpoint.name} on {data}",
+        "checkpoint": str(checkpoint),
+        "data": data,
+        "background": predictor.describe_background(),
+    }
+    report = write_evaluation_report(
+        folder, evaluation, context, [path for path, _ in dataset.items], sources, predictor.image_size, calibration
+    )
+    return EvaluationRun(report, evaluation, calibration)
+
+
+def print_evaluation(run: EvaluationRun) -> None:
+    s = run.evaluation.summary
+    line = f"top-1 {s['top1']:.4f}, top-5 {s['top5']:.4f}, macro F1 {s['f1_macro']:.4f} on {int(s['images'])} images"
+    if "top1_leak_free" in s:
+        line += f"; leak-free top-1 {s['top1_leak_free']:.4f}"
+    print(line)
+    print(
+        f"temperature {run.evaluation.temperature:.3f}: NLL {s['nll_before']:.4f} -> {s['nll_after']:.4f}, "
+        f"ECE {s['ece_before']:.4f} -> {s['ece_after']:.4f}"
+    )
+    print(f"report: {run.report}")
+
+
+def run(cfg: DictConfig) -> int:
+    predictor = Predictor(
+        cfg.ckpt,
+        cache_dir=cfg.cache_dir,
+        device=cfg.device,
+        batch_size=cfg.batch_size,
+        num_workers=cfg.num_workers,
+        max_image_pixels=cfg.max_image_pixels,
+        progress=cfg.progress,
+    )
+    print_evaluation(evaluate_checkpoint(predictor, cfg.split, cfg.input, cfg.calibrate, cfg.output_dir))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    description = "Calibrate a checkpoint on its validation split and write an evaluation report."
+    return run_command("evaluate", description, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""``python -m gem_lightning.export ckpt=...`` (or ``gem-export``): the classifier as ONNX and TorchScript.
+
+Both files take what the training pipeline feeds the model, a uint8 RGB batch (N, 3, S, S) at the
+checkpoint's image size S with any N, and return ``logits`` and calibrated ``probabilities`` (softmax of the
+logits divided by the stored temperature); normalisation is inside, so a runtime needs no preprocessing
+constants. Class names, image size and temperature travel inside each file (ONNX metadata, a TorchScript
+extra file) and in ``model.json`` beside them.
+
+Each file is checked against the PyTorch model before it is kept: onnxruntime (and the TorchScript module)
+must reproduce the probabilities within ``tolerance`` (1e-4) on batches of two sizes, which also proves the
+batch dimension is dynamic.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torchvision.transforms import v2
+
+from gem_lightning.atomic_files import write_text_atomically
+from gem_lightning.classifier import GemClassifier
+from gem_lightning.command_line import run_command
+from gem_lightning.datamodule import eval_transform
+from gem_lightning.errors import GemLightningError
+from gem_lightning.evaluate import run_dir_of
+from gem_lightning.image_files import UnusableImage, inspect_image, load_rgb
+from gem_lightning.predictor import find_images
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("onnx", "torchscript")
+FILE_NAMES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
+METADATA_NAME = "gem_lightning.json"
+
+
+class ExportableClassifier(nn.Module):
+    """The classifier's network without Lightning: uint8 images in, (logits, calibrated probabilities) out."""
+
+    def __init__(self, model: GemClassifier):
+        super().__init__()
+        self.backbone, self.head = model.backbone, model.head
+        self.register_buffer("mean", model._mean.detach().clone())
+        self.register_buffer("std", model._std.detach().clone())
+        self.register_buffer("temperature", model.temperature.detach().clone())
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.head(self.backbone((images.float() / 255.0 - self.mean) / self.std))
+        return logits, (logits / self.temperature).softmax(-1)
+
+
+def metadata(model: GemClassifier) -> dict:
+    size = int(model.hparams.image_size)
+    return {
+        "class_names": model.class_names,
+        "image_size": size,
+        "temperature": float(model.temperature),
+        "input": {"name": "images", "dtype": "uint8", "shape": ["batch", 3, size, size], "layout": "RGB, 0-255"},
+        "outputs": ["logits", "probabilities"],
+        "preprocessing": f"upright RGB, shorter side resized to {size} (antialiased), centre crop {size}x{size}",
+        "background": (model.run_config or {}).get("background"),
+    }
+
+
+def export_onnx(network: ExportableClassifier, example: torch.Tensor, path: Path, info: dict) -> None:
+    import onnx
+
+    with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
+        draft = Path(scratch) / path.name
+        batch = torch.export.Dim("batch", min=1)
+        program = torch.onnx.export(
+            network,
+            (example,),
+            input_names=["images"],
+            output_names=["logits", "probabilities"],
+            dynamic_shapes={"images": {0: batch}},
+            dynamo=True,
+            verbose=False,
+        )
+        program.save(str(draft))
+        proto = onnx.load(str(draft))
+        onnx.helper.set_model_props(proto, {METADATA_NAME: json.dumps(info)})
+        onnx.save(proto, str(draft))
+        draft.replace(path)  # the finished file appears in one step
+
+
+def export_torchscript(network: ExportableClassifier, example: torch.Tensor, path: Path, info: dict) -> None:
+    traced = torch.jit.trace(network, example)
+    with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
+        draft = Path(scratch) / path.name
+        torch.jit.save(traced, str(draft), _extra_files={METADATA_NAME: json.dumps(info)})
+        draft.replace(path)
+
+
+def onnx_probabilities(path: Path, images: torch.Tensor) -> torch.Tensor:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    outputs = session.run(["probabilities"], {"images": images.numpy()})
+    return torch.from_numpy(outputs[0])
+
+
+def torchscript_probabilities(path: Path, images: torch.Tensor) -> torch.Tensor:
+    module = torch.jit.load(str(path), map_location="cpu")
+    with torch.inference_mode():
+        return module(images)[1]
+
+
+@dataclass(frozen=True)
+class ParityCheck:
+    file: Path
+    batch_sizes: tuple[int, ...]
+    max_abs_difference: float  # of the softmax probabilities, against PyTorch
+
+    def passed(self, tolerance: float) -> bool:
+        return self.max_abs_difference < tolerance
+
+
+def check_images(model: GemClassifier, files: list[Path] | None, count: int = 8) -> torch.Tensor:
+    """A uint8 batch to compare on: real photos when given (as prediction prepares them), else seeded noise."""
+    size = int(model.hparams.image_size)
+    usable = []
+    for path in files or []:
+        try:
+            inspect_image(path, max_pixels=50_000_000)
+            usable.append(path)
+        except (UnusableImage, OSError) as error:
+            log.warning("not comparing on %s: %s", path, error)
+        if len(usable) == count:
+            break
+    if usable:
+        transform = eval_transform(size)
+        return torch.stack([transform(v2.functional.pil_to_tensor(load_rgb(path, 2 * size))) for path in usable])
+    generator = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (count, 3, size, size), dtype=torch.uint8, generator=generator)
+
+
+def check_parity(model: GemClassifier, path: Path, fmt: str, images: torch.Tensor) -> ParityCheck:
+    """Compare the exported file with the PyTorch model on one image and on the whole batch."""
+    run = onnx_probabilities if fmt == "onnx" else torchscript_probabilities
+    worst = 0.0
+    sizes = (1, len(images)) if len(images) > 1 else (1,)
+    for size in sizes:
+        batch = images[:size]
+        with torch.inference_mode():
+            expected = model.probabilities(batch)
+        worst = max(worst, float((run(path, batch) - expected).abs().max()))
+    return ParityCheck(path, sizes, worst)
+
+
+def export_checkpoint(
+    checkpoint: Path,
+    output_dir: Path | None = None,
+    formats: tuple[str, ...] = FORMATS,
+    check_files: list[Path] | None = None,
+    tolerance: float = 1e-4,
+) -> list[ParityCheck]:
+    """Export ``checkpoint`` in ``formats`` and check each file; raises if one differs beyond ``tolerance``."""
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown or not formats:
+        raise GemLightningError(f"formats={list(formats)}: choose from {', '.join(FORMATS)}")
+    model = GemClassifier.from_checkpoint(checkpoint)
+    output_dir = Path(output_dir) if output_dir else run_dir_of(checkpoint) / "export"
+    output_dir.mkdir(parents=True, exist_ok=True)
+    network = ExportableClassifier(model).eval()
+    info = metadata(model)
+    images = check_images(model, check_files)
+    # Batch 2 for tracing: batch 1 would let the exporter treat the batch size as a constant.
+    example = images[:2] if len(images) >= 2 else images.repeat(2, 1, 1, 1)
+    checks = []
+    for fmt in formats:
+        path = output_dir / FILE_NAMES[fmt]
+        (export_onnx if fmt == "onnx" else export_torchscript)(network, example, path, info)
+        check = check_parity(model, path, fmt, images)
+        checks.append(check)
+        if not check.passed(tolerance):
+            path.unlink()
+            raise GemLightningError(
+                f"{fmt} export differs from PyTorch by {check.max_abs_difference:.2e} (> {tolerance:g}); removed {path}"
+            )
+    write_text_atomically(output_dir / "model.json", json.dumps(info, indent=1))
+    return checks
+
+
+def run(cfg: DictConfig) -> int:
+    files = find_images(cfg.input) if cfg.input else None
+    checks = export_checkpoint(cfg.ckpt, cfg.output_dir, tuple(cfg.formats), files, cfg.tolerance)
+    for check in checks:
+        print(
+            f"{check.file}: probabilities match PyTorch within {check.max_abs_difference:.2e} "
+            f"(batch sizes {', '.join(map(str, check.batch_sizes))})"
+        )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command("export", "Export a checkpoint to ONNX and TorchScript and check both against PyTorch.", run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

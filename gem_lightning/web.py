@@ -1,0 +1,85 @@
+"""``python -m gem_lightning.web ckpt=...`` (or ``gem-web``): identify a gem photo in the browser.
+
+Upload (or paste) a photo; the page shows the stone as the model sees it, cut out as in training, and the
+top-5 classes with calibrated confidence bars.
+
+Why Gradio: its ``Label`` component is exactly a top-k list with confidence bars and its ``Image`` input
+handles upload, drag-and-drop and paste, so the page is a dozen lines with no front-end code to keep;
+ML students know it (Hugging Face Spaces run it), so they can extend the page themselves. It runs fully
+offline here: analytics are off and nothing is shared unless ``share=true`` is asked for.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from gem_lightning.command_line import run_command
+from gem_lightning.errors import GemLightningError
+from gem_lightning.predictor import Predictor, top_k
+
+TOP_K = 5
+
+
+def _import_gradio():
+    # Gradio would otherwise report usage to its servers on start-up; this page must work offline.
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    try:
+        import gradio
+    except ImportError as error:
+        raise GemLightningError("the web page needs Gradio: pip install -e '.[web]'") from error
+    return gradio
+
+
+def build_page(predictor: Predictor):
+    """The Gradio Blocks app for ``predictor``."""
+    gr = _import_gradio()
+
+    def identify(photo: str | None):
+        if not photo:
+            return None, None
+        predictions, skipped = predictor.predict_files([Path(photo)])
+        if skipped:
+            raise gr.Error(f"cannot use this file: {skipped[0].reason}")
+        (prediction,) = predictions
+        ranked = top_k(prediction.probabilities, predictor.class_names, TOP_K)
+        return str(prediction.model_input), dict(ranked)
+
+    classes = len(predictor.class_names)
+    with gr.Blocks(title="gem-lightning: identify a gemstone") as page:
+        gr.Markdown(
+            f"## Identify a gemstone\n{classes} classes; background removal: {predictor.describe_background()}; "
+            f"temperature {predictor.temperature:.2f}. Model: `{predictor.checkpoint.name}`"
+        )
+        with gr.Row():
+            photo = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard"], label="gem photo")
+            cut_out = gr.Image(label="what the model sees", interactive=False, elem_id="cut-out")
+        ranking = gr.Label(num_top_classes=TOP_K, label=f"top {TOP_K} (calibrated confidence)", elem_id="top-classes")
+        photo.change(identify, inputs=photo, outputs=[cut_out, ranking])
+    return page
+
+
+def run(cfg: DictConfig) -> int:
+    predictor = Predictor(
+        cfg.ckpt,
+        cache_dir=cfg.cache_dir,
+        device=cfg.device,
+        calibrated=cfg.calibrated,
+        progress=False,
+    )
+    page = build_page(predictor)
+    # The prepared cut-outs live in the cache; Gradio serves only files under the folders it is allowed.
+    allowed = [str(Path(cfg.cache_dir).resolve())]
+    page.launch(server_name=cfg.host, server_port=cfg.port, share=cfg.share, allowed_paths=allowed)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command("web", "Serve a local page that identifies uploaded gem photos.", run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
