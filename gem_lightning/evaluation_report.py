@@ -76,10 +76,10 @@ def _draw_reliability(axes, bins: list[ReliabilityBin], title: str) -> None:
     accuracy = [0.0 if math.isnan(b.accuracy) else b.accuracy for b in bins]
     confidence = [0.0 if math.isnan(b.confidence) else b.confidence for b in bins]
     axes.bar(centres, accuracy, width=width, edgecolor="black", linewidth=0.5, label="accuracy")
-    gaps = [c - a if b.count else 0.0 for a, c, b in zip(accuracy, confidence, bins)]
+    gaps = [c - a if b.count else 0.0 for a, c, b in zip(accuracy, confidence, bins, strict=True)]
     axes.bar(centres, gaps, bottom=accuracy, width=width, color="tab:red", alpha=0.35, label="gap to confidence")
     axes.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfect calibration")
-    for centre, b in zip(centres, bins):
+    for centre, b in zip(centres, bins, strict=True):
         if b.count:
             axes.text(centre, 0.02, str(b.count), ha="center", fontsize=6, rotation=90, color="white")
     axes.set_xlim(0, 1)

@@ -201,7 +201,8 @@ def run(cfg: DictConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_command("export", "Export a checkpoint to ONNX and TorchScript and check both against PyTorch.", run, argv)
+    description = "Export a checkpoint to ONNX and TorchScript and check both against PyTorch."
+    return run_command("export", description, run, argv)
 
 
 if __name__ == "__main__":

@@ -113,7 +113,8 @@ def run(cfg: DictConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_command("predict", "Identify gem photos with a trained checkpoint: top-k classes with probabilities.", run, argv)
+    description = "Identify gem photos with a trained checkpoint: top-k classes with probabilities."
+    return run_command("predict", description, run, argv)
 
 
 if __name__ == "__main__":

@@ -204,7 +204,7 @@ class Predictor:
         result = collect_logits(self.model, dataset, self.batch_size, self.num_workers, self.progress)
         probabilities = (result.logits / self.temperature).softmax(-1)
         predictions = [
-            ImagePrediction(source, model_input, row) for (source, model_input), row in zip(pairs, probabilities)
+            ImagePrediction(source, model_input, row) for (source, model_input), row in zip(pairs, probabilities, strict=True)
         ]
         return predictions, skipped
 
@@ -225,4 +225,4 @@ class Predictor:
 def top_k(probabilities: torch.Tensor, class_names: list[str], k: int) -> list[tuple[str, float]]:
     """The ``k`` most probable (class, probability) pairs of one image, most probable first."""
     values, indices = probabilities.topk(min(k, len(class_names)))
-    return [(class_names[int(i)], float(v)) for v, i in zip(values, indices)]
+    return [(class_names[int(i)], float(v)) for v, i in zip(values, indices, strict=True)]
