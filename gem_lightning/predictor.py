@@ -204,7 +204,8 @@ class Predictor:
         result = collect_logits(self.model, dataset, self.batch_size, self.num_workers, self.progress)
         probabilities = (result.logits / self.temperature).softmax(-1)
         predictions = [
-            ImagePrediction(source, model_input, row) for (source, model_input), row in zip(pairs, probabilities, strict=True)
+            ImagePrediction(source, model_input, row)
+            for (source, model_input), row in zip(pairs, probabilities, strict=True)
         ]
         return predictions, skipped
 
