@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,30 @@ def offline_torch_home(tmp_path, monkeypatch) -> Path:
     home = tmp_path / "torch_home"
     monkeypatch.setenv("TORCH_HOME", str(home))
     return home
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    """A finished tiny demo run (train.py's train(), evaluation included), shared by the inference tests."""
+
+    workdir: Path
+    run_dir: Path
+    checkpoint: Path  # the best checkpoint, calibrated by the run
+    class_names: tuple[str, ...]
+    metrics: dict
+    datamodule: object  # the run's GemDataModule, its split and prepared files
+
+
+@pytest.fixture(scope="session")
+def trained_demo_run(tmp_path_factory) -> TrainedRun:
+    from gem_lightning.training import train
+
+    workdir = tmp_path_factory.mktemp("trained_demo")
+    # Two epochs on 16 images per class: good enough to be better than chance, bad enough to make mistakes.
+    overrides = [*TINY_DEMO, "data.demo.images_per_class=16", "trainer.max_epochs=2"]
+    cfg = compose_config(overrides, workdir)
+    metrics, objects = train(cfg)
+    GlobalHydra.instance().clear()
+    checkpoint = Path(objects["best_checkpoint"])
+    datamodule = objects["datamodule"]
+    return TrainedRun(workdir, workdir / "run", checkpoint, tuple(datamodule.class_names), metrics, datamodule)

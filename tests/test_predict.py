@@ -1,0 +1,187 @@
+"""Prediction with a tiny trained checkpoint: the command, its JSON/CSV, bad files and bad checkpoints."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import jsonschema
+import pytest
+import torch
+
+from gem_lightning import predict
+from gem_lightning.errors import GemLightningError
+from gem_lightning.predictor import Predictor, collect_logits
+from tests.conftest import GEMSTONES_DIR, needs_shared
+
+# What output=*.json promises its readers.
+PREDICTIONS_SCHEMA = {
+    "type": "object",
+    "required": ["checkpoint", "class_count", "image_size", "background", "temperature", "predictions", "skipped"],
+    "properties": {
+        "class_count": {"type": "integer", "minimum": 1},
+        "image_size": {"type": "integer", "minimum": 16},
+        "temperature": {"type": "number", "exclusiveMinimum": 0},
+        "predictions": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["file", "model_input", "top_k"],
+                "properties": {
+                    "file": {"type": "string"},
+                    "model_input": {"type": "string"},
+                    "top_k": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {
+                            "type": "object",
+                            "required": ["class", "probability"],
+                            "properties": {
+                                "class": {"type": "string"},
+                                "probability": {"type": "number", "minimum": 0, "maximum": 1},
+                            },
+                            "additionalProperties": False,
+                        },
+                    },
+                },
+            },
+        },
+        "skipped": {
+            "type": "array",
+            "items": {"type": "object", "required": ["file", "reason"]},
+        },
+    },
+}
+
+
+def _photo_folder(run, tmp_path: Path) -> Path:
+    """Three of the run's own test images, a corrupt 'photo' and a text file, in a nested folder."""
+    folder = tmp_path / "photos"
+    (folder / "more").mkdir(parents=True)
+    tests = [item for item in run.datamodule.items if item.split == "test"][:3]
+    for index, item in enumerate(tests):
+        shutil.copyfile(item.image_file, (folder if index else folder / "more") / f"gem{index}.png")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (folder / "notes.txt").write_text("bought in 2019")
+    return folder
+
+
+def test_predict_command_writes_json_with_full_distributions_and_skips_bad_files(trained_demo_run, tmp_path, capsys):
+    run = trained_demo_run
+    folder = _photo_folder(run, tmp_path)
+    output = tmp_path / "out" / "predictions.json"
+    classes = len(run.class_names)
+    status = predict.main(
+        [f"ckpt={run.checkpoint}", f"input={folder}", f"output={output}", f"top_k={classes}", "progress=false"]
+    )
+    assert status == 0
+    document = json.loads(output.read_text())
+    jsonschema.validate(document, PREDICTIONS_SCHEMA)
+    assert len(document["predictions"]) == 3
+    assert {Path(row["file"]).name for row in document["skipped"]} == {"broken.jpg", "notes.txt"}
+    assert all(row["reason"].startswith("cannot decode") for row in document["skipped"])
+    for row in document["predictions"]:
+        names = [entry["class"] for entry in row["top_k"]]
+        probabilities = [entry["probability"] for entry in row["top_k"]]
+        assert sorted(names) == sorted(run.class_names)  # every class once
+        assert sum(probabilities) == pytest.approx(1.0, abs=1e-5)
+        assert probabilities == sorted(probabilities, reverse=True)
+    # The run calibrated its best checkpoint; predictions use that temperature.
+    stored = torch.load(run.checkpoint, weights_only=True)["gem_lightning"]["temperature"]
+    assert document["temperature"] == pytest.approx(stored)
+    printed = capsys.readouterr().out
+    assert "skipped" in printed and "broken.jpg" in printed
+
+
+def test_predict_command_writes_csv(trained_demo_run, tmp_path):
+    run = trained_demo_run
+    folder = _photo_folder(run, tmp_path)
+    output = tmp_path / "predictions.csv"
+    assert predict.main([f"ckpt={run.checkpoint}", f"input={folder}/*.png", f"output={output}", "top_k=3"]) == 0
+    rows = list(csv.DictReader(output.open()))
+    # The glob is not recursive: the image in more/ is left out, as are the two bad files.
+    assert len(rows) == 2
+    assert list(rows[0]) == [
+        "file",
+        "class_1",
+        "probability_1",
+        "class_2",
+        "probability_2",
+        "class_3",
+        "probability_3",
+        "skipped",
+    ]
+    for row in rows:
+        assert row["class_1"] in run.class_names
+        assert float(row["probability_1"]) >= float(row["probability_2"]) >= float(row["probability_3"])
+
+
+def test_predictions_match_the_training_evaluation_path(trained_demo_run):
+    """A photo predicted from its file gets exactly the probabilities the run's test loader gave it."""
+    run = trained_demo_run
+    predictor = Predictor(run.checkpoint, cache_dir=run.workdir / "cache", progress=False)
+    dataset = run.datamodule.datasets["test"]
+    expected = collect_logits(predictor.model, dataset, progress=False)
+    sources = [path for path, _ in dataset.items]
+    predictions, skipped = predictor.predict_files(sources)
+    assert not skipped
+    got = torch.stack([p.probabilities for p in predictions])
+    torch.testing.assert_close(got, (expected.logits / predictor.temperature).softmax(-1))
+    # Uncalibrated: the same ranking, other probabilities (the run's temperature is not 1).
+    raw = Predictor(run.checkpoint, calibrated=False, progress=False)
+    raw_predictions, _ = raw.predict_files(sources[:4])
+    for calibrated, uncalibrated in zip(predictions[:4], raw_predictions, strict=True):
+        assert calibrated.probabilities.argmax() == uncalibrated.probabilities.argmax()
+    assert predictor.temperature != pytest.approx(1.0)
+
+
+def test_a_tensor_of_the_wrong_size_or_type_is_one_clear_error(trained_demo_run):
+    predictor = Predictor(trained_demo_run.checkpoint, progress=False)
+    size = predictor.image_size
+    good = torch.zeros(2, 3, size, size, dtype=torch.uint8)
+    assert predictor.predict_tensor(good).sum(dim=1).allclose(torch.ones(2))
+    for bad in (good.float(), good[:, :1], torch.zeros(2, 3, size + 8, size, dtype=torch.uint8), good[0]):
+        with pytest.raises(GemLightningError, match=r"uint8 RGB batches of shape \(N, 3, "):
+            predictor.predict_tensor(bad)
+
+
+def test_missing_corrupt_and_foreign_checkpoints_and_missing_keys_give_one_line(trained_demo_run, tmp_path, capsys):
+    photo = next(path for path, _ in trained_demo_run.datamodule.datasets["test"].items)
+    corrupt = tmp_path / "corrupt.ckpt"
+    corrupt.write_bytes(trained_demo_run.checkpoint.read_bytes()[:5000])  # a copy cut short
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {}}, foreign)
+    cases = {
+        tmp_path / "nowhere.ckpt": "checkpoint not found",
+        corrupt: "cannot read checkpoint",
+        foreign: "is not a gem-lightning checkpoint",
+    }
+    for checkpoint, message in cases.items():
+        assert predict.main([f"ckpt={checkpoint}", f"input={photo}"]) == 2
+        error = capsys.readouterr().err
+        assert error.startswith("error: ") and message in error and str(checkpoint) in error
+        assert error.count("\n") == 1
+    assert predict.main([f"input={photo}"]) == 2
+    assert "missing ckpt" in capsys.readouterr().err
+    assert predict.main([f"ckpt={trained_demo_run.checkpoint}", f"input={tmp_path}/none*.jpg"]) == 2
+    assert "no such file, folder, or files matching" in capsys.readouterr().err
+    assert predict.main([f"ckpt={trained_demo_run.checkpoint}", f"input={photo}", "colour=red"]) == 2
+    assert "colour" in capsys.readouterr().err
+
+
+@needs_shared(GEMSTONES_DIR)
+def test_real_kaggle_photos_of_any_size_and_mode(trained_demo_run, tmp_path):
+    """A 3,947 px JPEG, an RGBA PNG named .jpg and an ordinary photo all get a prediction."""
+    files = [
+        GEMSTONES_DIR / "train" / "Chrysocolla" / "chrysocolla_5.jpg",
+        GEMSTONES_DIR / "train" / "Variscite" / "variscite_32.jpg",
+        GEMSTONES_DIR / "test" / "Amethyst" / "amethyst_18.jpg",
+    ]
+    predictor = Predictor(trained_demo_run.checkpoint, cache_dir=tmp_path / "cache", progress=False)
+    predictions, skipped = predictor.predict_files(files)
+    assert not skipped
+    assert [p.source for p in predictions] == files
+    for prediction in predictions:
+        assert prediction.probabilities.sum() == pytest.approx(1.0, abs=1e-5)
