@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,3 +105,33 @@ def trained_demo_run(tmp_path_factory) -> TrainedRun:
     checkpoint = Path(objects["best_checkpoint"])
     datamodule = objects["datamodule"]
     return TrainedRun(workdir, workdir / "run", checkpoint, tuple(datamodule.class_names), metrics, datamodule)
+
+
+U2NET_DIR = SHARED_DIR / "models" / "u2net"
+
+
+@pytest.fixture(scope="session")
+def trained_rembg_run(tmp_path_factory) -> Iterator[TrainedRun]:
+    """A tiny demo run trained on rembg u2netp cut-outs (needs ../shared); U2NET_HOME stays set for its users."""
+    from gem_lightning.training import train
+
+    if not (U2NET_DIR / "u2netp.onnx").is_file():
+        if os.environ.get("CI"):
+            pytest.fail(f"{U2NET_DIR / 'u2netp.onnx'} is missing: CI must have ../shared")
+        pytest.skip(f"{U2NET_DIR / 'u2netp.onnx'} is absent: needs the real rembg model in ../shared")
+    workdir = tmp_path_factory.mktemp("trained_rembg")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("U2NET_HOME", str(U2NET_DIR))
+        overrides = [*TINY_DEMO, "background=rembg", "background.backend.model=u2netp", "background.progress=false"]
+        cfg = compose_config(overrides, workdir)
+        metrics, objects = train(cfg)
+        GlobalHydra.instance().clear()
+        datamodule = objects["datamodule"]
+        yield TrainedRun(
+            workdir,
+            workdir / "run",
+            Path(objects["best_checkpoint"]),
+            tuple(datamodule.class_names),
+            metrics,
+            datamodule,
+        )

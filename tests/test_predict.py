@@ -185,3 +185,35 @@ def test_real_kaggle_photos_of_any_size_and_mode(trained_demo_run, tmp_path):
     assert [p.source for p in predictions] == files
     for prediction in predictions:
         assert prediction.probabilities.sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_prediction_cuts_the_background_out_exactly_as_training_did(trained_rembg_run):
+    """From the user's original photos: the same rembg cut-outs (from the same cache) and the same probabilities."""
+    run = trained_rembg_run
+    predictor = Predictor(run.checkpoint, cache_dir=run.workdir / "cache", progress=False)
+    assert predictor.describe_background() == "rembg u2netp"
+    dataset = run.datamodule.datasets["test"]
+    expected = collect_logits(predictor.model, dataset, progress=False)
+    originals = [run.datamodule.root / item.source for item in run.datamodule.items if item.split == "test"]
+    cut_outs = [path for path, _ in dataset.items]
+    stamps = [path.stat().st_mtime_ns for path in cut_outs]
+    predictions, skipped = predictor.predict_files(originals)
+    assert not skipped
+    # The model read the training run's cut-outs, found in the cache by content, not made again.
+    assert [p.model_input for p in predictions] == cut_outs
+    assert [path.stat().st_mtime_ns for path in cut_outs] == stamps
+    got = torch.stack([p.probabilities for p in predictions])
+    torch.testing.assert_close(got, (expected.logits / predictor.temperature).softmax(-1))
+
+
+@needs_shared(GEMSTONES_DIR)
+def test_a_new_photo_is_cut_out_into_the_cache_once(trained_rembg_run, tmp_path):
+    photo = GEMSTONES_DIR / "test" / "Amethyst" / "amethyst_18.jpg"
+    predictor = Predictor(trained_rembg_run.checkpoint, cache_dir=tmp_path / "cache", progress=False)
+    (first,), _ = predictor.predict_files([photo])
+    assert first.model_input.is_relative_to(predictor.background.variant_dir(tmp_path / "cache"))
+    stamp = first.model_input.stat().st_mtime_ns
+    (second,), _ = predictor.predict_files([photo])
+    assert second.model_input == first.model_input and first.model_input.stat().st_mtime_ns == stamp
+    torch.testing.assert_close(first.probabilities, second.probabilities)
+    assert photo.is_file()  # the original is only read

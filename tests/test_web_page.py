@@ -7,6 +7,7 @@ broken page.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
@@ -14,11 +15,13 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
-from tests.conftest import GEMSTONES_DIR, REPO_ROOT
+from tests.conftest import GEMSTONES_DIR, REPO_ROOT, U2NET_DIR
 
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -70,14 +73,16 @@ def _wait_for_server(process: subprocess.Popen, port: int, log: Path, timeout: f
     pytest.fail(f"the page did not come up on port {port} within {timeout} s:\n{log.read_text()}")
 
 
-def test_upload_a_gem_photo_and_see_the_cut_out_and_top_5(trained_demo_run, tmp_path):
+def test_upload_a_gem_photo_and_see_the_cut_out_and_top_5(request, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    run = trained_demo_run
-    # A real Kaggle photo when ../shared is there (any gem photo will do for a page test), else a demo image.
+    # With ../shared: a model trained on rembg cut-outs and a real Kaggle photo, whose cut-out the page must
+    # show on black. Without it (a user's clone): the plain demo model and a demo image.
     kaggle = GEMSTONES_DIR / "test" / "Amethyst" / "amethyst_18.jpg"
-    photo = kaggle if kaggle.is_file() else run.datamodule.items[0].image_file
+    with_shared = (U2NET_DIR / "u2netp.onnx").is_file() and kaggle.is_file()
+    run = request.getfixturevalue("trained_rembg_run" if with_shared or os.environ.get("CI") else "trained_demo_run")
+    photo = kaggle if with_shared or os.environ.get("CI") else run.datamodule.items[0].image_file
     port = _free_port()
     log = tmp_path / "web.log"
     command = [sys.executable, "-m", "gem_lightning.web", f"ckpt={run.checkpoint}", f"port={port}"]
@@ -109,6 +114,14 @@ def test_upload_a_gem_photo_and_see_the_cut_out_and_top_5(trained_demo_run, tmp_
         wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#cut-out img"))
         source = browser.find_element(By.CSS_SELECTOR, "#cut-out img").get_attribute("src")
         assert source.startswith(f"http://127.0.0.1:{port}/")
+        with urllib.request.urlopen(source, timeout=30) as response:
+            shown = Image.open(io.BytesIO(response.read())).convert("RGB")
+        if run.datamodule.background is not None:
+            # Background removed: the photo's corners are black in what the page shows.
+            corners = [shown.getpixel(xy) for xy in ((0, 0), (shown.width - 1, 0), (0, shown.height - 1))]
+            assert all(max(pixel) <= 8 for pixel in corners), corners
+            original = Image.open(photo).convert("RGB")
+            assert min(max(original.getpixel(xy)) for xy in ((0, 0), (original.width - 1, 0))) > 100  # grey there
         browser.save_screenshot(str(tmp_path / "page.png"))
     finally:
         if browser is not None:
