@@ -124,4 +124,10 @@ def store_calibration(checkpoint_path: Path, result: CalibrationResult) -> None:
     checkpoint[CHECKPOINT_KEY]["calibration"] = result.as_dict()
     buffer = io.BytesIO()
     torch.save(checkpoint, buffer)
-    write_bytes_atomically(checkpoint_path, buffer.getvalue())
+    try:
+        write_bytes_atomically(checkpoint_path, buffer.getvalue())
+    except OSError as error:
+        raise GemLightningError(
+            f"cannot store the temperature in {checkpoint_path} ({error}): copy the checkpoint to a writable "
+            "folder, or evaluate without calibrating (calibrate=false)"
+        ) from error

@@ -21,10 +21,14 @@ from gem_lightning.train_config import DEFAULT_CONFIG_DIR, compose_config
 
 def run_command(config_name: str, description: str, run: Callable[[DictConfig], int | None], argv=None) -> int:
     """Parse ``argv`` as overrides of ``conf/<config_name>.yaml``, call ``run(cfg)``, return the exit status."""
+    config_file = DEFAULT_CONFIG_DIR / f"{config_name}.yaml"
+    # The config file is the reference for its keys: --help shows it, comments and defaults included.
+    settings = config_file.read_text() if config_file.is_file() else ""
     parser = argparse.ArgumentParser(
         prog=f"python -m gem_lightning.{config_name}",
         description=description,
-        epilog=f"settings and their defaults: {DEFAULT_CONFIG_DIR / (config_name + '.yaml')}",
+        epilog=f"settings (key=value), from {config_file}:\n\n{settings}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. ckpt=outputs/.../best.ckpt")
     parser.add_argument("--config-dir", type=Path, default=DEFAULT_CONFIG_DIR, help="Hydra config folder")

@@ -116,7 +116,7 @@ def gallery_figure(evaluation: Evaluation, model_inputs: list[Path], image_size:
     names = evaluation.class_names
     for position, index in enumerate(shown):
         axes = figure.add_subplot(rows, columns, position + 1)
-        picture = transform(v2.functional.pil_to_tensor(load_rgb(model_inputs[index], min_side=image_size)))
+        picture = transform(v2.functional.pil_to_tensor(load_rgb(model_inputs[index], min_side=2 * image_size)))
         axes.imshow(picture.permute(1, 2, 0).numpy())
         axes.set_axis_off()
         true_name = names[int(evaluation.targets[index])]

@@ -129,7 +129,9 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> tuple[di
     if cfg.get("evaluate", False) and cfg.get("test", True) and best_checkpoint and trainer.is_global_zero:
         # Calibrate the best checkpoint on the validation split (stored in it) and write the report.
         predictor = Predictor(best_checkpoint, cache_dir=cfg.paths.cache_dir, batch_size=cfg.data.batch_size)
-        evaluation = evaluate_checkpoint(predictor, output_dir=output_dir / "evaluation", datamodule=datamodule)
+        evaluation = evaluate_checkpoint(
+            predictor, output_dir=output_dir / "evaluation" / "test", datamodule=datamodule
+        )
         summary = evaluation.evaluation.summary
         metrics.update({f"calibration/{k}": summary[k] for k in ("nll_before", "nll_after", "ece_before", "ece_after")})
         metrics["calibration/temperature"] = evaluation.evaluation.temperature

@@ -102,7 +102,7 @@ def test_training_run_calibrates_its_checkpoint_and_writes_the_report(trained_de
     assert float(checkpoint["state_dict"]["temperature"]) == pytest.approx(calibration["temperature"])
     assert float(GemClassifier.from_checkpoint(run.checkpoint).temperature) == pytest.approx(calibration["temperature"])
 
-    folder = run.run_dir / "evaluation"
+    folder = run.run_dir / "evaluation" / "test"
     for name in ("report.md", "confusion_matrix.png", "reliability_diagram.png", "evaluation.json", "per_class.csv"):
         assert (folder / name).is_file(), name
     document = json.loads((folder / "evaluation.json").read_text())
