@@ -99,7 +99,10 @@ def find_images(spec: str | Path) -> list[Path]:
     if path.is_file():
         return [path]
     if path.is_dir():
-        files = [p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.parts)]
+        # Hidden below the folder only: the folder itself may sit inside a hidden one (~/.cache/...).
+        files = [
+            p for p in path.rglob("*") if p.is_file() and not any(s.startswith(".") for s in p.relative_to(path).parts)
+        ]
     else:
         files = [Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file()]
     if not files:

@@ -57,14 +57,16 @@ PREDICTIONS_SCHEMA = {
 
 
 def _photo_folder(run, tmp_path: Path) -> Path:
-    """Three of the run's own test images, a corrupt 'photo' and a text file, in a nested folder."""
-    folder = tmp_path / "photos"
+    """Three of the run's own test images, a corrupt 'photo', a text file and a hidden file, in a nested folder
+    that itself lies inside a hidden one (as ~/.cache/... would)."""
+    folder = tmp_path / ".hidden_parent" / "photos"
     (folder / "more").mkdir(parents=True)
     tests = [item for item in run.datamodule.items if item.split == "test"][:3]
     for index, item in enumerate(tests):
         shutil.copyfile(item.image_file, (folder if index else folder / "more") / f"gem{index}.png")
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     (folder / "notes.txt").write_text("bought in 2019")
+    (folder / ".thumbnail.jpg").write_bytes(b"not looked at")
     return folder
 
 
