@@ -132,8 +132,11 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> tuple[di
         evaluation = evaluate_checkpoint(
             predictor, output_dir=output_dir / "evaluation" / "test", datamodule=datamodule
         )
+        # On the test split, held out from the fit: test/loss is the NLL before, these are the rest.
         summary = evaluation.evaluation.summary
-        metrics.update({f"calibration/{k}": summary[k] for k in ("nll_before", "nll_after", "ece_before", "ece_after")})
+        metrics["test/ece"] = summary["ece_before"]
+        metrics["test/ece_calibrated"] = summary["ece_after"]
+        metrics["test/nll_calibrated"] = summary["nll_after"]
         metrics["calibration/temperature"] = evaluation.evaluation.temperature
         report = evaluation.report
 

@@ -120,6 +120,8 @@ def test_training_run_calibrates_its_checkpoint_and_writes_the_report(trained_de
     assert "![confusion matrix](confusion_matrix.png)" in report and "## Most-confused class pairs" in report
     assert f"| {calibration['nll_before']:.4f} | {calibration['nll_after']:.4f} |" in report
     assert run.metrics["calibration/temperature"] == pytest.approx(calibration["temperature"])
+    assert run.metrics["test/ece_calibrated"] == pytest.approx(summary["ece_after"])
+    assert run.metrics["test/nll_calibrated"] == pytest.approx(summary["nll_after"])
 
 
 def test_evaluate_command_on_a_labelled_folder(trained_demo_run, tmp_path, capsys):
