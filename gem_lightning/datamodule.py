@@ -66,6 +66,17 @@ class GemImageDataset(Dataset):
         return image, label, self.leaked[index]
 
 
+def evaluation_dataset(
+    files: list[tuple[Path, int]], image_size: int, leaked: list[bool] | None = None
+) -> GemImageDataset:
+    """What validation, test, prediction, export checks and reports read: the one evaluation path.
+
+    Each file is decoded at reduced scale but never below twice ``image_size`` (room that training crops
+    need too), then ``eval_transform``.
+    """
+    return GemImageDataset(files, eval_transform(image_size), 2 * image_size, leaked)
+
+
 def _resolve_num_workers(num_workers: int | str) -> int:
     if num_workers == "auto":
         # Leave no core idle but do not spawn more decoders than a laptop-sized batch needs. The cores this
@@ -271,13 +282,12 @@ class GemDataModule(pl.LightningDataModule):
                 f"the {' and '.join(empty)} split of {self.root} is empty: add images or change "
                 "data.val_fraction / data.test_fraction"
             )
+        files = {name: [(item.image_file, index_of[item.label]) for item in by_split[name]] for name in by_split}
         # Decode JPEGs at a reduced scale but keep room for crops: twice the training size is plenty.
-        decode_min_side = 2 * self.image_size
-        evaluation = eval_transform(self.image_size)
-        for name, transform in (("train", self.train_transform), ("val", evaluation), ("test", evaluation)):
-            files = [(item.image_file, index_of[item.label]) for item in by_split[name]]
-            leaked = [item.leaked for item in by_split[name]] if name == "test" else None
-            self.datasets[name] = GemImageDataset(files, transform, decode_min_side, leaked)
+        self.datasets["train"] = GemImageDataset(files["train"], self.train_transform, 2 * self.image_size)
+        self.datasets["val"] = evaluation_dataset(files["val"], self.image_size)
+        leaked = [item.leaked for item in by_split["test"]]
+        self.datasets["test"] = evaluation_dataset(files["test"], self.image_size, leaked)
         log.info(
             "%d classes; train %d, val %d, test %d images (%d test image(s) marked leaked; split=%s, seed %d, "
             "%s); manifest %s; report %s",

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gem_lightning.calibration import CalibrationResult, calibrate, store_calibration
 from gem_lightning.command_line import run_command
-from gem_lightning.datamodule import GemDataModule, GemImageDataset, eval_transform
+from gem_lightning.datamodule import GemDataModule, GemImageDataset, evaluation_dataset
 from gem_lightning.dataset_scan import scan_dataset
 from gem_lightning.errors import GemLightningError
 from gem_lightning.evaluation import Evaluation, evaluate_logits
@@ -85,7 +85,7 @@ def _labelled_folder(predictor: Predictor, folder: Path, cache_dir: Path) -> tup
     if not pairs:
         raise GemLightningError(f"input={folder}: no usable image to evaluate")
     size = predictor.image_size
-    dataset = GemImageDataset([(inp, label_of[src]) for src, inp in pairs], eval_transform(size), 2 * size)
+    dataset = evaluation_dataset([(inp, label_of[src]) for src, inp in pairs], size)
     return dataset, [str(src.relative_to(scan.root)) for src, _ in pairs]
 
 

@@ -16,13 +16,11 @@ from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from torchvision.transforms import v2
 
 from gem_lightning.atomic_files import write_bytes_atomically, write_text_atomically
 from gem_lightning.calibration import CalibrationResult, ReliabilityBin
-from gem_lightning.datamodule import eval_transform
+from gem_lightning.datamodule import evaluation_dataset
 from gem_lightning.evaluation import Evaluation
-from gem_lightning.image_files import load_rgb
 
 REPORT_FILE = "report.md"
 CONFUSION_FILE = "confusion_matrix.png"
@@ -112,11 +110,11 @@ def gallery_figure(evaluation: Evaluation, model_inputs: list[Path], image_size:
     rows = max(1, math.ceil(len(shown) / columns))
     figure = Figure(figsize=(2.0 * columns, 2.3 * rows), layout="constrained")
     FigureCanvasAgg(figure)
-    transform = eval_transform(image_size)
+    pictures = evaluation_dataset([(path, -1) for path in model_inputs], image_size)
     names = evaluation.class_names
     for position, index in enumerate(shown):
         axes = figure.add_subplot(rows, columns, position + 1)
-        picture = transform(v2.functional.pil_to_tensor(load_rgb(model_inputs[index], min_side=2 * image_size)))
+        picture = pictures[index][0]
         axes.imshow(picture.permute(1, 2, 0).numpy())
         axes.set_axis_off()
         true_name = names[int(evaluation.targets[index])]

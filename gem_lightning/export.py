@@ -23,15 +23,14 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 from torch import nn
-from torchvision.transforms import v2
 
 from gem_lightning.atomic_files import write_text_atomically
 from gem_lightning.classifier import GemClassifier
 from gem_lightning.command_line import run_command
-from gem_lightning.datamodule import eval_transform
+from gem_lightning.datamodule import evaluation_dataset
 from gem_lightning.errors import GemLightningError
 from gem_lightning.evaluate import run_dir_of
-from gem_lightning.image_files import UnusableImage, inspect_image, load_rgb
+from gem_lightning.image_files import UnusableImage, inspect_image
 from gem_lightning.predictor import find_images
 
 log = logging.getLogger(__name__)
@@ -136,8 +135,8 @@ def check_images(model: GemClassifier, files: list[Path] | None, count: int = 8)
         if len(usable) == count:
             break
     if usable:
-        transform = eval_transform(size)
-        return torch.stack([transform(v2.functional.pil_to_tensor(load_rgb(path, 2 * size))) for path in usable])
+        pictures = evaluation_dataset([(path, -1) for path in usable], size)
+        return torch.stack([pictures[i][0] for i in range(len(usable))])
     generator = torch.Generator().manual_seed(0)
     return torch.randint(0, 256, (count, 3, size, size), dtype=torch.uint8, generator=generator)
 

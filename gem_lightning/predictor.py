@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
+import numpy as np
 import torch
 from omegaconf import OmegaConf
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader
 
 from gem_lightning.classifier import GemClassifier
-from gem_lightning.datamodule import GemImageDataset, eval_transform
+from gem_lightning.datamodule import GemImageDataset, evaluation_dataset
 from gem_lightning.errors import GemLightningError
 from gem_lightning.file_hashing import file_sha256
 from gem_lightning.image_files import UnusableImage, inspect_image
@@ -201,9 +202,7 @@ class Predictor:
             log.warning("skipped %s: %s", item.source, item.reason)
         if not pairs:
             return [], skipped
-        dataset = GemImageDataset(
-            [(model_input, -1) for _, model_input in pairs], eval_transform(self.image_size), 2 * self.image_size
-        )
+        dataset = evaluation_dataset([(model_input, -1) for _, model_input in pairs], self.image_size)
         result = collect_logits(self.model, dataset, self.batch_size, self.num_workers, self.progress)
         probabilities = (result.logits / self.temperature).softmax(-1)
         predictions = [
@@ -211,6 +210,11 @@ class Predictor:
             for (source, model_input), row in zip(pairs, probabilities, strict=True)
         ]
         return predictions, skipped
+
+    def model_view(self, model_input: Path) -> np.ndarray:
+        """(S, S, 3) uint8: the image exactly as the model takes it (after any cut-out, resize and crop)."""
+        image, _ = evaluation_dataset([(model_input, -1)], self.image_size)[0]
+        return image.permute(1, 2, 0).numpy()
 
     # -- tensors -------------------------------------------------------------------------------------------
 

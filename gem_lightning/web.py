@@ -46,7 +46,7 @@ def build_page(predictor: Predictor):
             raise gr.Error(f"cannot use this file: {skipped[0].reason}")
         (prediction,) = predictions
         ranked = top_k(prediction.probabilities, predictor.class_names, TOP_K)
-        return str(prediction.model_input), dict(ranked)
+        return predictor.model_view(prediction.model_input), dict(ranked)
 
     classes = len(predictor.class_names)
     with gr.Blocks(title="gem-lightning: identify a gemstone") as page:
@@ -56,7 +56,10 @@ def build_page(predictor: Predictor):
         )
         with gr.Row():
             photo = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard"], label="gem photo")
-            cut_out = gr.Image(label="what the model sees", interactive=False, elem_id="cut-out")
+            # PNG, not Gradio's default WebP: the exact pixels the model took, black background included.
+            cut_out = gr.Image(
+                label="what the model sees (cut out, centre crop)", format="png", interactive=False, elem_id="cut-out"
+            )
         ranking = gr.Label(num_top_classes=TOP_K, label=f"top {TOP_K} (calibrated confidence)", elem_id="top-classes")
         photo.change(identify, inputs=photo, outputs=[cut_out, ranking])
     return page
@@ -71,9 +74,7 @@ def run(cfg: DictConfig) -> int:
         progress=False,
     )
     page = build_page(predictor)
-    # The prepared cut-outs live in the cache; Gradio serves only files under the folders it is allowed.
-    allowed = [str(Path(cfg.cache_dir).resolve())]
-    page.launch(server_name=cfg.host, server_port=cfg.port, share=cfg.share, allowed_paths=allowed)
+    page.launch(server_name=cfg.host, server_port=cfg.port, share=cfg.share)
     return 0
 
 

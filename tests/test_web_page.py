@@ -116,6 +116,8 @@ def test_upload_a_gem_photo_and_see_the_cut_out_and_top_5(request, tmp_path):
         assert source.startswith(f"http://127.0.0.1:{port}/")
         with urllib.request.urlopen(source, timeout=30) as response:
             shown = Image.open(io.BytesIO(response.read())).convert("RGB")
+        size = int(run.datamodule.image_size)
+        assert shown.size == (size, size)  # the model's own input, not the photo
         if run.datamodule.background is not None:
             # Background removed: the photo's corners are black in what the page shows.
             corners = [shown.getpixel(xy) for xy in ((0, 0), (shown.width - 1, 0), (0, shown.height - 1))]
