@@ -161,6 +161,12 @@ def test_a_run_reports_raw_and_leak_free_test_accuracy(tmp_path):
     report = json.loads((run_dir / "data_report.json").read_text())
     assert list(report["leaked_test_images"]) == ["test/Beryl Golden/seller_recompressed.jpg"]
     assert (run_dir / CONTACT_SHEET_NAME).is_file() and (run_dir / "split_manifest.csv").is_file()
+    # The evaluation report gives both figures too, and they agree with the logged ones.
+    summary = json.loads((run_dir / "evaluation" / "test" / "evaluation.json").read_text())["summary"]
+    assert summary["leaked_images"] == 1
+    assert summary["top1"] == pytest.approx(metrics["test/acc"], abs=1e-6)
+    assert summary["top1_leak_free"] == pytest.approx(metrics["test_leak_free/acc"], abs=1e-6)
+    assert "leak-free" in (run_dir / "evaluation" / "test" / "report.md").read_text()
 
 
 @needs_shared(GEMSTONES_DIR)
