@@ -9,6 +9,7 @@ minimising the negative log-likelihood of the validation labels and stored in th
 from __future__ import annotations
 
 import io
+import logging
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +21,8 @@ from torchmetrics.functional.classification import multiclass_calibration_error
 from gem_lightning.atomic_files import write_bytes_atomically
 from gem_lightning.classifier import CHECKPOINT_KEY
 from gem_lightning.errors import GemLightningError
+
+log = logging.getLogger(__name__)
 
 ECE_BINS = 15  # the usual choice since Guo et al.; the reliability diagram uses the same bins
 # A tiny, perfectly separated validation set pushes T towards 0 without bound; these bounds keep it sane.
@@ -102,8 +105,16 @@ class CalibrationResult:
 
 
 def calibrate(logits: torch.Tensor, targets: torch.Tensor, split: str = "val") -> CalibrationResult:
-    """Fit T on (logits, targets) and measure NLL and ECE there before and after."""
-    temperature = fit_temperature(logits, targets)
+    """Fit T on (logits, targets) and measure NLL and ECE there before and after.
+
+    When every image is classified right the NLL keeps falling as T -> 0: the fit would only push the model
+    to certainty it has not earned (on the demo set T came out at 0.06), so T stays 1.
+    """
+    if bool((logits.argmax(dim=1) == targets).all()):
+        log.warning("every %s image is classified right: nothing to calibrate against, temperature left at 1", split)
+        temperature = 1.0
+    else:
+        temperature = fit_temperature(logits, targets)
     return CalibrationResult(
         temperature=temperature,
         split=split,

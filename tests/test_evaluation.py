@@ -39,6 +39,14 @@ def test_fitting_recovers_the_temperature_that_generated_the_labels():
         assert negative_log_likelihood(logits, targets, fitted) < negative_log_likelihood(logits, targets)
 
 
+def test_a_validation_split_without_mistakes_leaves_the_temperature_at_one():
+    logits = torch.eye(5).repeat(6, 1) * 3
+    targets = torch.arange(5).repeat(6)
+    assert fit_temperature(logits, targets) < 0.2  # what an unguarded fit does: sharpen towards certainty
+    result = calibrate(logits, targets)
+    assert result.temperature == 1.0 and result.nll_after == result.nll_before
+
+
 def test_reliability_bins_give_torchmetrics_ece():
     generator = torch.Generator().manual_seed(2)
     logits = 3 * torch.randn(600, 7, generator=generator)
