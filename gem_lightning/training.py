@@ -134,10 +134,16 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> tuple[di
         )
         # On the test split, held out from the fit: test/loss is the NLL before, these are the rest.
         summary = evaluation.evaluation.summary
-        metrics["test/ece"] = summary["ece_before"]
-        metrics["test/ece_calibrated"] = summary["ece_after"]
-        metrics["test/nll_calibrated"] = summary["nll_after"]
-        metrics["calibration/temperature"] = evaluation.evaluation.temperature
+        calibration_metrics = {
+            "test/ece": summary["ece_before"],
+            "test/ece_calibrated": summary["ece_after"],
+            "test/nll_calibrated": summary["nll_after"],
+            "calibration/temperature": evaluation.evaluation.temperature,
+        }
+        metrics.update(calibration_metrics)
+        for logger in loggers:  # beside test/ in TensorBoard, so runs compare on calibration too
+            logger.log_metrics(calibration_metrics, step=trainer.global_step)
+            logger.save()
         report = evaluation.report
 
     if trainer.is_global_zero:

@@ -9,6 +9,7 @@ import shutil
 import pytest
 import torch
 from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from gem_lightning import evaluate
 from gem_lightning.calibration import (
@@ -130,6 +131,11 @@ def test_training_run_calibrates_its_checkpoint_and_writes_the_report(trained_de
     assert run.metrics["calibration/temperature"] == pytest.approx(calibration["temperature"])
     assert run.metrics["test/ece_calibrated"] == pytest.approx(summary["ece_after"])
     assert run.metrics["test/nll_calibrated"] == pytest.approx(summary["nll_after"])
+    events = EventAccumulator(str(run.run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    (logged,) = events.Scalars("calibration/temperature")
+    assert logged.value == pytest.approx(calibration["temperature"])
+    assert "test/ece_calibrated" in events.Tags()["scalars"]
 
 
 def test_evaluate_command_on_a_labelled_folder(trained_demo_run, tmp_path, capsys):
