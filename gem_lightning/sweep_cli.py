@@ -25,6 +25,7 @@ import hydra
 import torch
 
 from gem_lightning.errors import GemLightningError, exit_status_for
+from gem_lightning.memory_allocator import keep_freed_memory
 from gem_lightning.search_space import override_value
 from gem_lightning.study_storage import shown
 from gem_lightning.sweep_plan import SweepPlan
@@ -161,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    keep_freed_memory()  # every worker process runs this too (gem_lightning.memory_allocator says why)
     args = _parser().parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     try:
