@@ -57,8 +57,9 @@ def build_page(predictor: Predictor):
         with gr.Row():
             photo = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard"], label="gem photo")
             # PNG, not Gradio's default WebP: the exact pixels the model took, black background included.
+            steps = "cut out, centre crop" if predictor.background is not None else "centre crop"
             cut_out = gr.Image(
-                label="what the model sees (cut out, centre crop)", format="png", interactive=False, elem_id="cut-out"
+                label=f"what the model sees ({steps})", format="png", interactive=False, elem_id="cut-out"
             )
         ranking = gr.Label(num_top_classes=TOP_K, label=f"top {TOP_K} (calibrated confidence)", elem_id="top-classes")
         photo.change(identify, inputs=photo, outputs=[cut_out, ranking])
