@@ -74,22 +74,29 @@ def open_storage(url: URL, heartbeat_interval: int, grace_period: int, max_retry
         engine_kwargs = {"connect_args": {"timeout": 120}}
     else:
         engine_kwargs = {"pool_pre_ping": True}
-    try:
-        with quiet_experimental():
-            return RDBStorage(
-                url.render_as_string(hide_password=False),
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=heartbeat_interval,
-                grace_period=grace_period,
-                heartbeat_stale_trial_callback=retry_callback(max_retry),
-            )
-    except (ImportError, NoSuchModuleError) as error:
-        raise GemLightningError(
-            f"sweep.storage={shown(url)}: the database driver is missing ({error}); for PostgreSQL run "
-            "pip install -e '.[postgres]'"
-        ) from None
-    except OperationalError as error:
-        raise _unreachable(url, error) from None
+    for attempt in (1, 2):
+        try:
+            with quiet_experimental():
+                return RDBStorage(
+                    url.render_as_string(hide_password=False),
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=heartbeat_interval,
+                    grace_period=grace_period,
+                    heartbeat_stale_trial_callback=retry_callback(max_retry),
+                )
+        except (ImportError, NoSuchModuleError) as error:
+            raise GemLightningError(
+                f"sweep.storage={shown(url)}: the database driver is missing ({error}); for PostgreSQL run "
+                "pip install -e '.[postgres]'"
+            ) from None
+        except OperationalError as error:
+            # Seen once in the --jobs 2 test on a fresh SQLite file, lock or not: the second worker's table
+            # creation met "table ... already exists" from the first. The tables are there now; open again.
+            if attempt == 1 and "already exists" in str(error):
+                log.info("the study tables appeared while this worker created them; opening the study again")
+                continue
+            raise _unreachable(url, error) from None
+    raise AssertionError("unreachable: the second attempt returns or raises")
 
 
 def _unreachable(url: URL, error: OperationalError) -> GemLightningError:

@@ -372,3 +372,31 @@ def test_missing_data_stops_before_the_study_records_a_trial(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith(f"error: data folder not found: {tmp_path / 'data' / 'gemstones'}")
     assert not (tmp_path / "outputs" / "sweeps" / "nodata").exists()
+
+
+def test_a_table_creation_race_is_opened_again(tmp_path, monkeypatch):
+    """The "table ... already exists" a second worker met once on a fresh SQLite file: it opens again."""
+    from sqlalchemy.exc import OperationalError
+
+    from gem_lightning import study_storage
+
+    real, calls = study_storage.RDBStorage, []
+
+    def first_one_races(*args, **kwargs):
+        calls.append(args)
+        storage = real(*args, **kwargs)  # the first worker's tables now exist
+        if len(calls) == 1:
+            raise OperationalError("CREATE TABLE trials", {}, Exception("table trials already exists"))
+        return storage
+
+    monkeypatch.setattr(study_storage, "RDBStorage", first_one_races)
+    url = storage_url(None, tmp_path)
+    storage = open_storage(url, heartbeat_interval=30, grace_period=120, max_retry=3)
+    assert len(calls) == 2 and storage.get_all_studies() == []
+
+    def broken_disk(*args, **kwargs):
+        raise OperationalError("CREATE TABLE trials", {}, Exception("disk I/O error"))
+
+    monkeypatch.setattr(study_storage, "RDBStorage", broken_disk)  # any other error: one line, no retry
+    with pytest.raises(GemLightningError, match="cannot open the study database: disk I/O error"):
+        open_storage(url, heartbeat_interval=30, grace_period=120, max_retry=3)
