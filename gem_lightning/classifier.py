@@ -148,11 +148,6 @@ class GemClassifier(pl.LightningModule):
     def test_step(self, batch, batch_idx: int) -> None:
         self._shared_step(batch, "test")
 
-    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
-        """Raw logits; callers divide by ``temperature`` (calibration needs them unscaled)."""
-        images = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self(images)
-
     def on_test_epoch_start(self) -> None:
         self._leaked_seen = 0
         self.leak_free_metrics.reset()

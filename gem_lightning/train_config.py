@@ -22,7 +22,12 @@ from gem_lightning.errors import GemLightningError
 DEFAULT_CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
-def compose_config(config_name: str, overrides: list[str], config_dir: Path = DEFAULT_CONFIG_DIR) -> DictConfig:
+def compose_config(
+    config_name: str,
+    overrides: list[str],
+    config_dir: Path = DEFAULT_CONFIG_DIR,
+    return_hydra_config: bool = False,
+) -> DictConfig:
     """``conf/<config_name>.yaml`` with ``overrides`` applied, as Hydra's compose API builds it."""
     config_dir = Path(config_dir)
     if not (config_dir / f"{config_name}.yaml").is_file():
@@ -31,17 +36,13 @@ def compose_config(config_name: str, overrides: list[str], config_dir: Path = DE
         )
     GlobalHydra.instance().clear()  # a second command in one process (tests, the web page) starts afresh
     with initialize_config_dir(config_dir=str(config_dir.resolve()), version_base="1.3"):
-        return compose(config_name, overrides=list(overrides))
+        return compose(config_name, overrides=list(overrides), return_hydra_config=return_hydra_config)
 
 
 def compose_train_config(config_dir: Path, overrides: list[str]) -> DictConfig:
     """The config train.py would compose for ``overrides`` (without starting a run), Hydra's node included."""
-    config_dir = Path(config_dir)
-    if not (config_dir / "train.yaml").is_file():
-        raise GemLightningError(f"no train.yaml in {config_dir}: pass --config-dir with the project's conf/ folder")
     register_config_schemas()
-    with initialize_config_dir(config_dir=str(config_dir.resolve()), version_base="1.3"):
-        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+    cfg = compose_config("train", overrides, config_dir, return_hydra_config=True)
     # ${hydra:runtime.cwd} in conf/paths needs the Hydra config set, as inside a real run.
     HydraConfig.instance().set_config(cfg)
     return cfg
