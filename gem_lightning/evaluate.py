@@ -79,7 +79,8 @@ def _labelled_folder(predictor: Predictor, folder: Path, cache_dir: Path) -> tup
         )
     files = [scan.root / item.path for item in scan.usable]
     label_of = {scan.root / item.path: predictor.class_names.index(item.label) for item in scan.usable}
-    pairs, skipped = predictor.prepare(files)
+    # The scan has checked every file and hashed it already.
+    pairs, skipped = predictor.model_inputs(files, [item.sha256 for item in scan.usable])
     for item in skipped:
         log.warning("skipped %s: %s", item.source, item.reason)
     if not pairs:

@@ -168,8 +168,8 @@ class Predictor:
 
     # -- photos --------------------------------------------------------------------------------------------
 
-    def prepare(self, files: list[Path]) -> tuple[list[tuple[Path, Path]], list[SkippedImage]]:
-        """(source, file the model decodes) for every usable file, and the files skipped with the reason."""
+    def usable_files(self, files: list[Path]) -> tuple[list[Path], list[SkippedImage]]:
+        """The files that decode as images (checked as the training scan checks them), and the rest with why."""
         usable, skipped = [], []
         for path in files:
             try:
@@ -179,25 +179,37 @@ class Predictor:
                 skipped.append(SkippedImage(path, str(error)))
             except OSError as error:  # unreadable (permissions, vanished)
                 skipped.append(SkippedImage(path, f"cannot read: {error}"))
-        if self.background is None or not usable:
-            return [(path, path) for path in usable], skipped
-        sources = [SourceImage(file_sha256(path), path.resolve()) for path in usable]
+        return usable, skipped
+
+    def model_inputs(
+        self, files: list[Path], sha256s: list[str] | None = None
+    ) -> tuple[list[tuple[Path, Path]], list[SkippedImage]]:
+        """(source, file the model decodes) for usable ``files``, and those background removal left out.
+
+        ``sha256s`` are the files' hashes when already known (a dataset scan has them); they key the cache.
+        """
+        if self.background is None or not files:
+            return [(path, path) for path in files], []
+        sha256s = sha256s or [file_sha256(path) for path in files]
+        sources = [SourceImage(sha256, path.resolve()) for sha256, path in zip(sha256s, files, strict=True)]
         records, summary = self.background.prepare(sources, self.cache_dir)
         variant = self.background.variant_dir(self.cache_dir)
-        pairs = []
-        for source in sources:
+        pairs, skipped = [], []
+        for path, source in zip(files, sources, strict=True):
             record = records.get(source.sha256)
             if record is None:
                 reason = summary.failures.get(str(source.path), "background removal failed")
-                skipped.append(SkippedImage(source.path, reason))
+                skipped.append(SkippedImage(path, reason))
             elif record["file"] is None:
-                skipped.append(SkippedImage(source.path, f"no gem found ({record['flag']}); background.fallback=drop"))
+                skipped.append(SkippedImage(path, f"no gem found ({record['flag']}); background.fallback=drop"))
             else:
-                pairs.append((source.path, variant / record["file"]))
+                pairs.append((path, variant / record["file"]))
         return pairs, skipped
 
     def predict_files(self, files: list[Path]) -> tuple[list[ImagePrediction], list[SkippedImage]]:
-        pairs, skipped = self.prepare([Path(f) for f in files])
+        usable, skipped = self.usable_files([Path(f) for f in files])
+        pairs, left_out = self.model_inputs(usable)
+        skipped += left_out
         for item in skipped:
             log.warning("skipped %s: %s", item.source, item.reason)
         if not pairs:

@@ -213,6 +213,7 @@ def test_a_new_photo_is_cut_out_into_the_cache_once(trained_rembg_run, tmp_path)
     photo = GEMSTONES_DIR / "test" / "Amethyst" / "amethyst_18.jpg"
     predictor = Predictor(trained_rembg_run.checkpoint, cache_dir=tmp_path / "cache", progress=False)
     (first,), _ = predictor.predict_files([photo])
+    assert first.source == photo  # the user's own path, as without background removal
     assert first.model_input.is_relative_to(predictor.background.variant_dir(tmp_path / "cache"))
     stamp = first.model_input.stat().st_mtime_ns
     (second,), _ = predictor.predict_files([photo])
