@@ -30,8 +30,7 @@ from gem_lightning.command_line import run_command
 from gem_lightning.datamodule import evaluation_dataset
 from gem_lightning.errors import GemLightningError
 from gem_lightning.evaluate import run_dir_of
-from gem_lightning.image_files import UnusableImage, inspect_image
-from gem_lightning.predictor import find_images
+from gem_lightning.predictor import find_images, usable_images
 
 log = logging.getLogger(__name__)
 
@@ -125,15 +124,9 @@ class ParityCheck:
 def check_images(model: GemClassifier, files: list[Path] | None, count: int = 8) -> torch.Tensor:
     """A uint8 batch to compare on: real photos when given (as prediction prepares them), else seeded noise."""
     size = int(model.hparams.image_size)
-    usable = []
-    for path in files or []:
-        try:
-            inspect_image(path, max_pixels=50_000_000)
-            usable.append(path)
-        except (UnusableImage, OSError) as error:
-            log.warning("not comparing on %s: %s", path, error)
-        if len(usable) == count:
-            break
+    usable, skipped = usable_images(files or [], max_pixels=50_000_000, limit=count)
+    for item in skipped:
+        log.warning("not comparing on %s: %s", item.source, item.reason)
     if usable:
         pictures = evaluation_dataset([(path, -1) for path in usable], size)
         return torch.stack([pictures[i][0] for i in range(len(usable))])

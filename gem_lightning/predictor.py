@@ -111,6 +111,27 @@ def find_images(spec: str | Path) -> list[Path]:
     return sorted(files)
 
 
+def usable_images(
+    files: list[Path], max_pixels: int, limit: int | None = None
+) -> tuple[list[Path], list[SkippedImage]]:
+    """The files that decode as images (checked as the training scan checks them), and the rest with why.
+
+    With ``limit``, stops once that many usable files are found.
+    """
+    usable, skipped = [], []
+    for path in files:
+        if limit is not None and len(usable) == limit:
+            break
+        try:
+            inspect_image(path, max_pixels)
+            usable.append(path)
+        except UnusableImage as error:
+            skipped.append(SkippedImage(path, str(error)))
+        except OSError as error:  # unreadable (permissions, vanished)
+            skipped.append(SkippedImage(path, f"cannot read: {error}"))
+    return usable, skipped
+
+
 class Predictor:
     """Class probabilities for photo files or uint8 batches, from one checkpoint."""
 
@@ -168,19 +189,6 @@ class Predictor:
 
     # -- photos --------------------------------------------------------------------------------------------
 
-    def usable_files(self, files: list[Path]) -> tuple[list[Path], list[SkippedImage]]:
-        """The files that decode as images (checked as the training scan checks them), and the rest with why."""
-        usable, skipped = [], []
-        for path in files:
-            try:
-                inspect_image(path, self.max_image_pixels)
-                usable.append(path)
-            except UnusableImage as error:
-                skipped.append(SkippedImage(path, str(error)))
-            except OSError as error:  # unreadable (permissions, vanished)
-                skipped.append(SkippedImage(path, f"cannot read: {error}"))
-        return usable, skipped
-
     def model_inputs(
         self, files: list[Path], sha256s: list[str] | None = None
     ) -> tuple[list[tuple[Path, Path]], list[SkippedImage]]:
@@ -207,7 +215,7 @@ class Predictor:
         return pairs, skipped
 
     def predict_files(self, files: list[Path]) -> tuple[list[ImagePrediction], list[SkippedImage]]:
-        usable, skipped = self.usable_files([Path(f) for f in files])
+        usable, skipped = usable_images([Path(f) for f in files], self.max_image_pixels)
         pairs, left_out = self.model_inputs(usable)
         skipped += left_out
         for item in skipped:
