@@ -41,6 +41,10 @@ class GemClassifier(pl.LightningModule):
     ``optimizer`` and ``scheduler`` are factories (Hydra ``_partial_`` configs) taking the parameters and
     the optimiser respectively. ``freeze_backbone_epochs`` trains only the head for that many epochs first
     (BatchNorm statistics frozen too), which protects pretrained features from a random head's gradients.
+    ``head_only`` never trains the backbone: the data module then serves the backbone's features, computed
+    once and cached on disk, instead of images (gem_lightning.backbone_features), so an epoch is a few
+    matrix products. ``channels_last`` stores activations NHWC, the layout oneDNN and tensor cores are
+    fastest with; ``compile`` runs the backbone through ``torch.compile`` when fitting.
     """
 
     def __init__(
@@ -56,6 +60,9 @@ class GemClassifier(pl.LightningModule):
         freeze_backbone_epochs: int = 0,
         image_size: int = 224,
         augment_policy: str = "none",
+        head_only: bool = False,
+        channels_last: bool = True,
+        compile: bool = False,
     ):
         super().__init__()
         # Plain Python types only, so checkpoints load with torch.load(weights_only=True).
@@ -89,13 +96,24 @@ class GemClassifier(pl.LightningModule):
         self.leak_free_metrics = _stage_metrics("test_leak_free", num_classes)
         self._leaked_seen = 0
         self._backbone_frozen = False
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        # Weights in the activations' layout, so no convolution converts them on every call. Loading a
+        # checkpoint copies into these tensors and keeps their layout.
+        self.backbone.to(memory_format=self.memory_format)
+        if head_only:
+            self._set_backbone_frozen(True)
 
     # -- forward -------------------------------------------------------------------------------------------
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images))
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The backbone's pooled feature vectors (N, F): what the head classifies."""
         if images.dtype == torch.uint8:
             images = images.float().div(255)
-        return self.head(self.backbone((images - self._mean) / self._std))
+        images = images.contiguous(memory_format=self.memory_format)
+        return self.backbone((images - self._mean) / self._std)
 
     def probabilities(self, images: torch.Tensor, calibrated: bool = True) -> torch.Tensor:
         """Class probabilities, divided by the fitted temperature first unless ``calibrated`` is false."""
@@ -119,13 +137,21 @@ class GemClassifier(pl.LightningModule):
         return self
 
     def on_train_epoch_start(self) -> None:
-        self._set_backbone_frozen(self.current_epoch < self.hparams.freeze_backbone_epochs)
+        if not self.hparams.head_only:
+            self._set_backbone_frozen(self.current_epoch < self.hparams.freeze_backbone_epochs)
+
+    def setup(self, stage: str) -> None:
+        if self.hparams.compile and stage == "fit" and not getattr(self, "_compiled", False):
+            # In place (nn.Module.compile), so state-dict keys and checkpoints stay those of the plain module.
+            self.backbone.compile()
+            self._compiled = True
 
     # -- steps ---------------------------------------------------------------------------------------------
 
     def _shared_step(self, batch: tuple, stage: str) -> torch.Tensor:
-        images, targets = batch[0], batch[1]
-        logits = self(images)
+        inputs, targets = batch[0], batch[1]
+        # (N, F) rows are cached backbone features (head_only); (N, 3, H, W) are images.
+        logits = self.head(inputs) if inputs.ndim == 2 else self(inputs)
         loss = self.criterion(logits, targets)
         mean_loss, metrics = self.losses[f"{stage}_loss"], self.metrics[f"{stage}_metrics"]
         mean_loss(loss, weight=targets.numel())
@@ -172,7 +198,8 @@ class GemClassifier(pl.LightningModule):
 
     def configure_optimizers(self):
         factory = self.optimizer_factory or (lambda params: torch.optim.Adam(params, lr=3e-4))
-        optimizer = factory(params=self.parameters())
+        # A frozen (head_only) backbone has nothing to optimise; weight decay must not touch it either.
+        optimizer = factory(params=[p for p in self.parameters() if p.requires_grad])
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer=optimizer)

@@ -64,6 +64,9 @@ class ModelSchema:
     label_smoothing: float = 0.0
     dropout: float = 0.0
     freeze_backbone_epochs: int = 0
+    head_only: bool = False
+    channels_last: bool = True
+    compile: bool = False
 
 
 def register_config_schemas() -> None:
