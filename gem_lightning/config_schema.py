@@ -25,6 +25,12 @@ class ConflictPolicy(str, Enum):
     keep = "keep"
 
 
+class AugmentPlace(str, Enum):
+    auto = "auto"
+    loader = "loader"
+    device = "device"
+
+
 class BackboneName(str, Enum):
     resnet18 = "resnet18"
     resnet34 = "resnet34"
@@ -53,6 +59,8 @@ class DataSchema:
     background: Any = None
     near_duplicate_threshold: float | None = 0.01
     label_conflicts: ConflictPolicy = ConflictPolicy.drop
+    cache_images: bool = True
+    augment_on: AugmentPlace = AugmentPlace.auto
 
 
 @dataclass

@@ -23,11 +23,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from gem_lightning.calibration import CalibrationResult, calibrate, store_calibration
 from gem_lightning.command_line import run_command
-from gem_lightning.datamodule import GemDataModule, GemImageDataset, evaluation_dataset
+from gem_lightning.datamodule import GemDataModule
 from gem_lightning.dataset_scan import scan_dataset
 from gem_lightning.errors import GemLightningError
 from gem_lightning.evaluation import Evaluation, evaluate_logits
 from gem_lightning.evaluation_report import write_evaluation_report
+from gem_lightning.image_dataset import GemImageDataset, evaluation_dataset
 from gem_lightning.predictor import Predictor, collect_logits
 
 log = logging.getLogger(__name__)

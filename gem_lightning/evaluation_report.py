@@ -19,8 +19,8 @@ from matplotlib.figure import Figure
 
 from gem_lightning.atomic_files import write_bytes_atomically, write_text_atomically
 from gem_lightning.calibration import CalibrationResult, ReliabilityBin
-from gem_lightning.datamodule import evaluation_dataset
 from gem_lightning.evaluation import Evaluation
+from gem_lightning.image_dataset import evaluation_dataset
 
 REPORT_FILE = "report.md"
 CONFUSION_FILE = "confusion_matrix.png"

@@ -22,9 +22,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch.utils.data import DataLoader
 
 from gem_lightning.classifier import GemClassifier
-from gem_lightning.datamodule import GemImageDataset, evaluation_dataset
 from gem_lightning.errors import GemLightningError
 from gem_lightning.file_hashing import file_sha256
+from gem_lightning.image_dataset import GemImageDataset, collate_batch, evaluation_dataset
 from gem_lightning.image_files import UnusableImage, inspect_image
 from gem_lightning.prepared_images import BackgroundRemoval, SourceImage
 
@@ -77,7 +77,13 @@ def collect_logits(
 ) -> Logits:
     """Run ``model`` (in eval mode, on its own device) over ``dataset`` in batches, with a progress bar."""
     device = next(model.parameters()).device
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=device.type == "cuda")
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        collate_fn=collate_batch,
+    )
     logits, targets, leaked = [], [], []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     model.eval()

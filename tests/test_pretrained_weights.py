@@ -13,20 +13,18 @@ from torchvision.transforms import v2
 
 from gem_lightning import backbones
 from gem_lightning.backbones import create_backbone, imagenet_network, normalisation
-from gem_lightning.datamodule import eval_transform
 from gem_lightning.errors import GemLightningError
-from gem_lightning.image_files import load_rgb
+from gem_lightning.image_dataset import evaluation_dataset
 from tests.conftest import IMAGENET_SAMPLES_DIR, needs_shared
 
 
 def _imagenet_samples() -> tuple[torch.Tensor, torch.Tensor]:
     with open(IMAGENET_SAMPLES_DIR / "labels.tsv", newline="") as handle:
         rows = list(csv.DictReader(handle, delimiter="\t"))
-    resize = eval_transform(224)
-    images = torch.stack(
-        [resize(v2.functional.pil_to_tensor(load_rgb(IMAGENET_SAMPLES_DIR / r["file"]))) for r in rows]
-    )
-    return images, torch.tensor([int(r["imagenet_index"]) for r in rows])
+    # The project's own evaluation path: stored square, then down to 224 px.
+    dataset = evaluation_dataset([(IMAGENET_SAMPLES_DIR / r["file"], int(r["imagenet_index"])) for r in rows], 224)
+    images, labels = zip(*(dataset[i] for i in range(len(dataset))), strict=True)
+    return torch.stack(images), torch.tensor(labels)
 
 
 def _top_k_hits(network: torch.nn.Module, name: str, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:

@@ -1,0 +1,104 @@
+"""A frozen backbone's features of every image, computed once and cached on disk (``model.head_only``).
+
+With the backbone frozen, an epoch of head training only needs each image's pooled feature vector, which
+never changes: computing them once turns an epoch into a few small matrix products, and every head-only
+trial of a sweep over the same data and backbone reuses the same file.
+
+The file is ``<cache_dir>/features/<key>.npy`` (float32, one row per image, in the dataset's order). The key
+hashes the images (their array file name, which hashes every file's path, size and mtime), the evaluation
+size, the backbone's name and weights, and the precision they are computed in, so nothing stale is reused.
+It is written atomically under a lock: concurrent trials wait and then read it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from gem_lightning.atomic_files import write_bytes_atomically
+from gem_lightning.file_locks import exclusive_lock
+from gem_lightning.image_arrays import array_file
+from gem_lightning.image_dataset import GemImageDataset, collate_batch
+
+if TYPE_CHECKING:
+    from gem_lightning.classifier import GemClassifier
+
+log = logging.getLogger(__name__)
+
+FEATURES_FORMAT = 1
+
+
+def weights_fingerprint(module: torch.nn.Module) -> str:
+    """A hash of every tensor in ``module``'s state dict (names, shapes and values)."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        value = tensor.detach().cpu().contiguous().reshape(-1)  # 1-D: a 0-d tensor cannot be viewed as bytes
+        digest.update(f"{name}|{tuple(tensor.shape)}|{value.dtype}".encode())
+        digest.update(value.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def features_file(model: GemClassifier, images: GemImageDataset, cache_dir: Path, precision: str) -> Path:
+    image_key = array_file([path for path, _ in images.items], images.side, cache_dir).stem
+    size = model.hparams.image_size
+    key = hashlib.sha256(
+        "|".join(
+            [
+                str(FEATURES_FORMAT),
+                image_key,
+                str(size),
+                model.hparams.backbone,
+                weights_fingerprint(model.backbone),
+                precision,
+            ]
+        ).encode()
+    ).hexdigest()[:16]
+    return Path(cache_dir) / "features" / f"{model.hparams.backbone}-{size}px-{len(images)}-{key}.npy"
+
+
+def backbone_features(
+    model: GemClassifier,
+    images: GemImageDataset,
+    cache_dir: Path,
+    precision: str,
+    forward_context: Callable[[], AbstractContextManager],
+    batch_size: int,
+    num_workers: int,
+) -> torch.Tensor:
+    """(len(images), F) float32 features of ``images`` through ``model``'s backbone in eval mode, on the
+    model's device, inside ``forward_context`` (the trainer's precision); read from the cache when there."""
+    target = features_file(model, images, cache_dir, precision)
+    with exclusive_lock(target.with_suffix(".lock")):
+        if target.is_file():
+            log.info("backbone features from %s", target)
+            return torch.from_numpy(np.load(target))
+        log.info("computing %s features of %d images once into %s", model.hparams.backbone, len(images), target)
+        was_training = model.training
+        model.eval()
+        rows = []
+        # Its own generator, so a cache miss leaves the global RNG (shuffling, dropout) as a hit would.
+        loader = DataLoader(
+            images,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            collate_fn=collate_batch,
+            generator=torch.Generator(),
+        )
+        with torch.inference_mode(), forward_context():
+            for batch in loader:
+                rows.append(model.features(batch[0].to(model.device)).float().cpu())
+        model.train(was_training)
+        features = torch.cat(rows)
+        buffer = io.BytesIO()
+        np.save(buffer, features.numpy())
+        write_bytes_atomically(target, buffer.getvalue())
+    return features

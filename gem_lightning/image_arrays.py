@@ -1,0 +1,165 @@
+"""Every image a run trains on, decoded once into one uint8 array file, so an epoch decodes no JPEG.
+
+``stored_image(path, side)`` is the one decoding step, cached or not: decode upright RGB (JPEGs at reduced
+scale), shorter side to ``side``, centre square. ``build_image_array`` writes it for a list of files into
+``<cache_dir>/image_arrays/<side>px-<count>-<key>.npy``, a plain ``.npy`` of shape (N, side, side, 3) that
+loaders memory-map: the page cache holds it once for every loader process and every run on the machine.
+Rows are stored channels-last because that is the layout torchvision's uint8 resize is fastest in (7,000
+against 4,200 images/s for 256 -> 224 px here) and the one the model's convolutions take.
+
+The key hashes each file's path, size and modification time with the side and format, so a changed photo
+or cut-out makes a new array. Building goes through ``*.partial.npy`` with a progress record rewritten
+(atomically) every few hundred rows, under a lock: an interrupted build resumes where it stopped, and a
+second process (a sweep worker, a DDP rank) waits and then finds the array done. The finished array is
+renamed into place in one step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from gem_lightning.atomic_files import write_text_atomically
+from gem_lightning.errors import GemLightningError
+from gem_lightning.file_locks import exclusive_lock
+from gem_lightning.image_files import load_rgb
+
+log = logging.getLogger(__name__)
+
+ARRAY_FORMAT = 2  # 1 stored (N, 3, S, S)
+# Rows written between two progress records: what an interrupted build may have to decode again.
+ROWS_PER_RECORD = 256
+
+
+def stored_side(image_size: int) -> int:
+    """Side of the stored square for a model input of ``image_size``: 8/7 of it (256 for 224).
+
+    The margin is what random crops and rotations cut into, as in the usual resize-256/crop-224 recipe;
+    evaluation resizes the whole square down, so it sees the same framing as before caching.
+    """
+    return round(image_size * 8 / 7)
+
+
+def stored_image(path: Path, side: int) -> torch.Tensor:
+    """The uint8 (3, side, side) tensor every pipeline starts from: decoded, shorter side to ``side``, centre square."""
+    image = v2.functional.pil_to_tensor(load_rgb(path, min_side=side))
+    return v2.functional.center_crop(v2.functional.resize(image, side, antialias=True), side)
+
+
+def array_file(files: Sequence[Path], side: int, cache_dir: Path) -> Path:
+    """Where the array for ``files`` at ``side`` lives; it changes when any file changes."""
+    digest = hashlib.sha256(f"{ARRAY_FORMAT}|{side}".encode())
+    for path in files:
+        stat = os.stat(path)
+        digest.update(f"|{Path(path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return Path(cache_dir) / "image_arrays" / f"{side}px-{len(files)}-{digest.hexdigest()[:16]}.npy"
+
+
+class _Decoder(Dataset):
+    """Rows ``start..`` of the array, decoded in loader processes; a failure is returned, not raised, so the
+    error names the file in one line instead of arriving wrapped in a worker traceback."""
+
+    def __init__(self, files: Sequence[Path], side: int, start: int):
+        self.files, self.side, self.start = list(files), side, start
+
+    def __len__(self) -> int:
+        return len(self.files) - self.start
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
+        row = self.start + index
+        try:
+            return row, stored_image(self.files[row], self.side), None
+        except Exception as error:  # reported with the file's name by the builder
+            return row, None, f"{type(error).__name__}: {error}"
+
+
+def _as_list(batch: list) -> list:
+    return batch
+
+
+def build_image_array(
+    files: Sequence[Path], side: int, cache_dir: Path, num_workers: int = 0, progress: bool = True
+) -> Path:
+    """Decode ``files`` once into their array file (resuming a partial one) and return its path."""
+    final = array_file(files, side, cache_dir)
+    if final.is_file():
+        return final
+    partial = final.with_suffix(".partial.npy")
+    record = final.with_suffix(".progress.json")
+    shape = (len(files), side, side, 3)
+    with exclusive_lock(final.with_suffix(".lock")):
+        if final.is_file():  # built by another process while this one waited
+            return final
+        done = 0
+        if partial.is_file() and record.is_file():
+            try:
+                done = int(json.loads(record.read_text())["done"])
+                rows = np.load(partial, mmap_mode="r+")
+                if rows.shape != shape or rows.dtype != np.uint8:
+                    done = 0
+            except (OSError, ValueError, KeyError, json.JSONDecodeError):
+                done = 0
+        if done == 0:
+            partial.unlink(missing_ok=True)
+            rows = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=shape)
+        else:
+            log.info("resuming %s: %d of %d images already decoded", partial.name, done, len(files))
+        _fill(rows, files, side, done, record, num_workers, progress)
+        rows.flush()
+        del rows
+        os.replace(partial, final)
+        record.unlink(missing_ok=True)
+    log.info("cached %d images at %d px in %s (%.0f MB)", len(files), side, final, final.stat().st_size / 1e6)
+    return final
+
+
+def _fill(
+    rows: np.ndarray, files: Sequence[Path], side: int, done: int, record: Path, num_workers: int, progress: bool
+) -> None:
+    decoder = _Decoder(files, side, done)
+    if len(decoder) == 0:
+        return
+    # Its own generator: drawing the loader's seed from the global one would make a run's initial weights
+    # and shuffling depend on whether the cache existed.
+    loader = DataLoader(
+        decoder,
+        batch_size=min(32, ROWS_PER_RECORD),
+        num_workers=num_workers,
+        collate_fn=_as_list,
+        generator=torch.Generator(),
+    )
+    columns = (
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    since_record = 0
+    with Progress(*columns, disable=not progress, transient=False) as bar:
+        task = bar.add_task(f"decoding images once ({side} px)", total=len(files), completed=done)
+        for batch in loader:
+            for row, image, error in batch:
+                if error is not None:
+                    raise GemLightningError(
+                        f"cannot decode {files[row]} while caching images: {error}. If the file changed since "
+                        "the data folder was scanned, run again (it is rescanned); otherwise remove the file"
+                    )
+                rows[row] = image.permute(1, 2, 0).numpy()
+            since_record += len(batch)
+            bar.advance(task, len(batch))
+            if since_record >= ROWS_PER_RECORD:
+                rows.flush()  # the rows first, then the record that counts them
+                write_text_atomically(record, json.dumps({"done": batch[-1][0] + 1}))
+                since_record = 0

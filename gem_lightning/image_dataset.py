@@ -1,0 +1,118 @@
+"""The one dataset of images: stored squares (cached or decoded), then augmentation or the evaluation resize.
+
+Batches are uint8 (N, 3, H, W); the model converts and normalises them itself. ``evaluation_dataset`` is the
+one evaluation path, shared by validation, test, prediction, export checks, reports and the web page.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, default_collate
+from torchvision.transforms import v2
+
+from gem_lightning.image_arrays import stored_image, stored_side
+
+
+def eval_transform(image_size: int) -> v2.Transform:
+    """The stored square (``image_arrays.stored_image``) down to ``image_size``: what validation, test and
+    prediction see, and what training sees with augment=none."""
+    return v2.Resize((image_size, image_size), antialias=True)
+
+
+class AssembledBatch(tuple):
+    """A batch the dataset put together itself (``GemImageDataset.__getitems__``): collating passes it on."""
+
+
+def collate_batch(data: AssembledBatch | list) -> list:
+    """The loaders' collate function: an assembled batch as it is (no second copy of every image),
+    anything else as PyTorch's default collation would."""
+    return list(data) if isinstance(data, AssembledBatch) else default_collate(data)
+
+
+class GemImageDataset(Dataset):
+    """(uint8 CHW tensor, class index) pairs, or (tensor, index, leaked) when ``leaked`` flags are given:
+    the test set carries them so evaluation can also report accuracy without leaked duplicates.
+
+    Each image starts as its stored square (``stored_image``): read from the memory-mapped ``array`` at its
+    row when the data module cached one, else decoded from its file; the two are the same tensor (tested).
+    ``transform`` (augmentation or the evaluation resize) follows; None leaves the square as it is.
+    ``same_for_all`` says the transform is deterministic, so a batch may go through it in one call.
+    Loaders over it must use ``collate_batch`` (they fetch whole batches through ``__getitems__``).
+    """
+
+    def __init__(
+        self,
+        files: list[tuple[Path, int]],
+        transform: Callable | None,
+        side: int,
+        leaked: list[bool] | None = None,
+        array: Path | None = None,
+        rows: list[int] | None = None,
+        same_for_all: bool = False,
+    ):
+        self.items = files
+        self.transform = transform
+        self.same_for_all = same_for_all
+        self.side = side
+        self.leaked = leaked
+        self.array = array
+        self.rows = rows
+        self._rows_view: np.ndarray | None = None  # the memory map, opened in each process that reads
+
+    def __getstate__(self) -> dict:
+        # Loader processes get the file name, not the map: pickling a memmap would copy the whole array.
+        return {**self.__dict__, "_rows_view": None}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def stored_image(self, index: int) -> torch.Tensor:
+        return self._stored_images([index])[0]
+
+    def _stored_images(self, indices: list[int]) -> torch.Tensor:
+        """(N, 3, S, S) uint8 in channels-last layout: the array's rows are stored (N, S, S, 3), the layout
+        in which torchvision's uint8 resize is fastest and the model's convolutions want their input."""
+        if self.array is None:
+            decoded = torch.stack([stored_image(self.items[i][0], self.side) for i in indices])
+            return decoded.contiguous(memory_format=torch.channels_last)
+        if self._rows_view is None:
+            self._rows_view = np.load(self.array, mmap_mode="r")
+        rows = np.asarray(self._rows_view[[self.rows[i] for i in indices]])
+        return torch.from_numpy(rows).permute(0, 3, 1, 2)
+
+    def _batch(self, indices: list[int]) -> list[torch.Tensor]:
+        images = self._stored_images(indices)
+        if self.transform is not None:
+            if self.same_for_all:
+                images = self.transform(images)
+            else:  # random augmentation: every image draws its own parameters
+                images = torch.stack([self.transform(image) for image in images])
+        columns = [images, torch.tensor([self.items[i][1] for i in indices], dtype=torch.long)]
+        if self.leaked is not None:
+            columns.append(torch.tensor([self.leaked[i] for i in indices], dtype=torch.bool))
+        return columns
+
+    def __getitems__(self, indices: list[int]) -> AssembledBatch:
+        """A whole batch at once (the DataLoader calls this when it exists): one read of the rows, and a
+        deterministic transform applied to the batch in one call, identical per image to one call per image
+        (tested) at a fraction of the per-call overhead."""
+        return AssembledBatch(self._batch(indices))
+
+    def __getitem__(self, index: int) -> tuple:
+        image, label, *leaked = self._batch([index])
+        return (image[0], int(label[0]), *(bool(flag[0]) for flag in leaked))
+
+
+def evaluation_dataset(
+    files: list[tuple[Path, int]], image_size: int, leaked: list[bool] | None = None
+) -> GemImageDataset:
+    """What validation, test, prediction, export checks and reports read: the one evaluation path.
+
+    Each file's stored square (decoded now) through ``eval_transform``; the data module gives its
+    validation and test datasets its cached array, which holds the very same squares.
+    """
+    return GemImageDataset(files, eval_transform(image_size), stored_side(image_size), leaked, same_for_all=True)

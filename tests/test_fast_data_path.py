@@ -1,0 +1,251 @@
+"""The fast paths of issue 6: the uint8 array cache, cached backbone features, augmentation on the device,
+mixed precision and channels_last, and the benchmark command in its tiny mode."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import hydra
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from gem_lightning import image_arrays
+from gem_lightning.backbone_features import features_file
+from gem_lightning.demo_data import DemoGemSet
+from gem_lightning.errors import GemLightningError
+from gem_lightning.image_arrays import array_file, build_image_array, stored_image, stored_side
+from gem_lightning.image_dataset import GemImageDataset, collate_batch, eval_transform
+from gem_lightning.trainer_factory import automatic_precision, cpu_has_native_bf16, resolve_devices
+from gem_lightning.training import train
+from tests.conftest import GEMSTONES_DIR, REPO_ROOT, TINY_DEMO, compose_config, needs_shared
+
+
+def _prepared(overrides: list[str], workdir: Path):
+    cfg = compose_config([*TINY_DEMO, *overrides], workdir)
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    return datamodule
+
+
+def test_cached_squares_equal_decoded_ones_bit_for_bit(tmp_path):
+    cached = _prepared([], tmp_path)
+    decoded = _prepared(["data.cache_images=false"], tmp_path)
+    assert cached.image_array is not None and decoded.image_array is None
+    rows = np.load(cached.image_array, mmap_mode="r")
+    assert rows.shape == (len(cached.items), stored_side(32), stored_side(32), 3) and rows.dtype == np.uint8
+    for name in ("train", "val", "test"):
+        a, b = cached.datasets[name], decoded.datasets[name]
+        assert a.items == b.items and len(a) > 0
+        for index in range(len(a)):
+            # Before augmentation: the stored square from the array is the one decoded from the file.
+            assert torch.equal(a.stored_image(index), b.stored_image(index))
+            assert torch.equal(a.stored_image(index), stored_image(a.items[index][0], a.side))
+    for name in ("val", "test"):
+        # A batch through the evaluation resize in one call equals each image through it on its own.
+        dataset = cached.datasets[name]
+        images, labels, *leaked = collate_batch(dataset.__getitems__(list(range(len(dataset)))))
+        assert bool(leaked) == (name == "test")  # only the test split carries the leak flags
+        for index in range(len(dataset)):
+            assert torch.equal(images[index], dataset.transform(dataset.stored_image(index)))
+            assert int(labels[index]) == dataset.items[index][1]
+            assert not leaked or bool(leaked[0][index]) == dataset.leaked[index]
+    for name in ("val", "test"):  # evaluation datasets are deterministic all the way through
+        for index in range(len(cached.datasets[name])):
+            image_a, label_a, *_ = cached.datasets[name][index]
+            image_b, label_b, *_ = decoded.datasets[name][index]
+            assert torch.equal(image_a, image_b) and label_a == label_b
+            assert image_a.shape == (3, 32, 32) and image_a.dtype == torch.uint8
+
+
+@needs_shared(GEMSTONES_DIR)
+def test_real_photos_cache_bit_for_bit(tmp_path):
+    # The largest photo (3,947 px), the PNGs named .jpg and an ordinary JPEG or two from a few classes.
+    largest = max(GEMSTONES_DIR.glob("train/*/*"), key=lambda path: path.stat().st_size)
+    png_named_jpg = [p for p in GEMSTONES_DIR.glob("*/*/*.jpg") if p.read_bytes()[:4] == b"\x89PNG"]
+    files = [largest, *png_named_jpg, *sorted(GEMSTONES_DIR.glob("test/Zircon/*"))[:3]]
+    array = build_image_array(files, 256, tmp_path, num_workers=2, progress=False)
+    rows = np.load(array, mmap_mode="r")
+    for row, path in enumerate(files):
+        assert torch.equal(torch.from_numpy(np.array(rows[row])).permute(2, 0, 1), stored_image(path, 256)), path
+
+
+def _demo_files(tmp_path: Path) -> list[Path]:
+    root = DemoGemSet(images_per_class=4, image_size=40, num_classes=5).render(tmp_path / "demo")
+    return sorted(root.glob("*/*.png"))
+
+
+def test_an_interrupted_build_resumes_where_it_stopped(tmp_path, monkeypatch):
+    files = _demo_files(tmp_path)
+    fresh = np.load(build_image_array(files, 24, tmp_path / "fresh", progress=False))
+    monkeypatch.setattr(image_arrays, "ROWS_PER_RECORD", 4)
+    decoded = []
+    real = image_arrays.stored_image
+
+    def stopping(path, side):
+        if len(decoded) == 13:
+            raise KeyboardInterrupt  # as a user's Ctrl-C in the middle
+        decoded.append(path)
+        return real(path, side)
+
+    monkeypatch.setattr(image_arrays, "stored_image", stopping)
+    cache = tmp_path / "cache"
+    with pytest.raises(KeyboardInterrupt):
+        build_image_array(files, 24, cache, progress=False)
+    target = array_file(files, 24, cache)
+    assert not target.exists() and target.with_suffix(".partial.npy").exists()
+    recorded = json.loads(target.with_suffix(".progress.json").read_text())["done"]
+    assert 0 < recorded <= 13
+
+    decoded.clear()
+    monkeypatch.setattr(image_arrays, "stored_image", lambda path, side: decoded.append(path) or real(path, side))
+    assert build_image_array(files, 24, cache, progress=False) == target
+    assert decoded == files[recorded:]  # only what the record did not count is decoded again
+    assert np.array_equal(np.load(target), fresh)
+    assert not target.with_suffix(".partial.npy").exists() and not target.with_suffix(".progress.json").exists()
+
+
+def test_a_changed_photo_gets_a_new_array(tmp_path):
+    files = _demo_files(tmp_path)
+    first = array_file(files, 24, tmp_path)
+    os.utime(files[3], ns=(files[3].stat().st_atime_ns, files[3].stat().st_mtime_ns + 10**9))
+    assert array_file(files, 24, tmp_path) != first
+
+
+def test_an_undecodable_file_is_one_clear_error(tmp_path):
+    files = _demo_files(tmp_path)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg at all")
+    with pytest.raises(GemLightningError, match=r"cannot decode .*broken\.jpg while caching images"):
+        build_image_array([files[0], broken], 24, tmp_path / "cache", progress=False)
+
+
+class _Batches(Callback):
+    """Shapes of what the model's training and validation steps receive."""
+
+    def __init__(self):
+        self.train, self.val = [], []
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.train.append((tuple(batch[0].shape), batch[0].dtype))
+
+    def on_validation_batch_start(self, trainer, module, batch, batch_idx, dataloader_idx=0):
+        self.val.append((tuple(batch[0].shape), batch[0].dtype))
+
+
+def test_head_only_training_uses_cached_backbone_features(tmp_path, caplog):
+    overrides = ["model.head_only=true", "trainer.max_epochs=2", "augment=none", "evaluate=false"]
+    cfg = compose_config([*TINY_DEMO, *overrides], tmp_path)
+    batches = _Batches()
+    metrics, objects = train(cfg, extra_callbacks=[batches])
+    model, datamodule = objects["model"], objects["datamodule"]
+    assert 0.0 <= metrics["test/acc"] <= 1.0
+    features_dim = model.head[-1].in_features
+    assert batches.train and all(shape[1:] == (features_dim,) for shape, _ in batches.train + batches.val)
+
+    # The cached rows are the backbone's features of the evaluation images, in the data module's order.
+    stored = list((tmp_path / "cache" / "features").glob("*.npy"))
+    assert len(stored) == 1
+    features = torch.from_numpy(np.load(stored[0]))
+    val = datamodule.datasets["val"]
+    images = torch.stack([val[i][0] for i in range(len(val))])
+    in_bf16 = "bf16" in str(objects["trainer"].precision)  # features are computed in the trainer's precision
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=in_bf16):
+        direct = model.eval().features(images).float()
+    assert torch.allclose(features[val.rows], direct, atol=1e-4)
+
+    # The backbone never changed, so a second run (a sweep trial) reads the same file instead of computing.
+    every = GemImageDataset(
+        [(item.image_file, 0) for item in datamodule.items],
+        eval_transform(32),
+        stored_side(32),
+        rows=list(range(len(datamodule.items))),
+    )
+    precision = str(objects["trainer"].precision)
+    assert features_file(model, every, tmp_path / "cache", precision) == stored[0]
+    mtime = stored[0].stat().st_mtime_ns
+    caplog.set_level("INFO", logger="gem_lightning.backbone_features")
+    train(compose_config([*TINY_DEMO, *overrides, "test=false"], tmp_path))
+    assert stored[0].stat().st_mtime_ns == mtime and "backbone features from" in caplog.text
+
+
+def test_augmentation_on_the_device_gets_stored_squares_and_hands_on_image_size(tmp_path):
+    cfg = compose_config([*TINY_DEMO, "data.augment_on=device", "+trainer.fast_dev_run=true"], tmp_path)
+    batches = _Batches()
+    _, objects = train(cfg, extra_callbacks=[batches])
+    datamodule = objects["datamodule"]
+    assert datamodule.augment_on_device and datamodule.datasets["train"].transform is None
+    raw = next(iter(datamodule.train_dataloader()))[0]
+    assert raw.shape[-2:] == (stored_side(32), stored_side(32))  # the loader hands over stored squares
+    assert batches.train == [((16, 3, 32, 32), torch.uint8)]  # the model gets augmented 32 px images
+    assert batches.val and all(shape[-2:] == (32, 32) for shape, _ in batches.val)
+
+
+def test_on_a_cpu_augmentation_runs_in_the_loader_and_cache_readers_need_no_processes(tmp_path):
+    datamodule = _prepared(["data.num_workers=auto"], tmp_path)
+    assert not datamodule.augment_on_device and datamodule.datasets["train"].transform is not None
+    assert datamodule.loader_processes(datamodule.datasets["train"]) == datamodule.num_workers >= 1
+    assert datamodule.loader_processes(datamodule.datasets["val"]) == 0
+    assert datamodule.val_dataloader().num_workers == 0
+    explicit = _prepared(["data.num_workers=2"], tmp_path)  # a number is taken as given
+    assert explicit.loader_processes(explicit.datasets["val"]) == 2
+
+
+@pytest.mark.parametrize(("precision", "channels_last"), [("bf16-mixed", True), ("32-true", False), ("auto", True)])
+def test_mixed_precision_and_channels_last_train_on_cpu(tmp_path, precision, channels_last):
+    overrides = [f"trainer.precision={precision}", f"model.channels_last={str(channels_last).lower()}"]
+    cfg = compose_config([*TINY_DEMO, *overrides, "+trainer.fast_dev_run=true"], tmp_path)
+    metrics, objects = train(cfg)
+    expected = automatic_precision(on_gpu=False) if precision == "auto" else precision
+    assert str(objects["trainer"].precision) == expected
+    assert np.isfinite(metrics["test/loss"])
+    conv = objects["model"].backbone.conv1.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) == channels_last
+
+
+def test_precision_auto_follows_the_hardware():
+    resolved = resolve_devices({"accelerator": "cpu", "devices": 1, "precision": "auto", "benchmark": "auto"})
+    assert resolved["precision"] == ("bf16-mixed" if cpu_has_native_bf16() else "32-true")
+    assert resolved["benchmark"] is True
+    deterministic = resolve_devices({"accelerator": "cpu", "benchmark": "auto", "deterministic": True})
+    assert deterministic["benchmark"] is False
+    assert resolve_devices({"accelerator": "cpu", "precision": "32-true"})["precision"] == "32-true"
+
+
+def test_bench_tiny_mode_prints_and_writes_one_table(tmp_path):
+    # The real command in its own process, as a user runs it (it spawns one process per measurement).
+    command = [
+        sys.executable,
+        "-m",
+        "gem_lightning.bench",
+        "tiny=true",
+        f"cache_dir={tmp_path / 'cache'}",
+        f"output_dir={tmp_path / 'bench'}",
+        "device=cpu",
+    ]
+    wide = {**os.environ, "COLUMNS": "250"}  # rich folds a table to the terminal's width, 80 in a pipe
+    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env=wide)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (report,) = (tmp_path / "bench").glob("*/bench.json")
+    document = json.loads(report.read_text())
+    measures = [row["measure"] for row in document["rows"]]
+    assert measures == [
+        "data loader, rotate/crop/flip",
+        "data loader, no augmentation",
+        "data loader, for augmentation on the GPU",
+        "training",
+        "evaluation",
+        "head-only epoch, cached features",
+    ]
+    for row in document["rows"]:
+        assert row["ours"] > 0 and row["plain"] > 0, row
+    training = document["rows"][3]
+    assert training["plain_mb"] > 0 and training["ours_mb"] > 0
+    assert (report.parent / "bench.md").read_text().count("\n| ") == 1 + len(measures)  # header + rows
+    assert all(measure in done.stdout for measure in measures)  # the printed table
