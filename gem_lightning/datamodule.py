@@ -2,7 +2,8 @@
 
 Preparation (``prepare_data``): scan every file once, group exact and near-duplicates, split so that no
 duplicate group straddles two splits, cut backgrounds out if ``background`` says so (cached by content),
-and write the split manifest and the data report. Nothing under the data root is ever written to.
+write the split manifest and the data report, and decode every image once into uint8 arrays
+(``image_arrays``) that the loaders memory-map. Nothing under the data root is ever written to.
 
 Batches stay uint8 (N, 3, H, W) all the way to the model, which converts and normalises them itself with
 its backbone's mean and std: a quarter of the bytes to copy to a GPU, and normalisation that can never
@@ -29,7 +30,7 @@ from gem_lightning.demo_data import DemoGemSet
 from gem_lightning.duplicate_groups import DEFAULT_THRESHOLD, find_duplicate_groups
 from gem_lightning.errors import GemLightningError
 from gem_lightning.image_arrays import build_image_array, stored_side
-from gem_lightning.image_dataset import GemImageDataset, collate_batch, eval_transform
+from gem_lightning.image_dataset import GemImageDataset, collate_batch
 from gem_lightning.prepared_images import BackgroundRemoval, SourceImage
 from gem_lightning.splits import SplitPlan, manifest_path, plan_splits, render_manifest, write_manifest
 
@@ -109,9 +110,9 @@ class GemDataModule(pl.LightningDataModule):
         self.num_workers_auto = num_workers == "auto"
         self.pin_memory = torch.cuda.is_available() if pin_memory == "auto" else bool(pin_memory)
         self.max_image_pixels = max_image_pixels
-        # augment=none gives no transform: training then sees what evaluation sees.
+        # augment=none gives no transform: training then reads the evaluation squares as they are.
         self.augmented = train_transform is not None
-        self.train_transform = train_transform or eval_transform(image_size)
+        self.train_transform = train_transform
         self.augment_policy = augment_policy
         self.demo = demo
         self.max_classes = max_classes
@@ -120,7 +121,10 @@ class GemDataModule(pl.LightningDataModule):
         self.label_conflicts = getattr(label_conflicts, "value", label_conflicts)
         self.cache_images = cache_images
         self.augment_on = augment_on
-        self.image_array: Path | None = None  # every split image's stored square, row i = self.items[i]
+        # Every split image's square, row i = self.items[i]: at image_size for evaluation (and training
+        # without augmentation), and at 8/7 of it for augmentation to crop and rotate.
+        self.eval_array: Path | None = None
+        self.train_array: Path | None = None
         self.augment_on_device = False
         self.feature_datasets: dict[str, TensorDataset] | None = None  # head-only training (model.head_only)
         self.scan: DatasetScan | None = None
@@ -183,9 +187,11 @@ class GemDataModule(pl.LightningDataModule):
         write_manifest(manifest_file, render_manifest(scan, plan))
         items, background_report = self._image_files(scan, plan)
         if self.cache_images:
-            self.image_array = build_image_array(
-                [item.image_file for item in items], stored_side(self.image_size), self.cache_dir, self.num_workers
-            )
+            files = [item.image_file for item in items]
+            self.eval_array = build_image_array(files, self.image_size, self.cache_dir, self.num_workers)
+            if self.augmented:
+                side = stored_side(self.image_size)
+                self.train_array = build_image_array(files, side, self.cache_dir, self.num_workers)
 
         settings = {
             "mode": self.split,
@@ -266,23 +272,24 @@ class GemDataModule(pl.LightningDataModule):
                 f"the {' and '.join(empty)} split of {self.root} is empty: add images or change "
                 "data.val_fraction / data.test_fraction"
             )
-        self.augment_on_device = self.augment_on == "device" or (self.augment_on == "auto" and self._model_on_gpu())
-        side = stored_side(self.image_size)
-        for name, transform, same_for_all in (
-            # On the device, the loader hands over stored squares and on_after_batch_transfer augments them.
-            ("train", None if self.augment_on_device else self.train_transform, not self.augmented),
-            ("val", eval_transform(self.image_size), True),
-            ("test", eval_transform(self.image_size), True),
-        ):
+        self.augment_on_device = self.augmented and (
+            self.augment_on == "device" or (self.augment_on == "auto" and self._model_on_gpu())
+        )
+        for name in ("train", "val", "test"):
             chosen = by_split[name]
+            if name == "train" and self.augmented:
+                # On the device, the loader hands over the squares and on_after_batch_transfer augments them.
+                transform = None if self.augment_on_device else self.train_transform
+                side, array = stored_side(self.image_size), self.train_array
+            else:
+                transform, side, array = None, self.image_size, self.eval_array
             self.datasets[name] = GemImageDataset(
                 [(item.image_file, index_of[item.label]) for _, item in chosen],
                 transform,
                 side,
                 leaked=[item.leaked for _, item in chosen] if name == "test" else None,
-                array=self.image_array,
+                array=array,
                 rows=[row for row, _ in chosen],
-                same_for_all=same_for_all,
             )
         log.info(
             "%d classes; train %d, val %d, test %d images (%d test image(s) marked leaked; split=%s, seed %d, "
@@ -333,9 +340,9 @@ class GemDataModule(pl.LightningDataModule):
             )
         every_image = GemImageDataset(
             [(item.image_file, 0) for item in self.items],
-            eval_transform(self.image_size),
-            stored_side(self.image_size),
-            array=self.image_array,
+            None,
+            self.image_size,
+            array=self.eval_array,
             rows=list(range(len(self.items))),
         )
         features = backbone_features(
@@ -357,12 +364,9 @@ class GemDataModule(pl.LightningDataModule):
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """With augmentation on the device: each stored square of a training batch through the policy,
         sample by sample (every image draws its own angle, crop and flips), where the batch now lives."""
-        if self.augment_on_device and self.trainer is not None and self.trainer.training and batch[0].ndim == 4:
-            if self.augmented:
-                images = torch.stack([self.train_transform(image) for image in batch[0]])
-            else:
-                images = self.train_transform(batch[0])
-            batch = [images, *batch[1:]]
+        on_device = self.augment_on_device and self.trainer is not None
+        if on_device and self.trainer.training and batch[0].ndim == 4:
+            batch = [torch.stack([self.train_transform(image) for image in batch[0]]), *batch[1:]]
         return batch
 
     def _model_on_gpu(self) -> bool:
@@ -371,12 +375,11 @@ class GemDataModule(pl.LightningDataModule):
     def loader_processes(self, dataset: GemImageDataset | TensorDataset) -> int:
         """Loader processes for ``dataset``: ``data.num_workers``, except that ``auto`` uses none where they
         cannot help. Feature rows are in memory already; and when the model runs on the CPU, a loader that
-        only reads cached squares (and resizes a batch in one call) keeps the main process busy for less
-        time than handing batches over between processes costs (measured, 224 px: 6,700 images/s in the
-        main process, 5,100 with two loader processes). On a GPU they still overlap loading with compute."""
+        only copies cached squares keeps the main process busy for less time than handing batches over
+        between processes would. On a GPU they still overlap loading with compute."""
         if isinstance(dataset, TensorDataset):
             return 0
-        reads_only = dataset.array is not None and (dataset.transform is None or dataset.same_for_all)
+        reads_only = dataset.array is not None and dataset.transform is None
         if self.num_workers_auto and reads_only and not self._model_on_gpu():
             return 0
         return self.num_workers

@@ -4,8 +4,9 @@
 scale), shorter side to ``side``, centre square. ``build_image_array`` writes it for a list of files into
 ``<cache_dir>/image_arrays/<side>px-<count>-<key>.npy``, a plain ``.npy`` of shape (N, side, side, 3) that
 loaders memory-map: the page cache holds it once for every loader process and every run on the machine.
-Rows are stored channels-last because that is the layout torchvision's uint8 resize is fastest in (7,000
-against 4,200 images/s for 256 -> 224 px here) and the one the model's convolutions take.
+Rows are stored channels-last, the layout the model's convolutions take (and torchvision's fastest for
+resizing uint8 images: 7,000 against 4,200 images/s for 256 -> 224 px here). A data module keeps two
+arrays: squares at the model's input size for evaluation, and larger ones for augmentation to cut into.
 
 The key hashes each file's path, size and modification time with the side and format, so a changed photo
 or cut-out makes a new array. Building goes through ``*.partial.npy`` with a progress record rewritten
@@ -42,16 +43,17 @@ ROWS_PER_RECORD = 256
 
 
 def stored_side(image_size: int) -> int:
-    """Side of the stored square for a model input of ``image_size``: 8/7 of it (256 for 224).
+    """Side of the squares training augments, for a model input of ``image_size``: 8/7 of it (256 for 224).
 
-    The margin is what random crops and rotations cut into, as in the usual resize-256/crop-224 recipe;
-    evaluation resizes the whole square down, so it sees the same framing as before caching.
+    The margin is what random crops and rotations cut into, as in the usual resize-256/crop-224 recipe.
+    Evaluation reads squares of ``image_size`` itself, made from the photo in one resize.
     """
     return round(image_size * 8 / 7)
 
 
 def stored_image(path: Path, side: int) -> torch.Tensor:
-    """The uint8 (3, side, side) tensor every pipeline starts from: decoded, shorter side to ``side``, centre square."""
+    """The uint8 (3, side, side) tensor every pipeline starts from: decoded, shorter side to ``side``, centre
+    square. JPEGs decode at the coarsest DCT scale that keeps both sides at least ``side``."""
     image = v2.functional.pil_to_tensor(load_rgb(path, min_side=side))
     return v2.functional.center_crop(v2.functional.resize(image, side, antialias=True), side)
 

@@ -1,7 +1,10 @@
-"""The one dataset of images: stored squares (cached or decoded), then augmentation or the evaluation resize.
+"""The one dataset of images: stored squares (cached or decoded), augmented for training.
 
-Batches are uint8 (N, 3, H, W); the model converts and normalises them itself. ``evaluation_dataset`` is the
-one evaluation path, shared by validation, test, prediction, export checks, reports and the web page.
+Batches are uint8 (N, 3, H, W); the model converts and normalises them itself. Evaluation reads squares of
+exactly the model's size (``stored_image(path, image_size)``: shorter side to the size, centre square), so an
+evaluation batch is a copy of cached rows with no transform at all; training reads larger squares (8/7 of the
+size) that its augmentation crops and rotates down. ``evaluation_dataset`` is the one evaluation path, shared
+by validation, test, prediction, export checks, reports and the web page.
 """
 
 from __future__ import annotations
@@ -12,15 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
-from torchvision.transforms import v2
 
-from gem_lightning.image_arrays import stored_image, stored_side
-
-
-def eval_transform(image_size: int) -> v2.Transform:
-    """The stored square (``image_arrays.stored_image``) down to ``image_size``: what validation, test and
-    prediction see, and what training sees with augment=none."""
-    return v2.Resize((image_size, image_size), antialias=True)
+from gem_lightning.image_arrays import stored_image
 
 
 class AssembledBatch(tuple):
@@ -39,8 +35,7 @@ class GemImageDataset(Dataset):
 
     Each image starts as its stored square (``stored_image``): read from the memory-mapped ``array`` at its
     row when the data module cached one, else decoded from its file; the two are the same tensor (tested).
-    ``transform`` (augmentation or the evaluation resize) follows; None leaves the square as it is.
-    ``same_for_all`` says the transform is deterministic, so a batch may go through it in one call.
+    ``transform`` (the augmentation policy, random per image) follows; None leaves the square as it is.
     Loaders over it must use ``collate_batch`` (they fetch whole batches through ``__getitems__``).
     """
 
@@ -52,11 +47,9 @@ class GemImageDataset(Dataset):
         leaked: list[bool] | None = None,
         array: Path | None = None,
         rows: list[int] | None = None,
-        same_for_all: bool = False,
     ):
         self.items = files
         self.transform = transform
-        self.same_for_all = same_for_all
         self.side = side
         self.leaked = leaked
         self.array = array
@@ -74,8 +67,8 @@ class GemImageDataset(Dataset):
         return self._stored_images([index])[0]
 
     def _stored_images(self, indices: list[int]) -> torch.Tensor:
-        """(N, 3, S, S) uint8 in channels-last layout: the array's rows are stored (N, S, S, 3), the layout
-        in which torchvision's uint8 resize is fastest and the model's convolutions want their input."""
+        """(N, 3, S, S) uint8 in channels-last layout, as the array stores its rows (N, S, S, 3): the layout
+        the model's convolutions take, and torchvision's fastest for resizing uint8 images."""
         if self.array is None:
             decoded = torch.stack([stored_image(self.items[i][0], self.side) for i in indices])
             return decoded.contiguous(memory_format=torch.channels_last)
@@ -86,20 +79,16 @@ class GemImageDataset(Dataset):
 
     def _batch(self, indices: list[int]) -> list[torch.Tensor]:
         images = self._stored_images(indices)
-        if self.transform is not None:
-            if self.same_for_all:
-                images = self.transform(images)
-            else:  # random augmentation: every image draws its own parameters
-                images = torch.stack([self.transform(image) for image in images])
+        if self.transform is not None:  # every image draws its own angle, crop and flips
+            images = torch.stack([self.transform(image) for image in images])
         columns = [images, torch.tensor([self.items[i][1] for i in indices], dtype=torch.long)]
         if self.leaked is not None:
             columns.append(torch.tensor([self.leaked[i] for i in indices], dtype=torch.bool))
         return columns
 
     def __getitems__(self, indices: list[int]) -> AssembledBatch:
-        """A whole batch at once (the DataLoader calls this when it exists): one read of the rows, and a
-        deterministic transform applied to the batch in one call, identical per image to one call per image
-        (tested) at a fraction of the per-call overhead."""
+        """A whole batch at once (the DataLoader calls this when it exists): one read of the rows and one
+        tensor, which the loader's ``collate_batch`` passes on without copying every image again."""
         return AssembledBatch(self._batch(indices))
 
     def __getitem__(self, index: int) -> tuple:
@@ -112,7 +101,7 @@ def evaluation_dataset(
 ) -> GemImageDataset:
     """What validation, test, prediction, export checks and reports read: the one evaluation path.
 
-    Each file's stored square (decoded now) through ``eval_transform``; the data module gives its
-    validation and test datasets its cached array, which holds the very same squares.
+    Each file's square at ``image_size`` (decoded now); the data module's validation and test datasets read
+    the very same squares from its cached evaluation array.
     """
-    return GemImageDataset(files, eval_transform(image_size), stored_side(image_size), leaked, same_for_all=True)
+    return GemImageDataset(files, None, image_size, leaked)

@@ -28,7 +28,7 @@ def test_each_group_has_the_options_the_design_names():
     assert {"none", "cosine"} <= set(_options("scheduler"))
     assert {"default", "cpu", "gpu", "ddp"} <= set(_options("trainer"))
     assert {"tensorboard", "csv"} <= set(_options("logger"))
-    assert {"seed_report", "demo"} <= set(_options("experiment"))
+    assert {"seed_report", "demo", "gpu_check"} <= set(_options("experiment"))
 
 
 @pytest.mark.parametrize("option", _options("data"))
@@ -43,6 +43,9 @@ def test_data_options_instantiate(option, tmp_path):
 def test_augment_policies_give_uint8_squares(option, tmp_path):
     cfg = compose_config([f"augment={option}", "data.image_size=40"], tmp_path)
     datamodule = hydra.utils.instantiate(cfg.data)
+    if option == "none":  # no transform: training reads the evaluation squares as they are
+        assert datamodule.train_transform is None and not datamodule.augmented
+        return
     image = torch.randint(0, 256, (3, 90, 70), dtype=torch.uint8)
     out = datamodule.train_transform(image)
     assert out.dtype == torch.uint8 and out.shape == (3, 40, 40)
@@ -126,6 +129,10 @@ def test_experiments_compose(option, tmp_path):
     if option == "seed_report":
         assert (cfg.data.batch_size, cfg.optim.lr, cfg.trainer.max_epochs) == (48, pytest.approx(3e-4), 30)
         assert cfg.augment.name == "seed" and cfg.data.split.value == "pooled"
+    if option == "gpu_check":  # issue 6's GPU check: ResNet-18, 224 px, 3 epochs, bf16, augmentation on the GPU
+        assert (cfg.model.backbone.value, cfg.data.image_size, cfg.trainer.max_epochs) == ("resnet18", 224, 3)
+        assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.accelerator == "gpu"
+        assert cfg.data.augment_on.value == "device"
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ from gem_lightning.backbone_features import features_file
 from gem_lightning.demo_data import DemoGemSet
 from gem_lightning.errors import GemLightningError
 from gem_lightning.image_arrays import array_file, build_image_array, stored_image, stored_side
-from gem_lightning.image_dataset import GemImageDataset, collate_batch, eval_transform
+from gem_lightning.image_dataset import GemImageDataset, collate_batch
 from gem_lightning.trainer_factory import automatic_precision, cpu_has_native_bf16, resolve_devices
 from gem_lightning.training import train
 from tests.conftest import GEMSTONES_DIR, REPO_ROOT, TINY_DEMO, compose_config, needs_shared
@@ -37,31 +37,39 @@ def _prepared(overrides: list[str], workdir: Path):
 def test_cached_squares_equal_decoded_ones_bit_for_bit(tmp_path):
     cached = _prepared([], tmp_path)
     decoded = _prepared(["data.cache_images=false"], tmp_path)
-    assert cached.image_array is not None and decoded.image_array is None
-    rows = np.load(cached.image_array, mmap_mode="r")
-    assert rows.shape == (len(cached.items), stored_side(32), stored_side(32), 3) and rows.dtype == np.uint8
-    for name in ("train", "val", "test"):
+    assert decoded.eval_array is None and decoded.train_array is None
+    count = len(cached.items)
+    for array, side in ((cached.eval_array, 32), (cached.train_array, stored_side(32))):
+        rows = np.load(array, mmap_mode="r")
+        assert rows.shape == (count, side, side, 3) and rows.dtype == np.uint8
+    for name, side in (("train", stored_side(32)), ("val", 32), ("test", 32)):
         a, b = cached.datasets[name], decoded.datasets[name]
-        assert a.items == b.items and len(a) > 0
+        assert a.items == b.items and len(a) > 0 and a.side == b.side == side
         for index in range(len(a)):
-            # Before augmentation: the stored square from the array is the one decoded from the file.
+            # Before augmentation: the square from the array is the one decoded from the file.
             assert torch.equal(a.stored_image(index), b.stored_image(index))
-            assert torch.equal(a.stored_image(index), stored_image(a.items[index][0], a.side))
-    for name in ("val", "test"):
-        # A batch through the evaluation resize in one call equals each image through it on its own.
-        dataset = cached.datasets[name]
-        images, labels, *leaked = collate_batch(dataset.__getitems__(list(range(len(dataset)))))
-        assert bool(leaked) == (name == "test")  # only the test split carries the leak flags
-        for index in range(len(dataset)):
-            assert torch.equal(images[index], dataset.transform(dataset.stored_image(index)))
-            assert int(labels[index]) == dataset.items[index][1]
-            assert not leaked or bool(leaked[0][index]) == dataset.leaked[index]
+            assert torch.equal(a.stored_image(index), stored_image(a.items[index][0], side))
     for name in ("val", "test"):  # evaluation datasets are deterministic all the way through
         for index in range(len(cached.datasets[name])):
             image_a, label_a, *_ = cached.datasets[name][index]
             image_b, label_b, *_ = decoded.datasets[name][index]
             assert torch.equal(image_a, image_b) and label_a == label_b
             assert image_a.shape == (3, 32, 32) and image_a.dtype == torch.uint8
+        # A batch assembled at once (what the loaders fetch) holds the same images, labels and leak flags.
+        dataset = cached.datasets[name]
+        images, labels, *leaked = collate_batch(dataset.__getitems__(list(range(len(dataset)))))
+        assert bool(leaked) == (name == "test")  # only the test split carries the leak flags
+        for index in range(len(dataset)):
+            image, label, *flag = dataset[index]
+            assert torch.equal(images[index], image) and int(labels[index]) == label
+            assert [bool(leaked[0][index])] == flag if leaked else not flag
+
+
+def test_training_without_augmentation_reads_the_evaluation_squares(tmp_path):
+    datamodule = _prepared(["augment=none"], tmp_path)
+    assert datamodule.train_array is None  # no larger squares are decoded when nothing crops them
+    train = datamodule.datasets["train"]
+    assert train.array == datamodule.eval_array and train.side == 32 and train.transform is None
 
 
 @needs_shared(GEMSTONES_DIR)
@@ -161,12 +169,7 @@ def test_head_only_training_uses_cached_backbone_features(tmp_path, caplog):
     assert torch.allclose(features[val.rows], direct, atol=1e-4)
 
     # The backbone never changed, so a second run (a sweep trial) reads the same file instead of computing.
-    every = GemImageDataset(
-        [(item.image_file, 0) for item in datamodule.items],
-        eval_transform(32),
-        stored_side(32),
-        rows=list(range(len(datamodule.items))),
-    )
+    every = GemImageDataset([(item.image_file, 0) for item in datamodule.items], None, 32)
     precision = str(objects["trainer"].precision)
     assert features_file(model, every, tmp_path / "cache", precision) == stored[0]
     mtime = stored[0].stat().st_mtime_ns
