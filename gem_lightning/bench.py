@@ -72,7 +72,6 @@ def _setups(cfg: DictConfig, run_dir: Path) -> tuple[measure.Setup, Path]:
         # ImageNet ResNet-18 weights cannot be fetched offline; a step costs the same without them.
         "model.pretrained=false",
         "augment=seed",
-        "trainer=cpu",
     ]
     if cfg.tiny:
         photos = cache_dir / "demo_gems"
@@ -127,7 +126,7 @@ def _head_only_row(setup: measure.Setup, epochs: int, plain_eval: dict) -> Row:
 
 
 def _cuda_rows(setup: measure.Setup) -> list[Row]:
-    gpu = measure.Setup(**{**setup.as_dict(), "device": "cuda", "extra": ["trainer=gpu"]})
+    gpu = measure.Setup(**{**setup.as_dict(), "device": "cuda"})
     plain = _in_fresh_process(measure.plain_training, gpu.as_dict())
     ours = _in_fresh_process(measure.our_training, gpu.as_dict())
     name = torch.cuda.get_device_name(0)
@@ -139,7 +138,8 @@ def _cuda_rows(setup: measure.Setup) -> list[Row]:
             ours["images_per_second"],
             plain["peak_mb"],
             ours["peak_mb"],
-            f"ours: {ours['precision']}, augmentation on the GPU",
+            f"ours: {ours['precision']}, augmentation on the GPU; GPU memory plain {plain['gpu_peak_mb']:,.0f} MB, "
+            f"ours {ours['gpu_peak_mb']:,.0f} MB",
         )
     ]
     epochs = _in_fresh_process(measure.our_epochs, gpu.as_dict(), 2, False)
@@ -159,6 +159,10 @@ def _cuda_rows(setup: measure.Setup) -> list[Row]:
 
 
 def run_bench(cfg: DictConfig) -> list[Row]:
+    if cfg.device not in ("auto", "cpu", "cuda"):
+        raise GemLightningError(f"device={cfg.device!r}: use auto, cpu or cuda")
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise GemLightningError("device=cuda but torch.cuda.is_available() is False on this machine; use device=cpu")
     run_dir = Path(cfg.output_dir) / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     setup, photos = _setups(cfg, run_dir)
     preparation = _prepare(setup)
@@ -215,10 +219,8 @@ def run_bench(cfg: DictConfig) -> list[Row]:
         )
     )
     rows.append(_head_only_row(setup, 2 if cfg.tiny else cfg.head_epochs, plain_eval))
-    if cfg.device in ("auto", "cuda") and torch.cuda.is_available():
+    if cfg.device != "cpu" and torch.cuda.is_available():
         rows += _cuda_rows(setup)
-    elif cfg.device == "cuda":
-        raise GemLightningError("device=cuda but torch.cuda.is_available() is False on this machine")
     context = {
         "photos": str(photos),
         "image_size": setup.image_size,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import resource
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -38,8 +38,7 @@ class Setup:
     warmup_batches: int
     timed_batches: int
     loader_batches: int
-    device: str = "cpu"
-    extra: list[str] = field(default_factory=list)  # per-measurement overrides of ours
+    device: str = "cpu"  # cpu or cuda: where both pipelines run
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -48,6 +47,14 @@ class Setup:
 def peak_memory_mb() -> float:
     """This process's peak resident set size (loader processes not included)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _memory(device: str) -> dict:
+    """Peak memory of this process: resident (MB), and on CUDA the most the GPU held in tensors (MB)."""
+    figures = {"peak_mb": peak_memory_mb()}
+    if device.startswith("cuda"):
+        figures["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return figures
 
 
 class _Clock:
@@ -143,7 +150,7 @@ def plain_training(settings: dict) -> dict:
         loss.backward()
         optimizer.step()
         clock.batch_done(index, len(images))
-    return {"images_per_second": clock.rate, "peak_mb": peak_memory_mb()}
+    return {"images_per_second": clock.rate, **_memory(setup.device)}
 
 
 def plain_evaluation(settings: dict) -> dict:
@@ -155,7 +162,7 @@ def plain_evaluation(settings: dict) -> dict:
         for index, (images, _) in enumerate(_cycle(loader, setup.warmup_batches + setup.timed_batches)):
             network(images.to(setup.device))
             clock.batch_done(index, len(images))
-    return {"images_per_second": clock.rate, "peak_mb": peak_memory_mb()}
+    return {"images_per_second": clock.rate, **_memory(setup.device)}
 
 
 # -- ours ----------------------------------------------------------------------------------------------
@@ -169,7 +176,8 @@ def _ours(setup: Setup, extra: list[str] = ()):
     from gem_lightning.train_config import DEFAULT_CONFIG_DIR, compose_train_config
 
     keep_freed_memory()
-    cfg = compose_train_config(DEFAULT_CONFIG_DIR, [*setup.overrides, *setup.extra, *extra])
+    trainer = "trainer=gpu" if setup.device.startswith("cuda") else "trainer=cpu"
+    cfg = compose_train_config(DEFAULT_CONFIG_DIR, [*setup.overrides, trainer, *extra])
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.prepare_data()
     return cfg, datamodule
@@ -242,7 +250,7 @@ def our_training(settings: dict) -> dict:
     trainer.fit(model, datamodule=datamodule)
     return {
         "images_per_second": clock.rate,
-        "peak_mb": peak_memory_mb(),
+        **_memory(setup.device),
         "precision": str(trainer.precision),
         "channels_last": bool(cfg.model.channels_last),
     }
@@ -255,7 +263,7 @@ def our_evaluation(settings: dict) -> dict:
     clock, callback = _batch_clock(setup, "validate")
     trainer = _our_trainer(cfg, [callback], limit_val_batches=setup.warmup_batches + setup.timed_batches)
     trainer.validate(model, datamodule=datamodule, verbose=False)
-    return {"images_per_second": clock.rate, "peak_mb": peak_memory_mb()}
+    return {"images_per_second": clock.rate, **_memory(setup.device)}
 
 
 def our_epochs(settings: dict, epochs: int, head_only: bool) -> dict:
@@ -292,6 +300,6 @@ def our_epochs(settings: dict, epochs: int, head_only: bool) -> dict:
         "before_first_epoch_seconds": marks["first_epoch"] - marks["fit_start"],
         "features_computed": bool(set(features_dir.glob("*.npy")) - before),
         "train_images": len(datamodule.datasets["train"]),
-        "peak_mb": peak_memory_mb(),
+        **_memory(setup.device),
         "precision": str(trainer.precision),
     }

@@ -122,7 +122,7 @@ class GemDataModule(pl.LightningDataModule):
         self.cache_images = cache_images
         self.augment_on = augment_on
         # Every split image's square, row i = self.items[i]: at image_size for evaluation (and training
-        # without augmentation), and at 8/7 of it for augmentation to crop and rotate.
+        # without augmentation), and at 9/7 of it for augmentation to crop and rotate.
         self.eval_array: Path | None = None
         self.train_array: Path | None = None
         self.augment_on_device = False
