@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
@@ -34,6 +33,7 @@ from gem_lightning.atomic_files import write_text_atomically
 from gem_lightning.errors import GemLightningError
 from gem_lightning.file_locks import exclusive_lock
 from gem_lightning.image_files import load_rgb
+from gem_lightning.progress_bars import progress_with_eta
 
 log = logging.getLogger(__name__)
 
@@ -141,16 +141,8 @@ def _fill(
         collate_fn=_as_list,
         generator=torch.Generator(),
     )
-    columns = (
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-    )
     since_record = 0
-    with Progress(*columns, disable=not progress, transient=False) as bar:
+    with progress_with_eta(progress) as bar:
         task = bar.add_task(f"decoding images once ({side} px)", total=len(files), completed=done)
         for batch in loader:
             for row, image, error in batch:

@@ -31,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from gem_lightning.atomic_files import write_bytes_atomically, write_text_atomically
 from gem_lightning.background_removal import (
@@ -44,6 +43,7 @@ from gem_lightning.background_removal import (
 from gem_lightning.errors import GemLightningError
 from gem_lightning.file_locks import exclusive_lock
 from gem_lightning.image_files import to_rgb, upright
+from gem_lightning.progress_bars import progress_with_eta
 
 log = logging.getLogger(__name__)
 
@@ -223,17 +223,9 @@ class BackgroundRemoval:
 
     def _run(self, todo: list[SourceImage], variant: Path):
         """Yield (source, record or error text) as images finish, with a progress bar."""
-        columns = (
-            TextColumn("[progress.description]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-        )
         workers = min(self.workers, len(todo))
         state = (self.backend, self._fallback_backend(), self._job_settings(), self.threads_per_worker)
-        with Progress(*columns, disable=not self.progress, transient=False) as progress:
+        with progress_with_eta(self.progress) as progress:
             task = progress.add_task(f"cutting out ({self.backend.describe()})", total=len(todo))
             if workers == 1:
                 _start_worker(*state)
