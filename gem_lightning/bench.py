@@ -60,6 +60,19 @@ def _in_fresh_process(function, *args, **kwargs) -> dict:
         return pool.submit(function, *args, **kwargs).result()
 
 
+def _rates(measure_name: str, plain: dict, ours: dict, note: str = "") -> Row:
+    """An images/s row from two measurements' results (each with images_per_second and peak_mb)."""
+    return Row(
+        measure_name,
+        "images/s",
+        plain["images_per_second"],
+        ours["images_per_second"],
+        plain["peak_mb"],
+        ours["peak_mb"],
+        note,
+    )
+
+
 def _setups(cfg: DictConfig, run_dir: Path) -> tuple[measure.Setup, Path]:
     """The shared settings, and the folder the plain pipeline reads (ours gets the same photos)."""
     cache_dir = Path(cfg.cache_dir).resolve()
@@ -130,18 +143,11 @@ def _cuda_rows(setup: measure.Setup) -> list[Row]:
     plain = _in_fresh_process(measure.plain_training, gpu.as_dict())
     ours = _in_fresh_process(measure.our_training, gpu.as_dict())
     name = torch.cuda.get_device_name(0)
-    rows = [
-        Row(
-            f"GPU training ({name})",
-            "images/s",
-            plain["images_per_second"],
-            ours["images_per_second"],
-            plain["peak_mb"],
-            ours["peak_mb"],
-            f"ours: {ours['precision']}, augmentation on the GPU; GPU memory plain {plain['gpu_peak_mb']:,.0f} MB, "
-            f"ours {ours['gpu_peak_mb']:,.0f} MB",
-        )
-    ]
+    note = (
+        f"ours: {ours['precision']}, augmentation on the GPU; GPU memory plain {plain['gpu_peak_mb']:,.0f} MB, "
+        f"ours {ours['gpu_peak_mb']:,.0f} MB"
+    )
+    rows = [_rates(f"GPU training ({name})", plain, ours, note)]
     epochs = _in_fresh_process(measure.our_epochs, gpu.as_dict(), 2, False)
     seconds = epochs["epoch_seconds"][-1] * KAGGLE_TRAIN_IMAGES / epochs["train_images"]
     rows.append(
@@ -178,46 +184,15 @@ def run_bench(cfg: DictConfig) -> list[Row]:
     for label, augment, place, how in loaders:
         if augment not in plain_loaders:  # the plain pipeline has one way to augment: in its loader
             plain_loaders[augment] = _in_fresh_process(measure.plain_loader, settings, augment)
-        plain = plain_loaders[augment]
         ours = _in_fresh_process(measure.our_loader, settings, augment, place)
         note = f"plain: ImageFolder decoding every photo; ours: uint8 array cache, {how}, {ours['workers']} process(es)"
-        rows.append(
-            Row(
-                label,
-                "images/s",
-                plain["images_per_second"],
-                ours["images_per_second"],
-                plain["peak_mb"],
-                ours["peak_mb"],
-                note,
-            )
-        )
+        rows.append(_rates(label, plain_loaders[augment], ours, note))
     plain = _in_fresh_process(measure.plain_training, settings)
     ours = _in_fresh_process(measure.our_training, settings)
     note = f"ResNet-18, Adam; ours: {ours['precision']}, channels_last={ours['channels_last']}"
-    rows.append(
-        Row(
-            "training",
-            "images/s",
-            plain["images_per_second"],
-            ours["images_per_second"],
-            plain["peak_mb"],
-            ours["peak_mb"],
-            note,
-        )
-    )
+    rows.append(_rates("training", plain, ours, note))
     plain_eval = _in_fresh_process(measure.plain_evaluation, settings)
-    ours = _in_fresh_process(measure.our_evaluation, settings)
-    rows.append(
-        Row(
-            "evaluation",
-            "images/s",
-            plain_eval["images_per_second"],
-            ours["images_per_second"],
-            plain_eval["peak_mb"],
-            ours["peak_mb"],
-        )
-    )
+    rows.append(_rates("evaluation", plain_eval, _in_fresh_process(measure.our_evaluation, settings)))
     rows.append(_head_only_row(setup, 2 if cfg.tiny else cfg.head_epochs, plain_eval))
     if cfg.device != "cpu" and torch.cuda.is_available():
         rows += _cuda_rows(setup)

@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from gem_lightning.backbones import IMAGENET_MEAN, IMAGENET_STD
+
 REPORT_LR = 3e-4
 
 

@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from gem_lightning.backbone_features import backbone_features
+from gem_lightning.config_schema import AugmentPlace
 from gem_lightning.data_report import REPORT_NAME, TrainingItem, build_report, write_report
 from gem_lightning.dataset_scan import DatasetScan, discover_classes, scan_dataset
 from gem_lightning.demo_data import DemoGemSet
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 # Where training augmentation runs: in the loader processes, on the model's device after the batch is
 # moved there (a GPU augments a batch in a few ms, and the loader then only copies uint8 rows), or auto:
 # the device when it is a GPU.
-AUGMENT_PLACES = ("auto", "loader", "device")
+AUGMENT_PLACES = tuple(place.value for place in AugmentPlace)  # the config schema's list, for direct use
 
 
 def resolve_num_workers(num_workers: int | str) -> int:
