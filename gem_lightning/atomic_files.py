@@ -1,10 +1,21 @@
-"""Write files so that a reader (or a crash) never sees a half-written one: temp file + rename."""
+"""Write files so that a reader (or a crash) never sees a half-written one: temp file + rename.
+
+The file gets the permissions any new file of the user's gets (0666 less the umask), not the temp file's
+private 0600: a run's checkpoints, metrics and reports are meant to be read by the user's team and tools.
+"""
 
 from __future__ import annotations
 
 import os
 import tempfile
 from pathlib import Path
+
+
+def _user_file_mode() -> int:
+    """0666 less the process umask (read without changing it for longer than the call)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def write_bytes_atomically(path: Path, data: bytes) -> None:
@@ -17,6 +28,7 @@ def write_bytes_atomically(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp_name, _user_file_mode())
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)

@@ -3,16 +3,24 @@
 A typo'd key (``data.batchsize=32``) or a bad value (``data.split=random``, ``data.batch_size=abc``,
 ``model.backbone=resnet101``) then fails with Hydra's own message before any run folder is made, instead
 of half-way into a run. The YAML files in ``conf/data`` and ``conf/model`` list ``schema`` first in their
-defaults; ``register_config_schemas()`` must run before composing (train.py and the tests do).
+defaults; ``register_config_schemas()`` must run before composing (train.py, ``compose_config`` and the tests
+do). It also registers ``${project_root:}``, the folder that ``conf/paths`` puts data, caches and outputs in.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+
+# The project folder: the one holding conf/, train.py and this package (a clone, installed editable). Not the
+# working directory: Hydra resolves the multirun folder before it knows that (`${hydra:runtime.cwd}` fails
+# there), and a run started from another folder must still find data/, cache/ and outputs/.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 class SplitMode(str, Enum):
@@ -78,6 +86,8 @@ class ModelSchema:
 
 
 def register_config_schemas() -> None:
+    if not OmegaConf.has_resolver("project_root"):
+        OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
     store = ConfigStore.instance()
     store.store(group="data", name="schema", node=DataSchema)
     store.store(group="model", name="schema", node=ModelSchema)

@@ -30,6 +30,7 @@ from gem_lightning.evaluation import Evaluation, evaluate_logits
 from gem_lightning.evaluation_report import write_evaluation_report
 from gem_lightning.image_dataset import GemImageDataset, evaluation_dataset
 from gem_lightning.predictor import Predictor, collect_logits
+from gem_lightning.shown_paths import shown_path
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +163,7 @@ def print_evaluation(run: EvaluationRun) -> None:
         f"temperature {run.evaluation.temperature:.3f}: NLL {s['nll_before']:.4f} -> {s['nll_after']:.4f}, "
         f"ECE {s['ece_before']:.4f} -> {s['ece_after']:.4f}"
     )
-    print(f"report: {run.report}")
+    print(f"report: {shown_path(run.report)}")
 
 
 def run(cfg: DictConfig) -> int:

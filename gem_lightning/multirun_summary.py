@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gem_lightning.atomic_files import write_text_atomically
+from gem_lightning.shown_paths import shown_path
 
 METRICS_FILE = "metrics.json"
 SUMMARY_FILE = "summary.csv"
@@ -97,4 +98,4 @@ class MultirunSummary(Callback):
         if not console.is_terminal:
             console = Console(width=160)  # a log file has no width; rich's 80 columns would drop columns
         console.print(table)
-        print(f"summary: {summary}")  # plain print: a long path must stay copy-pasteable
+        print(f"summary: {shown_path(summary)}")  # plain print: a long path must stay copy-pasteable

@@ -20,6 +20,7 @@ from rich.table import Table
 
 from gem_lightning.atomic_files import write_text_atomically
 from gem_lightning.search_space import as_overrides
+from gem_lightning.shown_paths import shown_path
 from gem_lightning.study_storage import shown
 from gem_lightning.sweep_plan import SweepPlan
 from gem_lightning.train_config import compose_train_config
@@ -127,7 +128,7 @@ def experiment_text(plan: SweepPlan, best: FrozenTrial) -> str:
     header = (
         "# @package _global_\n"
         f"# Best trial #{best.number} of study {plan.study_name} ({plan.metric} = {best.value:.4f}) by sweep.py\n"
-        f"# Run it: python train.py --config-dir {_shown_path(plan.sweep_dir)} experiment=best\n"
+        f"# Run it: python train.py --config-dir {shown_path(plan.sweep_dir)} experiment=best\n"
         f"# (or copy it into conf/experiment/ under a name of its own and use experiment=<name>)\n"
         f"# Its overrides: {' '.join(overrides)}\n"
     )
@@ -177,18 +178,13 @@ def print_results(plan: SweepPlan, results: dict[str, Any]) -> None:
         print(f"best params: {' '.join(as_overrides(best.params))}")
         checkpoint = best.user_attrs.get("best_checkpoint")
         if checkpoint:
-            print(f"best checkpoint: {checkpoint}")
-        print(f"best config: {results['best_file']}")
-        print(f"  train and test it: python train.py --config-dir {_shown_path(plan.sweep_dir)} experiment=best")
-    print(f"trials table: {plan.sweep_dir / TRIALS_FILE}")
-    print(f"TensorBoard (HParams tab compares trials): tensorboard --logdir {_shown_path(plan.sweep_dir / 'trials')}")
+            print(f"best checkpoint: {shown_path(checkpoint)}")
+        print(f"best config: {shown_path(results['best_file'])}")
+        print(f"  train and test it: python train.py --config-dir {shown_path(plan.sweep_dir)} experiment=best")
+    print(f"trials table: {shown_path(plan.sweep_dir / TRIALS_FILE)}")
+    print(f"TensorBoard (HParams tab compares trials): tensorboard --logdir {shown_path(plan.sweep_dir / 'trials')}")
     print(f"dashboard: optuna-dashboard {shown(plan.storage)}")
-
-
-def _shown_path(path: Path) -> str:
-    """Relative to the current folder when inside it: the commands printed are then short and portable."""
-    path = Path(path).resolve()
-    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+    print('  (optuna-dashboard comes with the dashboard extra: pip install -e ".[dashboard]")')
 
 
 def _cell(value: Any) -> str:

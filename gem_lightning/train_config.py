@@ -15,11 +15,11 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from gem_lightning.config_schema import register_config_schemas
+from gem_lightning.config_schema import PROJECT_ROOT, register_config_schemas
 from gem_lightning.errors import GemLightningError
 
 # The repository's conf/ beside this package (an editable install, as the README sets up).
-DEFAULT_CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
+DEFAULT_CONFIG_DIR = PROJECT_ROOT / "conf"
 
 
 def compose_config(
@@ -34,6 +34,7 @@ def compose_config(
         raise GemLightningError(
             f"no {config_name}.yaml in {config_dir}: pass --config-dir with the project's conf/ folder"
         )
+    register_config_schemas()
     GlobalHydra.instance().clear()  # a second command in one process (tests, the web page) starts afresh
     with initialize_config_dir(config_dir=str(config_dir.resolve()), version_base="1.3"):
         return compose(config_name, overrides=list(overrides), return_hydra_config=return_hydra_config)
@@ -41,8 +42,7 @@ def compose_config(
 
 def compose_train_config(config_dir: Path, overrides: list[str]) -> DictConfig:
     """The config train.py would compose for ``overrides`` (without starting a run), Hydra's node included."""
-    register_config_schemas()
     cfg = compose_config("train", overrides, config_dir, return_hydra_config=True)
-    # ${hydra:runtime.cwd} in conf/paths needs the Hydra config set, as inside a real run.
+    # ${hydra:runtime.output_dir} in conf/paths needs the Hydra config set, as inside a real run.
     HydraConfig.instance().set_config(cfg)
     return cfg

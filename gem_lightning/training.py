@@ -12,6 +12,7 @@ from typing import Any
 
 import hydra
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
@@ -24,6 +25,7 @@ from gem_lightning.errors import GemLightningError
 from gem_lightning.evaluate import evaluate_checkpoint
 from gem_lightning.multirun_summary import METRICS_FILE
 from gem_lightning.predictor import Predictor
+from gem_lightning.shown_paths import shown_path
 from gem_lightning.trainer_factory import build_trainer
 
 log = logging.getLogger(__name__)
@@ -59,7 +61,7 @@ def _log_hyperparameters(loggers: list[Logger], run_config: dict, metric: str) -
             logger.log_hyperparams(params)
 
 
-def _print_summary(output_dir: Path, best_checkpoint: str, metrics: dict[str, float]) -> None:
+def _print_summary(output_dir: Path, best_checkpoint: str, best_note: str, metrics: dict[str, float]) -> None:
     table = Table(title="gem-lightning run", show_header=True)
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -67,8 +69,17 @@ def _print_summary(output_dir: Path, best_checkpoint: str, metrics: dict[str, fl
         table.add_row(name, f"{metrics[name]:.4f}")
     Console().print(table)
     # Plain prints: rich would wrap long paths at the terminal width and break copy-paste.
-    print(f"run dir: {output_dir}")
-    print(f"best checkpoint: {best_checkpoint or '(none saved)'}")
+    print(f"run dir: {shown_path(output_dir)}")
+    print(f"best checkpoint: {shown_path(best_checkpoint) + best_note if best_checkpoint else '(none saved)'}")
+
+
+def _best_epoch_note(trainer: pl.Trainer) -> str:
+    """`` (epoch 3, val/acc 1.0000)``: what best.ckpt holds, which its name no longer says."""
+    callback = trainer.checkpoint_callback
+    if callback is None or callback.best_model_score is None or not callback.best_model_path:
+        return ""
+    epoch = torch.load(callback.best_model_path, map_location="cpu", weights_only=True, mmap=True)["epoch"]
+    return f" (epoch {epoch}, {callback.monitor} {float(callback.best_model_score):.4f})"
 
 
 def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> tuple[dict[str, float], dict[str, Any]]:
@@ -147,9 +158,9 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> tuple[di
         report = evaluation.report
 
     if trainer.is_global_zero:
-        _print_summary(output_dir, best_checkpoint, metrics)
+        _print_summary(output_dir, best_checkpoint, _best_epoch_note(trainer), metrics)
         if report is not None:
-            print(f"evaluation report: {report}")
+            print(f"evaluation report: {shown_path(report)}")
         # What a multirun summary (gem_lightning.multirun_summary) reads back for this job.
         result = {
             "metrics": metrics,

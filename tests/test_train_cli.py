@@ -28,7 +28,7 @@ def test_train_py_on_demo_data_prints_the_run_dir_best_checkpoint_and_metrics(tm
     assert len(run_dirs) == 1
     run_dir = run_dirs[0]
     assert f"run dir: {run_dir}" in out
-    best = next((run_dir / "checkpoints").glob("epoch*.ckpt"))
+    best = run_dir / "checkpoints" / "best.ckpt"
     assert f"best checkpoint: {best}" in out
     assert (run_dir / ".hydra" / "config.yaml").is_file()
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
