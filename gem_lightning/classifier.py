@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -52,7 +54,7 @@ class GemClassifier(pl.LightningModule):
         class_names: list[str],
         backbone: str = "resnet18",
         pretrained: bool = True,
-        allow_download: bool = True,
+        allow_download: bool = False,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., Any] | None = None,
         label_smoothing: float = 0.0,
@@ -236,23 +238,49 @@ class GemClassifier(pl.LightningModule):
     def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> GemClassifier:
         """Rebuild a trained classifier from its checkpoint alone (no hub weights, no config files).
 
-        A missing file, a file that is not a checkpoint, or a checkpoint of another project raise one
-        GemLightningError naming the file.
+        A file that is not a gem-lightning checkpoint raises one GemLightningError (see read_checkpoint).
         """
         path = Path(path)
-        if not path.is_file():
-            raise GemLightningError(
-                f"checkpoint not found: {path}. Give a .ckpt from a run's checkpoints/ folder (train.py prints "
-                "'best checkpoint: ...')"
-            )
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # truncated, not a torch file, or holding objects we never write
-            raise GemLightningError(f"cannot read checkpoint {path}: {type(error).__name__}: {error}") from error
-        if not isinstance(checkpoint, dict) or CHECKPOINT_KEY not in checkpoint:
-            raise GemLightningError(
-                f"{path} is not a gem-lightning checkpoint (no '{CHECKPOINT_KEY}' entry); train one with train.py"
-            )
+        read_checkpoint(path)
         # The checkpoint's own weights replace the pretrained ones, so never look for those.
         model = cls.load_from_checkpoint(path, map_location=map_location, pretrained=False, weights_only=True)
         return model.eval()
+
+
+def read_checkpoint(path: str | Path, setting: str = "ckpt") -> dict:
+    """The checkpoint at ``path`` as a dict, or one GemLightningError saying what is wrong with the file.
+
+    The one check for every command that takes a checkpoint (predict, evaluate, export, the page, and
+    train.py's ``ckpt_path=`` before any data work). It loads with ``weights_only=True`` and never advises
+    otherwise: a file holding arbitrary Python objects is not ours, and unpickling it could run its code.
+    """
+    path = Path(path)
+    where = f"{setting}={path}"
+    hint = "give the best.ckpt or last.ckpt in a run's checkpoints/ folder (train.py prints 'best checkpoint: ...')"
+    if path.is_dir():
+        raise GemLightningError(f"{where} is a folder, not a checkpoint file: {hint}")
+    if not path.is_file():
+        raise GemLightningError(f"checkpoint not found: {where}: {hint}")
+    size = path.stat().st_size
+    if size == 0:
+        raise GemLightningError(f"cannot read checkpoint {where}: it is an empty file (0 bytes); {hint}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        if not zipfile.is_zipfile(path):  # torch.save writes a zip; random or cut-short bytes fail here too
+            raise GemLightningError(
+                f"cannot read checkpoint {where}: not a PyTorch checkpoint, or cut short ({size:,} bytes); {hint}"
+            ) from None
+        raise GemLightningError(
+            f"cannot read checkpoint {where}: it holds Python objects that gem-lightning checkpoints never contain "
+            f"(it is not loaded: unpickling them could run code); {hint}"
+        ) from None
+    except Exception:  # a truncated zip, random bytes, another format: torch raises several types
+        raise GemLightningError(
+            f"cannot read checkpoint {where}: not a PyTorch checkpoint, or cut short ({size:,} bytes); {hint}"
+        ) from None
+    if not isinstance(checkpoint, dict) or CHECKPOINT_KEY not in checkpoint:
+        raise GemLightningError(
+            f"{where} is not a gem-lightning checkpoint (no '{CHECKPOINT_KEY}' entry): train one with train.py"
+        )
+    return checkpoint

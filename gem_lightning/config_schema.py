@@ -76,13 +76,18 @@ class ModelSchema:
     _target_: str = "gem_lightning.classifier.GemClassifier"
     backbone: BackboneName = BackboneName.resnet18
     pretrained: bool = True
-    allow_download: bool = True
+    allow_download: bool = False
     label_smoothing: float = 0.0
     dropout: float = 0.0
     freeze_backbone_epochs: int = 0
     head_only: bool = False
     channels_last: bool = True
     compile: bool = False
+
+
+def enum_value(value: Any) -> Any:
+    """A config enum's plain value (``BackboneName.resnet18`` -> ``"resnet18"``); anything else as it is."""
+    return value.value if isinstance(value, Enum) else value
 
 
 def register_config_schemas() -> None:

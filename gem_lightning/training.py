@@ -20,6 +20,9 @@ from rich.console import Console
 from rich.table import Table
 
 from gem_lightning.atomic_files import write_text_atomically
+from gem_lightning.backbones import pretrained_weights_file
+from gem_lightning.classifier import CHECKPOINT_KEY, read_checkpoint
+from gem_lightning.config_schema import enum_value
 from gem_lightning.data_report import CONTACT_SHEET_NAME, REPORT_NAME
 from gem_lightning.errors import GemLightningError
 from gem_lightning.evaluate import evaluate_checkpoint
@@ -73,6 +76,31 @@ def _print_summary(output_dir: Path, best_checkpoint: str, best_note: str, metri
     print(f"best checkpoint: {shown_path(best_checkpoint) + best_note if best_checkpoint else '(none saved)'}")
 
 
+def _check_resumable(checkpoint: dict, ckpt_path: str, class_names: Sequence[str]) -> None:
+    """A checkpoint resumes only a run on the same classes, and only with Lightning's training state in it."""
+    trained_on = list(checkpoint[CHECKPOINT_KEY].get("class_names", []))
+    if trained_on != list(class_names):
+        missing = sorted(set(class_names) - set(trained_on))
+        extra = sorted(set(trained_on) - set(class_names))
+        detail = "; ".join(
+            part
+            for part in (
+                f"the data has {len(missing)} class(es) it lacks ({', '.join(missing[:5])})" if missing else "",
+                f"it has {len(extra)} the data lacks ({', '.join(extra[:5])})" if extra else "",
+            )
+            if part
+        ) or "the same classes in another order"
+        raise GemLightningError(
+            f"ckpt_path={ckpt_path} was trained on {len(trained_on)} other classes than this run's "
+            f"{len(class_names)}: {detail}. Resume with the overrides of the run that wrote it."
+        )
+    if "optimizer_states" not in checkpoint or "loops" not in checkpoint:
+        raise GemLightningError(
+            f"ckpt_path={ckpt_path} holds weights but no training state (optimiser, loops) to resume from: "
+            "give the run's checkpoints/last.ckpt"
+        )
+
+
 def _best_epoch_note(trainer: pl.Trainer) -> str:
     """`` (epoch 3, val/acc 1.0000)``: what best.ckpt holds, which its name no longer says."""
     callback = trainer.checkpoint_callback
@@ -92,16 +120,20 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> tuple[di
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
 
+    # What can be checked in seconds is checked before minutes of data preparation: the checkpoint to resume,
+    # the pretrained weights file, then (building the trainer) a GPU the machine lacks.
     ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path and not Path(ckpt_path).is_file():
-        raise GemLightningError(f"ckpt_path={ckpt_path} is not a file: give the last.ckpt of the run to resume")
-    # The trainer first: a request for a GPU the machine lacks fails before any data work.
+    resumed = read_checkpoint(ckpt_path, setting="ckpt_path") if ckpt_path else None
+    if cfg.model.get("pretrained"):
+        pretrained_weights_file(enum_value(cfg.model.backbone), bool(cfg.model.get("allow_download")))
     callbacks = [*_instantiate_each(cfg.get("callbacks")), *extra_callbacks]
     loggers = _instantiate_each(cfg.get("logger"))
     trainer = build_trainer(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.prepare_data()  # the class list depends on the folder (or the rendered demo set)
+    if resumed is not None:
+        _check_resumable(resumed, ckpt_path, datamodule.class_names)
 
     # Hydra's own node is only present when composed for tests; the run's settings are the rest.
     settings = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
