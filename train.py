@@ -1,13 +1,17 @@
 """Train a gemstone classifier: ``python train.py model=resnet18 trainer.gpus=1`` (see README.md)."""
 
 import sys
+from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from gem_lightning.config_schema import register_config_schemas
-from gem_lightning.errors import find_user_error
+from gem_lightning.errors import exit_status_for, find_user_error
 from gem_lightning.memory_allocator import keep_freed_memory
+from gem_lightning.multirun_summary import record_failed_job
 from gem_lightning.training import train
 
 register_config_schemas()
@@ -20,12 +24,12 @@ def main(cfg: DictConfig) -> float | None:
     try:
         metrics, _ = train(cfg)
     except Exception as error:
-        user_error = find_user_error(error)
-        if user_error is None:
-            raise
-        # One line the user can act on; a traceback would only bury it.
-        print(f"error: {user_error}", file=sys.stderr)
-        sys.exit(2)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            # One failed job must not end the others: record it; the multirun summary lists it and exits 1.
+            record_failed_job(Path(cfg.paths.output_dir), error, find_user_error(error))
+            return None
+        # One line the user can act on (exit 2); a bug is raised again with its traceback.
+        sys.exit(exit_status_for(error))
     # Hydra hands this to a sweeper (and sweep.py reads the same key) as the objective.
     return metrics.get(cfg.optimized_metric)
 

@@ -5,6 +5,11 @@ under the sweep folder; each job leaves a ``metrics.json`` there (written by ``t
 callback (configured in ``conf/hydra/default.yaml``) reads them when the multirun ends, prints the table
 and writes it as ``summary.csv`` in the sweep folder. It reads files rather than remembering jobs in memory
 so it works with launchers that run jobs in other processes, and a job that failed still gets a row.
+
+A failed job does not end the multirun: ``train.py`` records why in the job folder (``failure.json``, see
+``record_failed_job``) and returns, the next job runs, the table lists it as failed with the reason, and the
+multirun then exits with status 1. (Hydra itself would re-raise the first failure after the last job and
+skip this callback, so there would be no table at all.)
 """
 
 from __future__ import annotations
@@ -12,6 +17,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
+import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +31,24 @@ from rich.table import Table
 from gem_lightning.atomic_files import write_text_atomically
 from gem_lightning.shown_paths import shown_path
 
+log = logging.getLogger(__name__)
+
 METRICS_FILE = "metrics.json"
+FAILURE_FILE = "failure.json"
 SUMMARY_FILE = "summary.csv"
 METRIC_COLUMNS = ("val/acc_best", "test/acc", "test_leak_free/acc")
 COLUMNS = ("job", "varied", *METRIC_COLUMNS, "epochs", "seconds", "status", "overrides", "run_dir")
+
+
+def record_failed_job(job_dir: Path, error: BaseException, user_error: BaseException | None) -> None:
+    """Write why a multirun job failed into its folder, and say it: one line for a user error, else the traceback."""
+    reason = str(user_error) if user_error is not None else f"{type(error).__name__}: {error}"
+    if user_error is not None:
+        log.error("job failed: %s", reason)
+    else:
+        log.error("job failed with a bug:\n%s", "".join(traceback.format_exception(error)))
+    record = {"reason": reason.splitlines()[0][:500] if reason else type(error).__name__}
+    write_text_atomically(Path(job_dir) / FAILURE_FILE, json.dumps(record, indent=1))
 
 
 def _job_number(folder: Path) -> tuple[int, str]:
@@ -54,8 +76,10 @@ def collect_rows(sweep_dir: Path) -> list[dict[str, Any]]:
             metrics = result["metrics"]
             row.update({name: round(metrics[name], 6) for name in METRIC_COLUMNS if name in metrics})
             row.update(epochs=result["epochs"], seconds=round(result["seconds"], 1), status="done")
+        elif (job_dir / FAILURE_FILE).is_file():
+            row["status"] = f"failed: {json.loads((job_dir / FAILURE_FILE).read_text())['reason']}"
         else:
-            row["status"] = "failed (no metrics.json)"
+            row["status"] = "failed (killed, or no metrics.json)"
         rows.append(row)
     return rows
 
@@ -91,7 +115,8 @@ class MultirunSummary(Callback):
             if column == "varied":
                 table.add_column(column, min_width=min(widest, 48), overflow="fold")
             else:
-                table.add_column(headers.get(column, column), justify="left" if column == "status" else "right")
+                justify = "left" if column == "status" else "right"
+                table.add_column(headers.get(column, column), justify=justify, overflow="fold")
         for row in rows:
             table.add_row(*(_cell(row.get(column, ""), column) for column in shown))
         console = Console()
@@ -99,3 +124,8 @@ class MultirunSummary(Callback):
             console = Console(width=160)  # a log file has no width; rich's 80 columns would drop columns
         console.print(table)
         print(f"summary: {shown_path(summary)}")  # plain print: a long path must stay copy-pasteable
+        failed = [row["job"] for row in rows if row["status"] != "done"]
+        if failed:
+            print(f"error: {len(failed)} of {len(rows)} job(s) failed (job {', '.join(failed)})", file=sys.stderr)
+            # Not an exception: Hydra turns those into a warning here. SystemExit passes through.
+            sys.exit(1)

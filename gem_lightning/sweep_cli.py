@@ -32,6 +32,7 @@ from gem_lightning.sweep_plan import SweepPlan
 from gem_lightning.sweep_results import print_results, write_results
 from gem_lightning.sweep_worker import open_plan_study, run_worker
 from gem_lightning.train_config import DEFAULT_CONFIG_DIR, compose_train_config
+from gem_lightning.training import check_run_settings
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +132,9 @@ def run(args: argparse.Namespace) -> int:
     train_overrides, sweep_overrides = split_overrides(args)
     cfg = compose_train_config(args.config_dir, [*train_overrides, *sweep_overrides])
     plan = SweepPlan.from_config(cfg, train_overrides, args.config_dir)
-    # A missing data folder or model file would fail every trial; say so before the study records any.
+    # A missing data folder, weights or model file, a bad optimiser setting or a GPU the machine lacks would
+    # fail every trial; say so before the study records any.
+    check_run_settings(cfg)
     hydra.utils.instantiate(cfg.data).check()
     jobs = int(cfg.sweep.jobs)
     if jobs < 1:

@@ -27,9 +27,10 @@ from gem_lightning.data_report import CONTACT_SHEET_NAME, REPORT_NAME
 from gem_lightning.errors import GemLightningError
 from gem_lightning.evaluate import evaluate_checkpoint
 from gem_lightning.multirun_summary import METRICS_FILE
+from gem_lightning.optimiser_settings import check_optimiser_settings
 from gem_lightning.predictor import Predictor
 from gem_lightning.shown_paths import shown_path
-from gem_lightning.trainer_factory import build_trainer
+from gem_lightning.trainer_factory import build_trainer, resolve_devices
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,22 @@ def _print_summary(output_dir: Path, best_checkpoint: str, best_note: str, metri
     print(f"best checkpoint: {shown_path(best_checkpoint) + best_note if best_checkpoint else '(none saved)'}")
 
 
+def check_run_settings(cfg: DictConfig) -> dict | None:
+    """What can be checked in seconds, checked before minutes of data preparation; returns the checkpoint to
+    resume from (read), if any. train() and sweep.py (before its study records a trial) call it.
+
+    The checkpoint to resume, the optimiser and scheduler settings, the pretrained weights file, a GPU the
+    machine lacks, and the data folder (or a background-removal model file) being there.
+    """
+    ckpt_path = cfg.get("ckpt_path")
+    resumed = read_checkpoint(ckpt_path, setting="ckpt_path") if ckpt_path else None
+    check_optimiser_settings(cfg.optim, cfg.get("scheduler"))
+    if cfg.model.get("pretrained"):
+        pretrained_weights_file(enum_value(cfg.model.backbone), bool(cfg.model.get("allow_download")))
+    resolve_devices(cfg.trainer)
+    return resumed
+
+
 def _check_resumable(checkpoint: dict, ckpt_path: str, class_names: Sequence[str]) -> None:
     """A checkpoint resumes only a run on the same classes, and only with Lightning's training state in it."""
     trained_on = list(checkpoint[CHECKPOINT_KEY].get("class_names", []))
@@ -120,12 +137,8 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> tuple[di
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
 
-    # What can be checked in seconds is checked before minutes of data preparation: the checkpoint to resume,
-    # the pretrained weights file, then (building the trainer) a GPU the machine lacks.
+    resumed = check_run_settings(cfg)
     ckpt_path = cfg.get("ckpt_path")
-    resumed = read_checkpoint(ckpt_path, setting="ckpt_path") if ckpt_path else None
-    if cfg.model.get("pretrained"):
-        pretrained_weights_file(enum_value(cfg.model.backbone), bool(cfg.model.get("allow_download")))
     callbacks = [*_instantiate_each(cfg.get("callbacks")), *extra_callbacks]
     loggers = _instantiate_each(cfg.get("logger"))
     trainer = build_trainer(cfg.trainer, callbacks=callbacks, logger=loggers or False)
