@@ -24,6 +24,7 @@ from pathlib import Path
 import hydra
 import torch
 
+from gem_lightning.config_schema import PROJECT_ROOT
 from gem_lightning.errors import GemLightningError, exit_status_for
 from gem_lightning.memory_allocator import keep_freed_memory
 from gem_lightning.search_space import override_value
@@ -112,7 +113,9 @@ def run_jobs(worker_args: list[str], jobs: int) -> int:
         command = [sys.executable, "-m", "gem_lightning.sweep_cli", *worker_args]
         if cpus is not None:
             command += ["--cpus", cpus]
-        workers.append(subprocess.Popen(command))
+        # The workers import this checkout's package wherever the user started the sweep from.
+        path = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+        workers.append(subprocess.Popen(command, env={**os.environ, "PYTHONPATH": path}))
 
     def forward(signum, frame) -> None:
         for worker in workers:

@@ -81,15 +81,15 @@ def check_run_settings(cfg: DictConfig) -> dict | None:
     """What can be checked in seconds, checked before minutes of data preparation; returns the checkpoint to
     resume from (read), if any. train() and sweep.py (before its study records a trial) call it.
 
-    The checkpoint to resume, the optimiser and scheduler settings, the pretrained weights file, a GPU the
-    machine lacks, and the data folder (or a background-removal model file) being there.
+    A GPU the machine lacks, the checkpoint to resume, the optimiser and scheduler settings, and the
+    pretrained weights file.
     """
+    resolve_devices(cfg.trainer)
     ckpt_path = cfg.get("ckpt_path")
     resumed = read_checkpoint(ckpt_path, setting="ckpt_path") if ckpt_path else None
     check_optimiser_settings(cfg.optim, cfg.get("scheduler"))
     if cfg.model.get("pretrained"):
         pretrained_weights_file(enum_value(cfg.model.backbone), bool(cfg.model.get("allow_download")))
-    resolve_devices(cfg.trainer)
     return resumed
 
 
