@@ -1,0 +1,687 @@
+"""Every command README.md shows, run as a user types it, in a fresh clone of this working tree.
+
+The commands are read from README.md's ```bash blocks; ``COMMAND_TESTS`` names the test of each, and the
+first test fails when README.md shows a command that has no test here (or a test names a command README.md
+no longer shows). Each test runs its command in a subprocess from the clone's root, with no ``paths.*``,
+``hydra.*`` or cache overrides: only overrides a user could type too are appended, to shrink the work
+(``trainer.max_epochs=1``, ``data.image_size=64``, ``data.max_classes=2``, ``--n-trials 2``, ``port=``).
+The clone sits beside a ``shared`` link to ../shared, and its ``data/gemstones`` links the Kaggle photos, as
+README.md tells a user to lay them out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import GEMSTONES_DIR, REPO_ROOT, SHARED_DIR, needs_shared
+
+README = REPO_ROOT / "README.md"
+U2NET_DIR = SHARED_DIR / "models" / "u2net"
+# Overrides no user types: a test that needs one is testing another command than README.md's.
+FORBIDDEN_PREFIXES = ("paths.", "hydra.", "+paths.", "+hydra.", "data.cache_dir", "cache_dir")
+HAS_CUDA = torch.cuda.is_available()
+
+
+def readme_commands() -> list[str]:
+    """Each command line of README.md's ```bash blocks, comments dropped, spaces collapsed."""
+    commands, in_bash = [], False
+    for line in README.read_text().splitlines():
+        if line.startswith("```"):
+            in_bash = not in_bash and line.strip() == "```bash"
+            continue
+        if in_bash:
+            command = " ".join(re.sub(r"(^|\s)#.*$", "", line).split())
+            if command:
+                commands.append(command)
+    return commands
+
+
+# README.md's commands -> the test here that runs each one. Set-up steps are run by .ci/run itself.
+COMMAND_TESTS = {
+    'pip install -e ".[test]"': "set-up: .ci/run installs the project exactly so",
+    "python train.py experiment=demo": "test_demo_trains_and_prints_what_readme_shows",
+    "python -m pytest": "set-up: .ci/run runs exactly this command",
+    "python -m gem_lightning.predict ckpt=<best checkpoint> input=cache/demo_gems/Ruby": "test_predict_the_demo_rubies",
+    "python -m gem_lightning.web ckpt=<best checkpoint>": "test_web_page_serves",
+    "python train.py model=efficientnet_lite0": "test_kaggle_pooled",
+    "python train.py model=efficientnet_lite0 data.split=predefined": "test_kaggle_predefined",
+    "python train.py model=efficientnet_lite0 data.root=/path/to/gemstones": "test_kaggle_elsewhere",
+    "python train.py experiment=seed_report": "test_seed_report_names_the_missing_weights",
+    "python train.py model=resnet18 trainer.gpus=1": "test_gpus_1_says_what_is_missing",
+    "export U2NET_HOME=../shared/models/u2net": "set-up: the environment of the three commands below it",
+    "python -m gem_lightning.prepare --check background=rembg background.backend.model=u2netp": "test_prepare",
+    "python -m gem_lightning.prepare background=rembg background.backend.model=u2netp": "test_prepare",
+    "python train.py model=efficientnet_lite0 background=rembg background.backend.model=u2netp": "test_prepare",
+    "python -m gem_lightning.bench data_dir=data/gemstones": "test_bench_tiny",
+    "python -m gem_lightning.bench data_dir=data/gemstones && python train.py experiment=gpu_check "
+    "data.root=data/gemstones": "test_gpu_check",
+    "python train.py -m experiment=demo optim.lr=1e-3,3e-4 augment=seed,colour_preserving": "test_multirun",
+    "python sweep.py experiment=demo --n-trials 20": "test_sweep_demo",
+    "python sweep.py experiment=demo sweep=backbones sweep/pruner=hyperband --study-name demo-backbones "
+    "--n-trials 30": "test_sweep_backbones",
+    "python sweep.py model=efficientnet_lite0 --n-trials 40 trainer.gpus=1 --jobs 2": "test_sweep_on_a_gpu",
+    "python train.py --config-dir outputs/sweeps/<study> experiment=best": "test_retrain_the_best_trial",
+    "tensorboard --logdir outputs/sweeps/<study>/trials": "test_tensorboard_compares_trials",
+    'pip install -e ".[dashboard]" && optuna-dashboard sqlite:///outputs/sweeps/<study>/study.db': (
+        "test_optuna_dashboard"
+    ),
+    "tensorboard --logdir outputs": "test_tensorboard_shows_the_runs",
+    "python train.py <the same overrides> ckpt_path=outputs/<task>/runs/<time>/checkpoints/last.ckpt": (
+        "test_resume_a_killed_run"
+    ),
+    "python -m gem_lightning.predict ckpt=<best checkpoint> input=my_photos/ output=predictions.json": (
+        "test_predict_a_folder_to_json"
+    ),
+    "python -m gem_lightning.predict ckpt=<best checkpoint> input='my_photos/*.jpg' top_k=3 output=predictions.csv": (
+        "test_predict_a_glob_to_csv"
+    ),
+    "python -m gem_lightning.evaluate ckpt=<checkpoint>": "test_evaluate_the_runs_test_split",
+    "python -m gem_lightning.evaluate ckpt=<checkpoint> input=other_gems/ calibrate=false": "test_evaluate_a_folder",
+    "python -m gem_lightning.export ckpt=<checkpoint> input=my_photos/": "test_export",
+    'pip install -e ".[web]"': "set-up: the web extra is part of the test extra .ci/run installs",
+    "python -m gem_lightning.web ckpt=<checkpoint>": "test_web_page_serves",
+}
+
+
+def test_every_readme_command_has_its_test():
+    shown = readme_commands()
+    assert sorted(set(shown)) == sorted(COMMAND_TESTS), "README.md's commands and COMMAND_TESTS differ"
+    for name in COMMAND_TESTS.values():
+        assert name.startswith("set-up: ") or callable(globals().get(name)), name
+
+
+# -- the fresh clone and running commands in it -------------------------------------------------------------
+
+
+@dataclass
+class Clone:
+    root: Path
+    torch_home: Path
+
+    def run(
+        self,
+        command: str,
+        *shrink: str,
+        placeholders: dict[str, str] | None = None,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        timeout: int = 900,
+    ) -> subprocess.CompletedProcess:
+        """``command`` as README.md shows it, with ``shrink`` appended, run from the clone's root."""
+        assert command in COMMAND_TESTS or command.startswith("python "), command
+        return subprocess.run(
+            self.argv(command, shrink, placeholders),
+            cwd=cwd or self.root,
+            env=self.env(env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def start(self, command: str, *shrink: str, placeholders=None, env=None) -> subprocess.Popen:
+        return subprocess.Popen(
+            self.argv(command, shrink, placeholders),
+            cwd=self.root,
+            env=self.env(env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+
+    def argv(self, command: str, shrink, placeholders) -> list[str]:
+        for extra in shrink:
+            assert not extra.lstrip("+~").startswith(FORBIDDEN_PREFIXES), f"{extra}: not what a user types"
+        for placeholder, value in (placeholders or {}).items():
+            command = command.replace(placeholder, value)
+        assert "<" not in command and "/path/to" not in command, f"placeholder left in {command}"
+        argv = [*shlex.split(command), *shrink]
+        # The interpreter and console scripts of the environment running these tests.
+        scripts = Path(sys.executable).parent
+        if argv[0] == "python":
+            argv[0] = sys.executable
+        elif (scripts / argv[0]).is_file():
+            argv[0] = str(scripts / argv[0])
+        return argv
+
+    def env(self, extra: dict[str, str] | None) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HYDRA_FULL_ERROR", "U2NET_HOME")}
+        # No user's hub cache: what a missing weights file does is part of what is tested.
+        env["TORCH_HOME"] = str(self.torch_home)
+        env["COLUMNS"] = "200"
+        return {**env, **(extra or {})}
+
+
+def _copy_working_tree(clone: Path) -> None:
+    """Lay the working tree's uncommitted changes over the clone of HEAD (CI's tree has none)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--modified", "--others", "--exclude-standard", "--deleted", "-z"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        source, target = REPO_ROOT / name, clone / name
+        if source.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+        elif target.exists():
+            target.unlink()
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory) -> Clone:
+    base = tmp_path_factory.mktemp("fresh")
+    root = base / "gem-lightning"
+    subprocess.run(["git", "clone", "--quiet", "--no-hardlinks", str(REPO_ROOT), str(root)], check=True)
+    _copy_working_tree(root)
+    if SHARED_DIR.exists():
+        (base / "shared").symlink_to(SHARED_DIR)  # ../shared, as beside the real checkout
+    if GEMSTONES_DIR.exists():
+        (root / "data").mkdir()
+        (root / "data" / "gemstones").symlink_to(GEMSTONES_DIR)  # "put the folders under data/gemstones/"
+    assert not (root / "cache").exists() and not (root / "outputs" / "demo").exists()
+    return Clone(root, base / "torch_home")
+
+
+def _value(out: str, label: str) -> str:
+    """The path a command printed after ``label: ``."""
+    match = re.search(rf"^{re.escape(label)}: (\S+)", out, re.MULTILINE)
+    assert match, f"no '{label}:' line in\n{out[-3000:]}"
+    return match.group(1)
+
+
+def _one_error_line(result: subprocess.CompletedProcess, status: int = 2) -> str:
+    output = result.stdout + result.stderr
+    assert result.returncode == status, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    return line
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _get(url: str, deadline_s: float, process: subprocess.Popen) -> bytes:
+    """The body at ``url`` once the server answers (it is starting up), or fail with its output."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return response.read()
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                pytest.fail(f"{url} never answered:\n{process.communicate()[0][-3000:]}")
+            time.sleep(0.5)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        pytest.fail("the server did not stop on SIGTERM")
+
+
+# -- the demo and what uses its model ------------------------------------------------------------------------
+
+
+@dataclass
+class DemoRun:
+    result: subprocess.CompletedProcess
+    run_dir: Path
+    checkpoint: str  # as printed: relative to the clone's root
+
+
+@pytest.fixture(scope="module")
+def demo(clone) -> DemoRun:
+    result = clone.run("python train.py experiment=demo")  # as typed, nothing shrunk: the README's main claim
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = clone.root / _value(result.stdout, "run dir")
+    return DemoRun(result, run_dir, _value(result.stdout, "best checkpoint"))
+
+
+def _readme_sample_output() -> list[str]:
+    """The run's closing lines as README.md shows them (the plain block after the set-up commands)."""
+    text = README.read_text()
+    block = text.split("its evaluation report:\n\n```\n", 1)[1].split("```", 1)[0]
+    return block.strip().splitlines()
+
+
+def test_demo_trains_and_prints_what_readme_shows(clone, demo):
+    out = demo.result.stdout
+    for shown in _readme_sample_output():
+        pattern = re.escape(shown)
+        pattern = re.sub(r"\d{4}\\-\d\d\\-\d\d_\d\d\\-\d\d\\-\d\d", r"[0-9_-]{19}", pattern)
+        pattern = pattern.replace(re.escape("(epoch 7, val/acc 1.0000)"), r"\(epoch \d+, val/acc [01]\.\d{4}\)")
+        assert re.search(rf"^{pattern}$", out, re.MULTILINE), f"README shows {shown!r}; printed:\n{out[-2000:]}"
+    assert demo.run_dir.parent == clone.root / "outputs" / "demo" / "runs"
+    result = json.loads((demo.run_dir / "metrics.json").read_text())
+    # README: "test accuracy near 100 % (chance is 10 %)".
+    assert result["metrics"]["test/acc"] >= 0.9, result["metrics"]
+    checkpoints = demo.run_dir / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["best.ckpt", "last.ckpt"]
+    last = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["epoch"] == result["epochs"] - 1  # the last epoch trained, not the best one
+    umask = os.umask(0)
+    os.umask(umask)
+    for written in (checkpoints / "best.ckpt", checkpoints / "last.ckpt", demo.run_dir / "metrics.json"):
+        assert written.stat().st_mode & 0o777 == 0o666 & ~umask, written
+    assert (clone.root / "cache" / "demo_gems").is_dir()
+
+
+def test_predict_the_demo_rubies(clone, demo):
+    result = clone.run(
+        "python -m gem_lightning.predict ckpt=<best checkpoint> input=cache/demo_gems/Ruby",
+        placeholders={"<best checkpoint>": demo.checkpoint},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if "ruby_" in line.lower()]
+    assert len(rows) == 60
+    assert sum(" Ruby " in row for row in rows) >= 45  # top class Ruby for most of them
+
+
+def test_web_page_serves(clone, demo):
+    for command in (
+        "python -m gem_lightning.web ckpt=<best checkpoint>",
+        "python -m gem_lightning.web ckpt=<checkpoint>",
+    ):
+        assert command in COMMAND_TESTS
+    port = _free_port()
+    server = clone.start(
+        "python -m gem_lightning.web ckpt=<best checkpoint>",
+        f"port={port}",
+        placeholders={"<best checkpoint>": demo.checkpoint},
+    )
+    page = _get(f"http://127.0.0.1:{port}/", 120, server)
+    _stop(server)
+    assert b"gradio" in page.lower()
+
+
+def test_tensorboard_shows_the_runs(clone, demo):
+    port = _free_port()
+    server = clone.start("tensorboard --logdir outputs", f"--port={port}")
+    base = f"http://127.0.0.1:{port}"
+    runs = json.loads(_get(f"{base}/data/runs", 120, server))
+    run_name = f"demo/runs/{demo.run_dir.name}/tensorboard"
+    assert run_name in runs, runs
+    tags = json.loads(_get(f"{base}/data/plugin/scalars/tags", 30, server))[run_name]
+    layout = json.loads(_get(f"{base}/data/plugin/custom_scalars/layout", 30, server))
+    _stop(server)
+    for tag in ("train/loss", "val/loss", "val/acc", "val/acc_best", "test/acc", "test/ece_calibrated"):
+        assert tag in tags, sorted(tags)
+    charts = json.dumps(layout)
+    assert "train/loss" in charts and "val/loss" in charts  # the overfitting chart
+
+
+# -- a run that was killed, resumed -------------------------------------------------------------------------
+
+
+def test_resume_a_killed_run(clone, demo):
+    overrides = "experiment=demo trainer.max_epochs=4 optim.lr=1e-2"
+    killed = clone.start(f"python train.py {overrides}")
+    runs = clone.root / "outputs" / "demo" / "runs"
+    before = set(runs.iterdir())
+    deadline = time.monotonic() + 600
+    last = None
+    while time.monotonic() < deadline and killed.poll() is None:
+        found = [p / "checkpoints" / "last.ckpt" for p in set(runs.iterdir()) - before]
+        if found and found[0].is_file():
+            state = torch.load(found[0], map_location="cpu", weights_only=True)
+            if state["epoch"] >= 1:
+                last = found[0]
+                break
+        time.sleep(0.2)
+    assert last is not None, "the run never wrote last.ckpt for epoch 1"
+    os.killpg(killed.pid, signal.SIGKILL)  # mid-epoch 2 (or during its validation)
+    killed.wait()
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    finished = state["epoch"]  # the last epoch that finished
+    best_before = next(v for k, v in state["callbacks"].items() if "'monitor': 'val/acc'" in k)["best_model_score"]
+
+    relative = last.relative_to(clone.root)
+    result = clone.run(
+        "python train.py <the same overrides> ckpt_path=outputs/<task>/runs/<time>/checkpoints/last.ckpt",
+        placeholders={"<the same overrides>": overrides, "<task>": "demo", "<time>": relative.parts[3]},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed_dir = clone.root / _value(result.stdout, "run dir")
+    assert resumed_dir != last.parent.parent  # a new folder, as README says
+    resumed = torch.load(resumed_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert resumed["epoch"] == 3
+    # It trained exactly the epochs after the last finished one: their val/acc points are all it logged.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(resumed_dir / "tensorboard"))
+    events.Reload()
+    epochs = [int(e.value) for e in events.Scalars("epoch")]
+    assert min(epochs) == finished + 1 and max(epochs) == 3, epochs
+    # The best-checkpoint callback carried its best score over: never below the killed run's best.
+    best_after = next(v for k, v in resumed["callbacks"].items() if "'monitor': 'val/acc'" in k)["best_model_score"]
+    assert float(best_after) >= float(best_before)
+    val_best = [e.value for e in events.Scalars("val/acc_best")]
+    assert val_best[0] >= float(best_before) - 1e-6  # val/acc_best continues the killed run's maximum
+
+
+# -- the Kaggle photos ---------------------------------------------------------------------------------------
+
+KAGGLE_SHRINK = ("data.max_classes=3", "data.image_size=64", "trainer.max_epochs=1")
+
+
+def _kaggle_run(clone, command: str, **placeholders) -> dict:
+    result = clone.run(command, *KAGGLE_SHRINK, placeholders=placeholders)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = clone.root / _value(result.stdout, "run dir")
+    report = json.loads((run_dir / "data_report.json").read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text())["metrics"]
+    assert 0.0 < metrics["test/acc"] <= 1.0 and "test/ece_calibrated" in metrics
+    return {"report": report, "metrics": metrics}
+
+
+@needs_shared(GEMSTONES_DIR)
+def test_kaggle_pooled(clone):
+    run = _kaggle_run(clone, "python train.py model=efficientnet_lite0")
+    assert run["report"]["split"]["mode"] == "pooled"
+
+
+@needs_shared(GEMSTONES_DIR)
+def test_kaggle_predefined(clone):
+    run = _kaggle_run(clone, "python train.py model=efficientnet_lite0 data.split=predefined")
+    assert run["report"]["split"]["mode"] == "predefined"
+
+
+@needs_shared(GEMSTONES_DIR)
+def test_kaggle_elsewhere(clone):
+    _kaggle_run(
+        clone,
+        "python train.py model=efficientnet_lite0 data.root=/path/to/gemstones",
+        **{"/path/to/gemstones": str(GEMSTONES_DIR)},
+    )
+
+
+def test_seed_report_names_the_missing_weights(clone):
+    result = clone.run("python train.py experiment=seed_report")
+    line = _one_error_line(result)
+    assert "resnet18-f37072fd.pth" in line and str(clone.torch_home / "hub" / "checkpoints") in line
+    assert "scan" not in result.stderr and "fingerprinting" not in result.stderr  # before any data work
+
+
+def test_gpus_1_says_what_is_missing(clone):
+    result = clone.run("python train.py model=resnet18 trainer.gpus=1", *KAGGLE_SHRINK)
+    if HAS_CUDA:
+        assert "resnet18-f37072fd.pth" in _one_error_line(result)
+    else:
+        assert "trainer.gpus=1 asks for 1 GPU(s) but this machine has 0" in _one_error_line(result)
+
+
+def test_gpu_check(clone):
+    command = (
+        "python -m gem_lightning.bench data_dir=data/gemstones && python train.py experiment=gpu_check "
+        "data.root=data/gemstones"
+    )
+    bench, train = (part.strip() for part in command.split("&&"))
+    assert bench in COMMAND_TESTS  # its first half is test_bench_tiny's command
+    if not HAS_CUDA:
+        assert "GPU" in _one_error_line(clone.run(train))
+        return
+    result = clone.run(train, "trainer.max_epochs=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+# -- preparation with the real rembg model ------------------------------------------------------------------
+
+
+@needs_shared(U2NET_DIR / "u2netp.onnx")
+@needs_shared(GEMSTONES_DIR)
+def test_prepare(clone):
+    block = [c for c in readme_commands() if "u2netp" in c or c.startswith("export U2NET_HOME")]
+    export, check, prepare, train = block
+    name, value = export.removeprefix("export ").split("=")
+    env = {name: value}  # relative to the clone, as README.md's block is
+    shrink = ("data.max_classes=2",)
+
+    result = clone.run(check, *shrink, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("ok: ") and not (clone.root / "cache" / "prepared").exists()
+
+    result = clone.run(prepare, *shrink, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    cut_outs = list((clone.root / "cache" / "prepared").rglob("*.png"))
+    images = sum(1 for c in sorted((GEMSTONES_DIR / "train").iterdir())[:2] for _ in c.iterdir())
+    images += sum(1 for c in sorted((GEMSTONES_DIR / "test").iterdir())[:2] for _ in c.iterdir())
+    assert len(cut_outs) == images
+
+    result = clone.run(train, *shrink, "data.image_size=64", "trainer.max_epochs=1", env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((clone.root / _value(result.stdout, "run dir") / "data_report.json").read_text())
+    assert report["background"]["summary"]["done"] == 0  # prepare did it all: train.py only read the cache
+    assert report["background"]["summary"]["cached"] == images
+
+
+# -- the benchmark -------------------------------------------------------------------------------------------
+
+
+def test_bench_tiny(clone):
+    result = clone.run("python -m gem_lightning.bench data_dir=data/gemstones", "tiny=true")
+    assert result.returncode == 0, result.stderr[-3000:]
+    written = sorted((clone.root / "outputs" / "bench").glob("*/bench.json"))
+    assert len(written) == 1
+    rows = json.loads(written[0].read_text())["rows"]
+    assert len(rows) >= 6 and "training" in result.stdout
+
+
+# -- multirun ------------------------------------------------------------------------------------------------
+
+
+def _summary(clone, result) -> list[dict]:
+    import csv
+
+    summary = clone.root / _value(result.stdout, "summary")
+    assert summary.parent.parent == clone.root / "outputs" / "demo" / "multiruns"
+    return list(csv.DictReader(summary.open()))
+
+
+def test_multirun(clone):
+    result = clone.run(
+        "python train.py -m experiment=demo optim.lr=1e-3,3e-4 augment=seed,colour_preserving", "trainer.max_epochs=1"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = _summary(clone, result)
+    assert [row["status"] for row in rows] == ["done"] * 4
+    assert {row["varied"] for row in rows} == {
+        f"optim.lr={lr} augment={a}" for lr in ("1e-3", "3e-4") for a in ("seed", "colour_preserving")
+    }
+    for row in rows:
+        assert (Path(row["run_dir"]) / "checkpoints" / "best.ckpt").is_file()
+
+
+def test_multirun_with_a_failing_job_lists_it_and_exits_1(clone):
+    result = clone.run("python train.py -m experiment=demo trainer.max_epochs=1 optim.lr=1e-3,-1")
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stdout + result.stderr
+    rows = _summary(clone, result)
+    assert rows[0]["status"] == "done"
+    assert rows[1]["status"].startswith("failed: ") and "Invalid learning rate: -1" in rows[1]["status"]
+    assert "error: 1 of 2 job(s) failed (job 1)" in result.stderr
+
+
+def test_a_run_started_from_another_folder_uses_the_project_folders(clone, tmp_path):
+    result = clone.run(
+        f"python {clone.root / 'train.py'} experiment=demo", "trainer.max_epochs=1", "test=false", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = Path(_value(result.stdout, "run dir"))
+    assert run_dir.is_absolute() and run_dir.parent == clone.root / "outputs" / "demo" / "runs"
+    assert not list(tmp_path.iterdir())  # nothing written where the user happened to be
+
+
+# -- Optuna sweeps -------------------------------------------------------------------------------------------
+
+SWEEP_SHRINK = ("--n-trials", "2", "trainer.max_epochs=1")
+
+
+@pytest.fixture(scope="module")
+def demo_sweep(clone) -> Path:
+    result = clone.run("python sweep.py experiment=demo --n-trials 20", *SWEEP_SHRINK)
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep_dir = clone.root / "outputs" / "sweeps" / "demo"
+    assert f"trials table: {Path('outputs/sweeps/demo/trials.csv')}" in result.stdout
+    assert 'pip install -e ".[dashboard]"' in result.stdout
+    return sweep_dir
+
+
+def test_sweep_demo(demo_sweep):
+    import csv
+
+    rows = list(csv.DictReader((demo_sweep / "trials.csv").open()))
+    assert len(rows) == 2 and all(row["state"] in ("complete", "pruned") for row in rows)
+    assert (demo_sweep / "experiment" / "best.yaml").is_file()
+
+
+def test_sweep_backbones(clone):
+    result = clone.run(
+        "python sweep.py experiment=demo sweep=backbones sweep/pruner=hyperband --study-name demo-backbones "
+        "--n-trials 30",
+        *SWEEP_SHRINK,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (clone.root / "outputs" / "sweeps" / "demo-backbones" / "trials.csv").is_file()
+
+
+def test_sweep_on_a_gpu(clone):
+    command = "python sweep.py model=efficientnet_lite0 --n-trials 40 trainer.gpus=1 --jobs 2"
+    if HAS_CUDA:
+        pytest.skip("a 40-trial Kaggle sweep on the GPU is the device check's job, not a test's")
+    line = _one_error_line(clone.run(command, *SWEEP_SHRINK))
+    assert "trainer.gpus=1 asks for 1 GPU(s)" in line
+    assert not (clone.root / "outputs" / "sweeps" / "train").exists()  # no study was started
+
+
+def test_retrain_the_best_trial(clone, demo_sweep):
+    result = clone.run(
+        "python train.py --config-dir outputs/sweeps/<study> experiment=best",
+        "trainer.max_epochs=1",
+        placeholders={"<study>": "demo"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "test/acc" in result.stdout
+
+
+def test_tensorboard_compares_trials(clone, demo_sweep):
+    port = _free_port()
+    server = clone.start(
+        "tensorboard --logdir outputs/sweeps/<study>/trials", f"--port={port}", placeholders={"<study>": "demo"}
+    )
+    runs = json.loads(_get(f"http://127.0.0.1:{port}/data/runs", 120, server))
+    plugins = json.loads(_get(f"http://127.0.0.1:{port}/data/plugins_listing", 30, server))
+    _stop(server)
+    assert {"0/tensorboard", "1/tensorboard"} <= set(runs), runs
+    assert plugins["hparams"]["enabled"]
+
+
+def test_optuna_dashboard(clone, demo_sweep):
+    command = 'pip install -e ".[dashboard]" && optuna-dashboard sqlite:///outputs/sweeps/<study>/study.db'
+    dashboard = command.split("&&")[1].strip()  # the install is the test extra's (optuna-dashboard is in it)
+    port = _free_port()
+    server = clone.start(dashboard, f"--port={port}", placeholders={"<study>": "demo"})
+    studies = json.loads(_get(f"http://127.0.0.1:{port}/api/studies", 120, server))
+    _stop(server)
+    assert [study["study_name"] for study in studies["studies"]] == ["demo"]
+
+
+# -- a trained model in use ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def my_photos(clone, demo) -> Path:
+    """A user's folder: a few photos, a notes file, a broken photo; and a labelled folder of other photos."""
+    photos = clone.root / "my_photos"
+    photos.mkdir()
+    source = clone.root / "cache" / "demo_gems"
+    for name in ("Ruby", "Emerald", "Sapphire Blue"):
+        for photo in sorted((source / name).iterdir())[:2]:
+            shutil.copy(photo, photos / f"{name.replace(' ', '_')}_{photo.name}")
+    (photos / "readme.txt").write_text("bought in 2024\n")
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    other = clone.root / "other_gems"
+    for name in ("Ruby", "Emerald"):
+        (other / name).mkdir(parents=True)
+        for photo in sorted((source / name).iterdir())[-3:]:
+            shutil.copy(photo, other / name / photo.name)
+    return photos
+
+
+def test_predict_a_folder_to_json(clone, demo, my_photos):
+    result = clone.run(
+        "python -m gem_lightning.predict ckpt=<best checkpoint> input=my_photos/ output=predictions.json",
+        placeholders={"<best checkpoint>": demo.checkpoint},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    document = json.loads((clone.root / "predictions.json").read_text())
+    assert len(document["predictions"]) == 6
+    assert [Path(s["file"]).name for s in document["skipped"]] == ["broken.jpg"]  # readme.txt is no image
+    assert (result.stdout + result.stderr).count("broken.jpg") == 1  # said once
+    assert "readme.txt" not in result.stdout + result.stderr
+
+
+def test_predict_a_glob_to_csv(clone, demo, my_photos):
+    result = clone.run(
+        "python -m gem_lightning.predict ckpt=<best checkpoint> input='my_photos/*.jpg' top_k=3 output=predictions.csv",
+        placeholders={"<best checkpoint>": demo.checkpoint},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = (clone.root / "predictions.csv").read_text().splitlines()
+    assert len(lines) == 1 + 7  # header, six photos, the broken one with its reason
+
+
+def test_evaluate_the_runs_test_split(clone, demo):
+    result = clone.run(
+        "python -m gem_lightning.evaluate ckpt=<checkpoint>", placeholders={"<checkpoint>": demo.checkpoint}
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = clone.root / _value(result.stdout, "report")
+    assert report == demo.run_dir / "evaluation" / "test" / "report.md"
+    # One number per measurement: the command's test accuracy is the run's logged one.
+    logged = json.loads((demo.run_dir / "metrics.json").read_text())["metrics"]["test/acc"]
+    assert f"top-1 {logged:.4f}" in result.stdout
+
+
+def test_evaluate_a_folder(clone, demo, my_photos):
+    result = clone.run(
+        "python -m gem_lightning.evaluate ckpt=<checkpoint> input=other_gems/ calibrate=false",
+        placeholders={"<checkpoint>": demo.checkpoint},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "on 6 images" in result.stdout
+    assert (clone.root / _value(result.stdout, "report")).is_file()
+
+
+def test_export(clone, demo, my_photos):
+    result = clone.run(
+        "python -m gem_lightning.export ckpt=<checkpoint> input=my_photos/",
+        placeholders={"<checkpoint>": demo.checkpoint},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    export_dir = demo.run_dir / "export"
+    assert {"model.onnx", "model.torchscript.pt", "model.json"} <= {p.name for p in export_dir.iterdir()}
+    assert "onnx_ir" not in result.stdout + result.stderr  # its INFO lines are noise to a user
