@@ -61,6 +61,7 @@ class DataSchema:
     pin_memory: Any = "auto"  # true, false or "auto"
     max_image_pixels: int = 50_000_000
     max_classes: int | None = None
+    min_images_per_class: int = 1
     train_transform: Any = None
     augment_policy: str = "none"
     demo: Any = None

@@ -23,6 +23,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from gem_lightning.atomic_files import folder_is_writable
 from gem_lightning.backbone_features import backbone_features
 from gem_lightning.config_schema import AugmentPlace
 from gem_lightning.data_report import REPORT_NAME, TrainingItem, build_report, write_report
@@ -85,6 +86,7 @@ class GemDataModule(pl.LightningDataModule):
         augment_policy: str = "none",
         demo: DemoGemSet | None = None,
         max_classes: int | None = None,
+        min_images_per_class: int = 1,
         background: BackgroundRemoval | None = None,
         near_duplicate_threshold: float | None = DEFAULT_THRESHOLD,
         label_conflicts: str = "drop",
@@ -117,6 +119,7 @@ class GemDataModule(pl.LightningDataModule):
         self.augment_policy = augment_policy
         self.demo = demo
         self.max_classes = max_classes
+        self.min_images_per_class = min_images_per_class
         self.background = background if background is not None and background.enabled else None
         self.near_duplicate_threshold = near_duplicate_threshold
         self.label_conflicts = getattr(label_conflicts, "value", label_conflicts)
@@ -135,17 +138,32 @@ class GemDataModule(pl.LightningDataModule):
         self.manifest_file: Path | None = None
         self.report_file: Path | None = None
         self.datasets: dict[str, GemImageDataset] = {}
+        self._cache_checked = False
 
     # -- preparation -------------------------------------------------------------------------------------
 
+    def _check_cache_folder(self) -> None:
+        """One line for a cache folder that cannot be made; one warning (once) for a read-only one."""
+        if self._cache_checked:
+            return
+        self._cache_checked = True
+        if not folder_is_writable(self.cache_dir, "paths.cache_dir"):
+            log.warning(
+                "the cache folder %s is read-only: only what is already cached in it can be used "
+                "(anything missing stops the run with the file's name)",
+                self.cache_dir,
+            )
+
     def prepare_data(self) -> None:
         """Render the demo set if asked; scan, split, cut out backgrounds, write manifest and report."""
+        self._check_cache_folder()
         if self.demo is not None:
             self.demo.render(self.root)
         self._prepare()
 
     def check(self) -> None:
         """Fail now, before any work, if something preparation needs is missing (data folder, model file)."""
+        self._check_cache_folder()
         if self.demo is None:
             discover_classes(self.root)
         if self.background is not None:
@@ -175,6 +193,11 @@ class GemDataModule(pl.LightningDataModule):
             scan = scan.first_classes(self.max_classes)
             # Its own manifest, so switching between the subset and the whole set is not a "changed folder".
             manifest_file = manifest_file.with_name(f"{manifest_file.stem}-first{self.max_classes}.csv")
+        scan = scan.classes_with_images(
+            self.min_images_per_class, needed_per_class=2 if self.split == "predefined" else 3
+        )
+        if self.min_images_per_class > 1:
+            manifest_file = manifest_file.with_name(f"{manifest_file.stem}-min{self.min_images_per_class}.csv")
         duplicates = find_duplicate_groups(scan, self.cache_dir, self.near_duplicate_threshold)
         plan = plan_splits(
             scan,

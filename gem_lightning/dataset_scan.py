@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from pathlib import Path
 from gem_lightning.atomic_files import write_text_atomically
 from gem_lightning.errors import GemLightningError
 from gem_lightning.file_hashing import file_sha256
-from gem_lightning.image_files import UnusableImage, inspect_image
+from gem_lightning.image_files import UnusableImage, has_image_extension, inspect_image
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,38 @@ class DatasetScan:
             listing = "; ".join(f"{f.path} ({f.skip_reason})" for f in self.skipped)
             log.warning("skipped %d unusable file(s) under %s: %s", len(self.skipped), self.root, listing)
 
+    def classes_with_images(self, min_images: int = 1, needed_per_class: int = 3) -> DatasetScan:
+        """The scan without classes of fewer than ``min_images`` usable images (an empty folder is no class).
+
+        Each dropped class is named in one warning; classes left with fewer images than the split gives
+        every class (``needed_per_class``: one each for train, validation and test) are named in another.
+        Fewer than two classes left cannot train a classifier: one GemLightningError says so.
+        """
+        counts = Counter(f.label for f in self.usable)
+        floor = max(1, min_images)
+        dropped = [name for name in self.class_names if counts[name] < floor]
+        kept = tuple(name for name in self.class_names if counts[name] >= floor)
+        if dropped:
+            listing = ", ".join(f"{name} ({counts[name]})" for name in dropped)
+            wanted = "no usable image" if floor == 1 else f"fewer than {floor} usable images"
+            log.warning("left out %d class folder(s) with %s under %s: %s", len(dropped), wanted, self.root, listing)
+        if len(kept) < 2:
+            raise GemLightningError(
+                f"need at least 2 class folders with images under {self.root}, found {len(kept)}"
+                f"{': ' + ', '.join(kept) if kept else ''}. Put one folder of photos per class there."
+            )
+        few = [name for name in kept if counts[name] < needed_per_class]
+        if few:
+            listing = ", ".join(f"{name} ({counts[name]})" for name in few)
+            log.warning(
+                "%d class(es) have too few images for one in each of train, validation and test: %s. They "
+                "will miss from some split; data.min_images_per_class=%d leaves them out",
+                len(few),
+                listing,
+                needed_per_class,
+            )
+        return DatasetScan(self.root, self.layout, kept, tuple(f for f in self.files if f.label in kept))
+
     def first_classes(self, count: int) -> DatasetScan:
         """The same scan restricted to the first ``count`` classes in sorted order (for quick runs)."""
         kept = self.class_names[:count]
@@ -100,15 +133,17 @@ def discover_classes(root: Path) -> tuple[str, tuple[str, ...]]:
     layout = detect_layout(root)
     parents = [root / name for name in SPLIT_FOLDERS] if layout == "split_folders" else [root]
     names = sorted({d.name for parent in parents for d in _visible_dirs(parent)})
-    if not names:
+    if len(names) < 2:
+        found = f"found only {names[0]!r}" if names else "found none"
         raise GemLightningError(
-            f"no class folders in {root}: expected {root}/<class>/<image> or {root}/train/<class>/<image>"
+            f"need at least 2 class folders in {root} ({found}): expected {root}/<class>/<image> or "
+            f"{root}/train/<class>/<image>"
         )
     return layout, tuple(names)
 
 
 def _candidate_files(root: Path, layout: str) -> list[tuple[str, str, str]]:
-    """(relative path, class, origin) of every non-hidden file inside a class folder, sorted by path."""
+    """(relative path, class, origin) of every non-hidden image file inside a class folder, sorted by path."""
     origins = SPLIT_FOLDERS if layout == "split_folders" else ("",)
     found = []
     for origin in origins:
@@ -117,8 +152,8 @@ def _candidate_files(root: Path, layout: str) -> list[tuple[str, str, str]]:
             for dirpath, dirnames, filenames in os.walk(class_dir):
                 dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
                 for name in filenames:
-                    if name.startswith("."):
-                        continue
+                    if name.startswith(".") or not has_image_extension(Path(name)):
+                        continue  # hidden, or not a photo at all (notes.txt): not listed as skipped
                     relative = (Path(dirpath) / name).relative_to(root).as_posix()
                     found.append((relative, class_dir.name, origin))
     return sorted(found)

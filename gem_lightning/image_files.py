@@ -18,6 +18,15 @@ class UnusableImage(Exception):
     """The file is not an image we can train on; the message is the reason written to the manifest."""
 
 
+def has_image_extension(path: Path) -> bool:
+    """Whether ``path``'s extension is one Pillow reads (.jpg, .png, .webp, .tif, ...; any letter case).
+
+    Folder scans take only such files: a ``readme.txt`` beside the photos is not a photo that failed, so it
+    is neither decoded nor listed as skipped. Pillow's own list, so it grows with the formats it reads.
+    """
+    return path.suffix.lower() in Image.registered_extensions()
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """Convert any Pillow mode to 8-bit RGB. Transparent areas become black, like rembg's cut-outs."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):

@@ -25,7 +25,7 @@ from gem_lightning.classifier import GemClassifier
 from gem_lightning.errors import GemLightningError
 from gem_lightning.file_hashing import file_sha256
 from gem_lightning.image_dataset import GemImageDataset, collate_batch, evaluation_dataset
-from gem_lightning.image_files import UnusableImage, inspect_image
+from gem_lightning.image_files import UnusableImage, has_image_extension, inspect_image
 from gem_lightning.prepared_images import BackgroundRemoval, SourceImage
 
 log = logging.getLogger(__name__)
@@ -101,17 +101,21 @@ def collect_logits(
 
 
 def find_images(spec: str | Path) -> list[Path]:
-    """The files ``spec`` names: one file, every non-hidden file under a folder (recursively), or a glob."""
+    """The files ``spec`` names: one file, or every non-hidden image file under a folder (recursively) or matching
+    a glob. Files whose extension is no image format's (``notes.txt``) are not photos and are left out silently;
+    a file named on its own is always taken, so it gets a reason if it is not an image."""
     path = Path(spec).expanduser()
     if path.is_file():
         return [path]
     if path.is_dir():
         # Hidden below the folder only: the folder itself may sit inside a hidden one (~/.cache/...).
         files = [
-            p for p in path.rglob("*") if p.is_file() and not any(s.startswith(".") for s in p.relative_to(path).parts)
+            p
+            for p in path.rglob("*")
+            if p.is_file() and has_image_extension(p) and not any(s.startswith(".") for s in p.relative_to(path).parts)
         ]
     else:
-        files = [Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file()]
+        files = [Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file() and has_image_extension(p)]
     if not files:
         raise GemLightningError(f"input={spec}: no such file, folder, or files matching that pattern")
     return sorted(files)
@@ -223,9 +227,7 @@ class Predictor:
     def predict_files(self, files: list[Path]) -> tuple[list[ImagePrediction], list[SkippedImage]]:
         usable, skipped = usable_images([Path(f) for f in files], self.max_image_pixels)
         pairs, left_out = self.model_inputs(usable)
-        skipped += left_out
-        for item in skipped:
-            log.warning("skipped %s: %s", item.source, item.reason)
+        skipped += left_out  # the caller says each once (predict's table, the page's message)
         if not pairs:
             return [], skipped
         dataset = evaluation_dataset([(model_input, -1) for _, model_input in pairs], self.image_size)

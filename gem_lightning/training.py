@@ -99,14 +99,17 @@ def _check_resumable(checkpoint: dict, ckpt_path: str, class_names: Sequence[str
     if trained_on != list(class_names):
         missing = sorted(set(class_names) - set(trained_on))
         extra = sorted(set(trained_on) - set(class_names))
-        detail = "; ".join(
-            part
-            for part in (
-                f"the data has {len(missing)} class(es) it lacks ({', '.join(missing[:5])})" if missing else "",
-                f"it has {len(extra)} the data lacks ({', '.join(extra[:5])})" if extra else "",
+        detail = (
+            "; ".join(
+                part
+                for part in (
+                    f"the data has {len(missing)} class(es) it lacks ({', '.join(missing[:5])})" if missing else "",
+                    f"it has {len(extra)} the data lacks ({', '.join(extra[:5])})" if extra else "",
+                )
+                if part
             )
-            if part
-        ) or "the same classes in another order"
+            or "the same classes in another order"
+        )
         raise GemLightningError(
             f"ckpt_path={ckpt_path} was trained on {len(trained_on)} other classes than this run's "
             f"{len(class_names)}: {detail}. Resume with the overrides of the run that wrote it."
