@@ -40,6 +40,7 @@ from gem_lightning.background_removal import (
     cut_out,
     default_threads_per_worker,
 )
+from gem_lightning.child_processes import die_with_parent
 from gem_lightning.errors import GemLightningError
 from gem_lightning.file_locks import exclusive_lock
 from gem_lightning.image_files import to_rgb, upright
@@ -234,7 +235,9 @@ class BackgroundRemoval:
                     progress.advance(task)
                 return
             context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=state) as pool:
+            with ProcessPoolExecutor(
+                workers, mp_context=context, initializer=_start_pool_worker, initargs=state
+            ) as pool:
                 futures = {pool.submit(_prepare_one, source, variant): source for source in todo}
                 try:
                     for future in as_completed(futures):
@@ -256,6 +259,11 @@ class BackgroundRemoval:
 # -- inside a worker process -----------------------------------------------------------------------------
 
 _WORKER: dict = {}
+
+
+def _start_pool_worker(*state) -> None:
+    die_with_parent()  # a killed prepare/train.py must not leave its workers cutting out images
+    _start_worker(*state)
 
 
 def _start_worker(backend, fallback_backend, job: dict, threads: int) -> None:

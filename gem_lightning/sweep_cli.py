@@ -24,6 +24,7 @@ from pathlib import Path
 import hydra
 import torch
 
+from gem_lightning.child_processes import die_with_parent
 from gem_lightning.config_schema import PROJECT_ROOT
 from gem_lightning.errors import GemLightningError, exit_status_for
 from gem_lightning.memory_allocator import keep_freed_memory
@@ -130,7 +131,8 @@ def run_jobs(worker_args: list[str], jobs: int) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.cpus:
+    if args.cpus:  # one of the workers `--jobs K` started: it ends with its supervisor
+        die_with_parent()
         _limit_cpus(args.cpus)
     train_overrides, sweep_overrides = split_overrides(args)
     cfg = compose_train_config(args.config_dir, [*train_overrides, *sweep_overrides])
