@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from gem_lightning.config_schema import register_config_schemas
 from gem_lightning.errors import exit_status_for, find_user_error
+from gem_lightning.library_noise import silence_library_noise
 from gem_lightning.memory_allocator import keep_freed_memory
 from gem_lightning.multirun_summary import record_failed_job
 from gem_lightning.training import train
@@ -17,6 +18,7 @@ from gem_lightning.training import train
 register_config_schemas()
 # Reuse freed CPU memory instead of page-faulting it afresh every step (gem_lightning.memory_allocator says why).
 keep_freed_memory()
+silence_library_noise()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

@@ -88,6 +88,9 @@ class GemClassifier(pl.LightningModule):
         self.scheduler_factory = scheduler
         # The composed Hydra config of the run that trained this model, saved into every checkpoint.
         self.run_config: dict | None = None
+        # One photo as the loaders serve it: the model summary then shows real FLOPs and layer sizes
+        # instead of a FLOPs column of zeros.
+        self.example_input_array = torch.zeros(1, 3, image_size, image_size, dtype=torch.uint8)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         # Keyed "<stage>_..." because ModuleDict keys may not shadow Module methods such as train().
         self.metrics = nn.ModuleDict({f"{s}_metrics": _stage_metrics(s, num_classes) for s in STAGES})

@@ -16,6 +16,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from gem_lightning.errors import GemLightningError, exit_status_for
+from gem_lightning.library_noise import silence_library_noise
 from gem_lightning.memory_allocator import keep_freed_memory
 from gem_lightning.train_config import DEFAULT_CONFIG_DIR, compose_config
 
@@ -36,6 +37,7 @@ def run_command(config_name: str, description: str, run: Callable[[DictConfig], 
     args = parser.parse_args(argv)
     keep_freed_memory()  # CPU inference at 2.4x the images/s (gem_lightning.memory_allocator says why)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    silence_library_noise()
     try:
         cfg = compose_config(config_name, args.overrides, args.config_dir)
         missing = sorted(OmegaConf.missing_keys(cfg))

@@ -20,6 +20,7 @@ import hydra
 
 from gem_lightning.data_report import CONTACT_SHEET_NAME, print_report
 from gem_lightning.errors import exit_status_for
+from gem_lightning.library_noise import silence_library_noise
 from gem_lightning.train_config import DEFAULT_CONFIG_DIR, compose_train_config
 
 
@@ -72,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    silence_library_noise()
     try:
         return run(args)
     except Exception as error:

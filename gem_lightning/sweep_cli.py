@@ -27,6 +27,7 @@ import torch
 from gem_lightning.child_processes import die_with_parent
 from gem_lightning.config_schema import PROJECT_ROOT
 from gem_lightning.errors import GemLightningError, exit_status_for
+from gem_lightning.library_noise import silence_library_noise
 from gem_lightning.memory_allocator import keep_freed_memory
 from gem_lightning.search_space import override_value
 from gem_lightning.study_storage import shown
@@ -173,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()  # every worker process runs this too (gem_lightning.memory_allocator says why)
     args = _parser().parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    silence_library_noise()
     try:
         return run(args)
     except KeyboardInterrupt:
