@@ -2,8 +2,8 @@
 
 A typo'd key (``data.batchsize=32``) or a bad value (``data.split=random``, ``data.batch_size=abc``,
 ``model.backbone=resnet101``) then fails with Hydra's own message before any run folder is made, instead
-of half-way into a run. The YAML files in ``conf/data`` and ``conf/model`` list ``schema`` first in their
-defaults; ``register_config_schemas()`` must run before composing (train.py, ``compose_config`` and the tests
+of half-way into a run. The YAML files in ``conf/data`` and ``conf/model`` list ``/schema/<group>/typed`` first in
+their defaults; ``register_config_schemas()`` must run before composing (train.py, ``compose_config`` and the tests
 do). It also registers ``${project_root:}``, the folder that ``conf/paths`` puts data, caches and outputs in.
 """
 
@@ -95,5 +95,6 @@ def register_config_schemas() -> None:
     if not OmegaConf.has_resolver("project_root"):
         OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
     store = ConfigStore.instance()
-    store.store(group="data", name="schema", node=DataSchema)
-    store.store(group="model", name="schema", node=ModelSchema)
+    # In groups of their own, so `train.py --help` does not offer "schema" as a choice of data/ or model/.
+    store.store(group="schema/data", name="typed", node=DataSchema)
+    store.store(group="schema/model", name="typed", node=ModelSchema)
