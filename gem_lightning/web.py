@@ -12,6 +12,7 @@ offline here: analytics are off and nothing is shared unless ``share=true`` is a
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -38,10 +39,14 @@ def build_page(predictor: Predictor):
     """The Gradio Blocks app for ``predictor``."""
     gr = _import_gradio()
 
-    def identify(photo: str | None):
-        if not photo:
+    def identify(photo: dict | str | None):
+        # The upload as sent (preprocess=False below): Gradio's own decoding would turn a non-image, an empty
+        # file or a decompression bomb into its generic "the upstream app raised an exception"; the
+        # predictor's check says which of them it is.
+        path = photo.get("path") if isinstance(photo, dict) else photo
+        if not path:
             return None, None
-        predictions, skipped = predictor.predict_files([Path(photo)])
+        predictions, skipped = predictor.predict_files([Path(path)])
         if skipped:
             raise gr.Error(f"cannot use this file: {skipped[0].reason}")
         (prediction,) = predictions
@@ -62,11 +67,23 @@ def build_page(predictor: Predictor):
                 label=f"what the model sees ({steps})", format="png", interactive=False, elem_id="cut-out"
             )
         ranking = gr.Label(num_top_classes=TOP_K, label=f"top {TOP_K} (calibrated confidence)", elem_id="top-classes")
-        photo.change(identify, inputs=photo, outputs=[cut_out, ranking])
+        photo.change(identify, inputs=photo, outputs=[cut_out, ranking], preprocess=False)
     return page
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """One line for a port another program holds, instead of Gradio's traceback after the model has loaded."""
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise GemLightningError(
+                f"cannot serve on {host}:{port} ({error.strerror}): another program uses it; choose one with port="
+            ) from None
+
+
 def run(cfg: DictConfig) -> int:
+    _check_port_free(cfg.host, cfg.port)  # before the model loads
     predictor = Predictor(
         cfg.ckpt,
         cache_dir=cfg.cache_dir,
@@ -75,7 +92,8 @@ def run(cfg: DictConfig) -> int:
         progress=False,
     )
     page = build_page(predictor)
-    page.launch(server_name=cfg.host, server_port=cfg.port, share=cfg.share)
+    # Larger uploads are refused by Gradio before they are stored.
+    page.launch(server_name=cfg.host, server_port=cfg.port, share=cfg.share, max_file_size=f"{cfg.max_upload_mb}mb")
     return 0
 
 

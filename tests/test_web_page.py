@@ -130,3 +130,48 @@ def test_upload_a_gem_photo_and_see_the_cut_out_and_top_5(request, tmp_path):
             browser.quit()
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_bad_uploads_say_why_and_a_busy_port_is_one_line(trained_demo_run, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    port = _free_port()
+    log = tmp_path / "web.log"
+    command = [sys.executable, "-m", "gem_lightning.web", f"ckpt={trained_demo_run.checkpoint}", f"port={port}"]
+    command += [f"cache_dir={tmp_path / 'cache'}", "max_upload_mb=1"]
+    with log.open("w") as output:
+        server = subprocess.Popen(command, cwd=REPO_ROOT, stdout=output, stderr=subprocess.STDOUT)
+    browser = None
+    try:
+        _wait_for_server(server, port, log)
+        # A second page on the same port: one line naming port=, before the model is loaded.
+        busy = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+        assert busy.returncode == 2 and "Traceback" not in busy.stderr
+        assert f"error: cannot serve on 127.0.0.1:{port}" in busy.stderr and "port=" in busy.stderr
+
+        (tmp_path / "notes.jpg").write_text("these are my notes, not a photo\n")
+        (tmp_path / "empty.png").write_bytes(b"")
+        Image.new("RGB", (1200, 1200)).save(tmp_path / "big.bmp")  # 4.3 MB: over max_upload_mb=1
+        Image.new("1", (9000, 9000)).save(tmp_path / "bomb.png")  # 81 Mpx in a few kB: a decompression bomb
+        browser = _browser()
+        browser.get(f"http://127.0.0.1:{port}/")
+        wait = WebDriverWait(browser, 60)
+        cases = {
+            "notes.jpg": "cannot use this file: cannot decode",
+            "empty.png": "cannot use this file: empty file",
+            "bomb.png": "cannot use this file: 9000x9000 px is over the limit",
+            "big.bmp": "1 MB",
+        }
+        for name, message in cases.items():
+            browser.refresh()
+            wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "input[type=file]"))
+            browser.find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(str(tmp_path / name))
+            wait.until(lambda b, m=message: m.lower() in b.page_source.lower())
+            assert "upstream Gradio app has raised an exception" not in browser.page_source
+        assert not list((tmp_path / "cache").rglob("big*"))  # the refused upload was not kept
+    finally:
+        if browser is not None:
+            browser.quit()
+        server.terminate()
+        server.wait(timeout=30)
