@@ -96,6 +96,8 @@ class GemClassifier(pl.LightningModule):
         self.metrics = nn.ModuleDict({f"{s}_metrics": _stage_metrics(s, num_classes) for s in STAGES})
         self.losses = nn.ModuleDict({f"{s}_loss": MeanMetric() for s in STAGES})
         self.val_acc_best = MaxMetric()
+        # Saved in checkpoints, so a resumed run's val/acc_best continues the interrupted run's maximum.
+        self.val_acc_best.persistent(True)
         # Test images that duplicate a train image (predefined splits) are flagged by the data module;
         # these metrics skip them, so a run reports both the raw and the leak-free test accuracy.
         self.leak_free_metrics = _stage_metrics("test_leak_free", num_classes)
@@ -190,8 +192,9 @@ class GemClassifier(pl.LightningModule):
             self.log("test_leak_free/leaked_images_left_out", float(self._leaked_seen))
 
     def on_train_start(self) -> None:
-        # The sanity-check validation ran on an untrained head; it must not count as the best epoch.
-        self.val_acc_best.reset()
+        # A fresh fit starts its maximum afresh; a resumed one (epoch > 0) keeps the maximum it loaded.
+        if self.trainer.current_epoch == 0:
+            self.val_acc_best.reset()
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
@@ -236,6 +239,8 @@ class GemClassifier(pl.LightningModule):
         self.calibration = description.get("calibration")
         # Checkpoints written before calibration existed have no temperature: they are uncalibrated.
         checkpoint["state_dict"].setdefault("temperature", torch.ones(()))
+        # Written before val/acc_best was kept in checkpoints: no maximum yet.
+        checkpoint["state_dict"].setdefault("val_acc_best.max_value", torch.tensor(float("-inf")))
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> GemClassifier:
