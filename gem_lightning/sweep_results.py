@@ -46,23 +46,31 @@ def _note(trial: FrozenTrial) -> str:
 
 
 def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
-    """One row per trial, in trial order. ``epochs``: epochs this trial itself trained and validated."""
+    """One row per trial, in trial order.
+
+    ``epochs``: the epochs the trial's model has been trained for, a retry's included (a trial resumed after
+    an interruption at epoch 5 of 8 shows 8); ``epochs_trained``: the epochs this attempt itself trained
+    (0 for a repeat of a finished trial); ``retried_by``: the trial that resumed an interrupted one.
+    """
     rows = []
     trials = study.get_trials(deepcopy=False)
     by_number = {t.number: t for t in trials}
+    retried_by = {t.system_attrs["failed_trial"]: t.number for t in trials if "failed_trial" in t.system_attrs}
     for trial in trials:
-        epochs = len(trial.intermediate_values)
+        epochs = trained = len(trial.intermediate_values)
         if "repeat_of" in trial.user_attrs:
-            epochs = 0
+            trained = 0
         elif trial.system_attrs.get("retry_history"):
             # A retry inherits its interrupted attempt's reported epochs and resumes after them.
-            epochs -= len(by_number[trial.system_attrs["retry_history"][-1]].intermediate_values)
+            trained -= len(by_number[trial.system_attrs["retry_history"][-1]].intermediate_values)
         rows.append(
             {
                 "trial": trial.number,
                 "state": trial.state.name.lower(),
                 "value": None if trial.value is None else round(trial.value, 6),
                 "epochs": epochs,
+                "epochs_trained": trained,
+                "retried_by": retried_by.get(trial.number, ""),
                 "seconds": trial.user_attrs.get("seconds"),
                 **{f"params_{name}": value for name, value in trial.params.items()},
                 "note": _note(trial),
@@ -153,23 +161,41 @@ def print_results(plan: SweepPlan, results: dict[str, Any]) -> None:
     rows, best = results["rows"], results["best"]
     # Not a terminal (a log file, CI): wide enough that parameter names are not cut.
     console = Console(width=None if Console().is_terminal else 200)
-    table = Table(title=f"study {plan.study_name}: {len(rows)} trial(s)")
+    # An interrupted attempt that a later trial resumed is that trial's past, not a row of its own on screen
+    # (trials.csv keeps every attempt).
+    shown_rows = [row for row in rows if row["retried_by"] == ""]
+    table = Table(title=f"study {plan.study_name}: {len(shown_rows)} trial(s)")
     param_columns = [key for key in dict.fromkeys(k for row in rows for k in row) if key.startswith("params_")]
-    for column in ("trial", "state", plan.metric, "epochs", "s", *(c.removeprefix("params_") for c in param_columns)):
-        table.add_column(column, justify="left" if column == "state" else "right")
-    table.add_column("note")
-    for row in rows:
+    headers = _short_names([c.removeprefix("params_") for c in param_columns])
+    for column in ("trial", "state", _short_names([plan.metric])[0], "epochs", "s", *headers):
+        # Headers are never cut: a column is at least as wide as its name.
+        table.add_column(column, justify="left" if column == "state" else "right", min_width=len(column))
+    noted = []
+    for row in shown_rows:
         cells = [str(row["trial"]), row["state"], "" if row["value"] is None else f"{row['value']:.4f}"]
         cells += [str(row["epochs"]), "" if row["seconds"] is None else f"{row['seconds']:.0f}"]
         cells += [_cell(row.get(column)) for column in param_columns]
         style = "bold green" if best is not None and row["trial"] == best.number else None
-        table.add_row(*cells, row["note"], style=style)
+        table.add_row(*cells, style=style)
+        if row["note"]:
+            noted.append(f"  #{row['trial']}: {row['note']}")
     console.print(table)
+    if len(headers) and headers != [c.removeprefix("params_") for c in param_columns]:
+        print(
+            "columns: "
+            + ", ".join(
+                f"{h} = {c.removeprefix('params_')}"
+                for h, c in zip(headers, param_columns, strict=True)
+                if h != c.removeprefix("params_")
+            )
+        )
+    if noted:
+        print("notes:", *noted, sep="\n")
     finished = [r for r in rows if r["state"] in ("complete", "pruned")]
     pruned = sum(r["state"] == "pruned" for r in rows)
     print(
         f"finished trials: {len(finished)} of {plan.n_trials} ({pruned} pruned); "
-        f"trial-epochs trained: {sum(r['epochs'] for r in rows)}"
+        f"trial-epochs trained: {sum(r['epochs_trained'] for r in rows)}"
     )
     if best is None:
         print("no trial has completed yet")
@@ -185,6 +211,12 @@ def print_results(plan: SweepPlan, results: dict[str, Any]) -> None:
     print(f"TensorBoard (HParams tab compares trials): tensorboard --logdir {shown_path(plan.sweep_dir / 'trials')}")
     print(f"dashboard: optuna-dashboard {shown(plan.storage)}")
     print('  (optuna-dashboard comes with the dashboard extra: pip install -e ".[dashboard]")')
+
+
+def _short_names(keys: list[str]) -> list[str]:
+    """Each dotted key by its last part (``optim.weight_decay`` -> ``weight_decay``) where that is unambiguous."""
+    last = [key.rsplit(".", 1)[-1] for key in keys]
+    return [short if last.count(short) == 1 else key for key, short in zip(keys, last, strict=True)]
 
 
 def _cell(value: Any) -> str:
