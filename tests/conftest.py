@@ -39,6 +39,13 @@ TINY_DEMO = [
 ]
 
 
+def checkout_env(**extra: str) -> dict[str, str]:
+    """The environment for a subprocess started outside the repository: it imports this checkout's package,
+    not whichever copy is installed."""
+    path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
 def needs_shared(path: Path):
     """Skip (with the reason) when ../shared is not beside the clone, as in a user's checkout.
 

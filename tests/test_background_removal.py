@@ -20,7 +20,7 @@ from gem_lightning.background_removal import GrabCutBackend, RembgBackend
 from gem_lightning.errors import GemLightningError
 from gem_lightning.file_hashing import file_sha256
 from gem_lightning.prepared_images import BackgroundRemoval, SourceImage, load_downscaled
-from tests.conftest import GEMSTONES_DIR, REPO_ROOT, SHARED_DIR, needs_shared
+from tests.conftest import GEMSTONES_DIR, REPO_ROOT, SHARED_DIR, checkout_env, needs_shared
 
 U2NET_DIR = SHARED_DIR / "models" / "u2net"
 # Real Kaggle photos of single stones on plain light backgrounds, large and small, one a PNG named .jpg.
@@ -187,7 +187,7 @@ def _prepare_command(tmp_path: Path, *extra: str) -> list[str]:
 
 @needs_shared(U2NET_DIR / "u2netp.onnx")
 def test_a_killed_run_resumes_with_what_is_left_and_leaves_no_partial_files(tmp_path):
-    env = {**os.environ, "U2NET_HOME": str(U2NET_DIR)}
+    env = checkout_env(U2NET_HOME=str(U2NET_DIR))
     command = _prepare_command(tmp_path)
     process = subprocess.Popen(
         command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
@@ -237,6 +237,7 @@ def test_the_console_script_runs_the_same_command(tmp_path):
     result = subprocess.run(
         ["gem-prepare", "--check", "data=demo", f"paths.cache_dir={tmp_path / 'cache'}", "background=grabcut"],
         cwd=tmp_path,
+        env=checkout_env(),
         capture_output=True,
         text=True,
         timeout=120,
@@ -249,11 +250,13 @@ def test_two_concurrent_runs_share_the_work_instead_of_doing_it_twice(tmp_path):
     # Sweep workers or DDP ranks preparing the same data at once: the second waits on the cache lock.
     data = [c for c in _prepare_command(tmp_path) if not c.startswith("background")]
     subprocess.run(  # render the demo set first (no cut-outs), so both runs start on the same files
-        data, cwd=tmp_path, capture_output=True, text=True, timeout=120, check=True
+        data, cwd=tmp_path, env=checkout_env(), capture_output=True, text=True, timeout=120, check=True
     )
     command = [*data, "background=grabcut", "background.workers=1", "background.progress=false"]
     runs = [
-        subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            command, cwd=tmp_path, env=checkout_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         for _ in range(2)
     ]
     outputs = [run.communicate(timeout=300) for run in runs]

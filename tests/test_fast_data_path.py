@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import hydra
@@ -23,7 +21,7 @@ from gem_lightning.image_arrays import array_file, build_image_array, stored_ima
 from gem_lightning.image_dataset import GemImageDataset, collate_batch
 from gem_lightning.trainer_factory import automatic_precision, cpu_has_native_bf16, resolve_devices
 from gem_lightning.training import train
-from tests.conftest import GEMSTONES_DIR, REPO_ROOT, TINY_DEMO, compose_config, needs_shared
+from tests.conftest import GEMSTONES_DIR, TINY_DEMO, compose_config, needs_shared
 
 
 def _prepared(overrides: list[str], workdir: Path):
@@ -219,36 +217,3 @@ def test_precision_auto_follows_the_hardware():
     deterministic = resolve_devices({"accelerator": "cpu", "benchmark": "auto", "deterministic": True})
     assert deterministic["benchmark"] is False
     assert resolve_devices({"accelerator": "cpu", "precision": "32-true"})["precision"] == "32-true"
-
-
-def test_bench_tiny_mode_prints_and_writes_one_table(tmp_path):
-    # The real command in its own process, as a user runs it (it spawns one process per measurement).
-    command = [
-        sys.executable,
-        "-m",
-        "gem_lightning.bench",
-        "tiny=true",
-        f"cache_dir={tmp_path / 'cache'}",
-        f"output_dir={tmp_path / 'bench'}",
-        "device=cpu",
-    ]
-    wide = {**os.environ, "COLUMNS": "250"}  # rich folds a table to the terminal's width, 80 in a pipe
-    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env=wide)
-    assert done.returncode == 0, done.stderr[-3000:]
-    (report,) = (tmp_path / "bench").glob("*/bench.json")
-    document = json.loads(report.read_text())
-    measures = [row["measure"] for row in document["rows"]]
-    assert measures == [
-        "data loader, rotate/crop/flip",
-        "data loader, no augmentation",
-        "data loader, for augmentation on the GPU",
-        "training",
-        "evaluation",
-        "head-only epoch, cached features",
-    ]
-    for row in document["rows"]:
-        assert row["ours"] > 0 and row["plain"] > 0, row
-    training = document["rows"][3]
-    assert training["plain_mb"] > 0 and training["ours_mb"] > 0
-    assert (report.parent / "bench.md").read_text().count("\n| ") == 1 + len(measures)  # header + rows
-    assert all(measure in done.stdout for measure in measures)  # the printed table

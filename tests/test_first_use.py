@@ -250,3 +250,40 @@ def test_killing_prepare_ends_its_workers_and_the_rerun_does_only_the_rest(tmp_p
     rerun = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"{120 - done_before} done, {done_before} cached" in rerun.stdout + rerun.stderr
+
+
+# -- a killed train.py resumed into its own folder ----------------------------------------------------------
+
+
+def test_a_killed_run_resumed_into_its_own_folder_with_hydra_run_dir(tmp_path):
+    run_dir = tmp_path / "outputs" / "demo" / "runs" / "kept"
+    overrides = [*TINY_DEMO, "trainer.max_epochs=4", f"paths.root_dir={tmp_path}", f"hydra.run.dir={run_dir}"]
+    killed = subprocess.Popen(
+        [sys.executable, "train.py", *overrides], cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    last = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and killed.poll() is None:
+        if last.is_file() and torch.load(last, map_location="cpu", weights_only=True)["epoch"] >= 1:
+            break
+        time.sleep(0.1)
+    killed.kill()
+    killed.wait()
+    finished = torch.load(last, map_location="cpu", weights_only=True)["epoch"]
+    assert finished <= 2, "the run ended before it could be killed"
+
+    result = _train_py(*overrides, f"ckpt_path={last}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] == 3
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    # One folder, one set of curves: the killed epochs and the resumed ones, each epoch once.
+    epochs = []
+    for events_file in sorted((run_dir / "tensorboard").glob("events.out.tfevents.*")):
+        events = EventAccumulator(str(events_file))
+        events.Reload()
+        if "val/acc" in events.Tags()["scalars"]:
+            epochs += [
+                round(e.value) for e in events.Scalars("epoch") if e.step in {v.step for v in events.Scalars("val/acc")}
+            ]
+    assert sorted(set(epochs)) == [0, 1, 2, 3]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import hydra
 import lightning.pytorch as pl
+import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -24,7 +25,7 @@ def test_fast_dev_run_on_demo_data(tmp_path):
     cfg = compose_config([*TINY_DEMO, "+trainer.fast_dev_run=true"], tmp_path)
     metrics, objects = train(cfg)
     assert objects["trainer"].state.finished
-    assert "test/acc" in metrics and 0.0 <= metrics["test/acc"] <= 1.0
+    assert objects["trainer"].num_training_batches == 1 and torch.isfinite(torch.tensor(metrics["test/loss"]))
     assert objects["best_checkpoint"] == ""  # fast_dev_run saves nothing
 
 
@@ -66,16 +67,40 @@ def test_two_epochs_write_checkpoints_events_and_a_self_describing_checkpoint(tm
     assert restored.class_names == described["class_names"]
 
 
+class _StateAtTrainStart(pl.Callback):
+    """What a resumed fit starts from: optimiser state, the best checkpoint score, val/acc_best's maximum."""
+
+    def on_train_start(self, trainer, module):
+        self.optimizer = {
+            k: {n: v.clone() for n, v in state.items()}
+            for k, state in trainer.optimizers[0].state_dict()["state"].items()
+        }
+        self.best_score = float(trainer.checkpoint_callback.best_model_score)
+        self.val_acc_best = float(module.val_acc_best.max_value)
+
+
 def test_resume_continues_from_the_saved_epoch(tmp_path):
     first = compose_config([*TINY_DEMO, "trainer.max_epochs=2"], tmp_path / "first")
     train(first)
     last = tmp_path / "first" / "run" / "checkpoints" / "last.ckpt"
     assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] == 1
 
+    saved = torch.load(last, map_location="cpu", weights_only=True)
     resumed = compose_config([*TINY_DEMO, "trainer.max_epochs=3", f"ckpt_path={last}"], tmp_path / "second")
-    _, objects = train(resumed)
+    at_start = _StateAtTrainStart()
+    _, objects = train(resumed, extra_callbacks=[at_start])
     trainer = objects["trainer"]
     assert trainer.current_epoch == 3
+    # The optimiser continues with its moments and step counts, not from a fresh Adam.
+    expected = saved["optimizer_states"][0]["state"]
+    assert at_start.optimizer.keys() == expected.keys() and expected
+    for index, state in expected.items():
+        for name, value in state.items():
+            assert torch.equal(at_start.optimizer[index][name], value), (index, name)
+    # The best-checkpoint callback and val/acc_best carry the first run's best score on.
+    best_key = next(k for k in saved["callbacks"] if "'monitor': 'val/acc'" in k)
+    assert at_start.best_score == pytest.approx(float(saved["callbacks"][best_key]["best_model_score"]))
+    assert at_start.val_acc_best == pytest.approx(float(saved["callbacks"][best_key]["best_model_score"]))
     # Only the one missing epoch ran: the resumed run logged a single training epoch.
     scalars = _scalar_tags(tmp_path / "second" / "run" / "tensorboard")
     assert len(scalars["train/loss"]) == 1
