@@ -77,7 +77,6 @@ def _setups(cfg: DictConfig, run_dir: Path) -> tuple[measure.Setup, Path]:
     """The shared settings, and the folder the plain pipeline reads (ours gets the same photos)."""
     cache_dir = Path(cfg.cache_dir).resolve()
     common = [
-        f"paths.root_dir={Path.cwd()}",
         f"paths.cache_dir={cache_dir}",
         f"paths.output_dir={run_dir / 'lightning'}",
         f"paths.log_dir={run_dir / 'lightning'}",
