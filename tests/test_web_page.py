@@ -161,7 +161,7 @@ def test_bad_uploads_say_why_and_a_busy_port_is_one_line(trained_demo_run, tmp_p
             "notes.jpg": "cannot use this file: cannot decode",
             "empty.png": "cannot use this file: empty file",
             "bomb.png": "cannot use this file: 9000x9000 px is over the limit",
-            "big.bmp": "1 MB",
+            "big.bmp": "exceed the maximum allowed size of 1.0 Mb",
         }
         for name, message in cases.items():
             browser.refresh()
