@@ -115,7 +115,9 @@ def find_images(spec: str | Path) -> list[Path]:
             if p.is_file() and has_image_extension(p) and not any(s.startswith(".") for s in p.relative_to(path).parts)
         ]
     else:
-        files = [Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file() and has_image_extension(p)]
+        files = [
+            Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file() and has_image_extension(Path(p))
+        ]
     if not files:
         raise GemLightningError(f"input={spec}: no such file, folder, or files matching that pattern")
     return sorted(files)
