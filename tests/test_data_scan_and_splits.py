@@ -45,7 +45,7 @@ def _write_messy_folder(root: Path) -> dict[str, str]:
     good_bytes = (gold / "good_0.jpg").read_bytes()
     (lemon / "truncated.jpg").write_bytes(good_bytes[: len(good_bytes) // 3])
     (lemon / "empty.jpg").write_bytes(b"")
-    (lemon / "notes.txt").write_text("not an image")
+    (lemon / "notes.txt").write_text("not an image")  # no image extension: not a photo, not even "skipped"
     _photo(6, size=(200, 200)).save(lemon / "huge.jpg")
     (lemon / ".DS_Store").write_bytes(b"\0\0")
     return {
@@ -57,7 +57,6 @@ def _write_messy_folder(root: Path) -> dict[str, str]:
         "Quartz Lemon/exif_rotated.jpg": "",
         "Quartz Lemon/truncated.jpg": "cannot decode",
         "Quartz Lemon/empty.jpg": "empty file",
-        "Quartz Lemon/notes.txt": "cannot decode",
         "Quartz Lemon/huge.jpg": "over the limit",
     }
 
@@ -78,7 +77,7 @@ def test_bad_files_are_skipped_listed_and_never_touched(tmp_path, caplog):
     assert ".DS_Store" not in " ".join(by_path)
     for path, reason in expected.items():
         assert reason in by_path[path].skip_reason if reason else by_path[path].usable, path
-    assert len(scan.skipped) == 4 and len(scan.usable) == 26
+    assert len(scan.skipped) == 3 and len(scan.usable) == 26  # notes.txt is not among them
     log_line = next(r.getMessage() for r in caplog.records if "skipped 4 unusable" in r.getMessage())
     assert "Quartz Lemon/truncated.jpg" in log_line and "Quartz Lemon/empty.jpg" in log_line
     rotated = by_path["Quartz Lemon/exif_rotated.jpg"]
@@ -198,7 +197,7 @@ def test_predefined_split_keeps_the_folders_test_set(tmp_path):
 
 
 def test_predefined_split_on_a_flat_folder_says_what_to_do(tmp_path):
-    _balanced_folder(tmp_path / "gems", {"A": 10})
+    _balanced_folder(tmp_path / "gems", {"A": 10, "B": 10})
     scan = scan_dataset(tmp_path / "gems", tmp_path / "cache", max_pixels=10_000)
     with pytest.raises(GemLightningError, match="data.split=pooled"):
         plan_splits(scan, "predefined", 0, 0.15, 0.15)
