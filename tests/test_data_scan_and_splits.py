@@ -78,7 +78,7 @@ def test_bad_files_are_skipped_listed_and_never_touched(tmp_path, caplog):
     for path, reason in expected.items():
         assert reason in by_path[path].skip_reason if reason else by_path[path].usable, path
     assert len(scan.skipped) == 3 and len(scan.usable) == 26  # notes.txt is not among them
-    log_line = next(r.getMessage() for r in caplog.records if "skipped 4 unusable" in r.getMessage())
+    log_line = next(r.getMessage() for r in caplog.records if "skipped 3 unusable" in r.getMessage())
     assert "Quartz Lemon/truncated.jpg" in log_line and "Quartz Lemon/empty.jpg" in log_line
     rotated = by_path["Quartz Lemon/exif_rotated.jpg"]
     assert (rotated.width, rotated.height) == (20, 40)  # upright: width and height swapped
