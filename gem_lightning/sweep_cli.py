@@ -140,8 +140,8 @@ def run(args: argparse.Namespace) -> int:
     plan = SweepPlan.from_config(cfg, train_overrides, args.config_dir)
     # A missing data folder, weights or model file, a bad optimiser setting or a GPU the machine lacks would
     # fail every trial; say so before the study records any.
-    check_run_settings(cfg)
     hydra.utils.instantiate(cfg.data).check()
+    check_run_settings(cfg)
     jobs = int(cfg.sweep.jobs)
     if jobs < 1:
         raise GemLightningError(f"sweep.jobs={jobs}: use 1 or more workers")

@@ -74,7 +74,7 @@ def test_resuming_from_a_missing_checkpoint_names_it(tmp_path):
         timeout=600,
     )
     assert result.returncode == 2
-    assert f"error: ckpt_path={tmp_path}/gone/last.ckpt is not a file" in result.stderr
+    assert f"error: checkpoint not found: ckpt_path={tmp_path}/gone/last.ckpt" in result.stderr
     assert "Traceback" not in result.stderr
 
 

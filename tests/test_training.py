@@ -70,7 +70,9 @@ def test_two_epochs_write_checkpoints_events_and_a_self_describing_checkpoint(tm
 class _StateAtTrainStart(pl.Callback):
     """What a resumed fit starts from: optimiser state and val/acc_best's maximum."""
 
-    def on_train_start(self, trainer, module):
+    def on_train_epoch_start(self, trainer, module):
+        if hasattr(self, "optimizer"):
+            return  # the first epoch of the resumed fit only: after every on_train_start hook, before a step
         self.optimizer = {
             k: {n: v.clone() for n, v in state.items()}
             for k, state in trainer.optimizers[0].state_dict()["state"].items()
