@@ -15,6 +15,7 @@ from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from gem_lightning.backbones import create_backbone
+from gem_lightning.config_schema import enum_value
 from gem_lightning.errors import GemLightningError
 
 CHECKPOINT_KEY = "gem_lightning"  # where a checkpoint describes itself for inference
@@ -68,7 +69,7 @@ class GemClassifier(pl.LightningModule):
     ):
         super().__init__()
         # Plain Python types only, so checkpoints load with torch.load(weights_only=True).
-        backbone = getattr(backbone, "value", backbone)  # a config enum becomes its plain name
+        backbone = enum_value(backbone)  # a config enum becomes its plain name
         class_names = [str(name) for name in class_names]  # not an OmegaConf ListConfig
         # train() logs the composed run config itself; hparams hold what rebuilding the network needs.
         self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
@@ -270,23 +271,20 @@ def read_checkpoint(path: str | Path, setting: str = "ckpt") -> dict:
     if not path.is_file():
         raise GemLightningError(f"checkpoint not found: {where}: {hint}")
     size = path.stat().st_size
+    unreadable = f"cannot read checkpoint {where}: not a PyTorch checkpoint, or cut short ({size:,} bytes); {hint}"
     if size == 0:
         raise GemLightningError(f"cannot read checkpoint {where}: it is an empty file (0 bytes); {hint}")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         if not zipfile.is_zipfile(path):  # torch.save writes a zip; random or cut-short bytes fail here too
-            raise GemLightningError(
-                f"cannot read checkpoint {where}: not a PyTorch checkpoint, or cut short ({size:,} bytes); {hint}"
-            ) from None
+            raise GemLightningError(unreadable) from None
         raise GemLightningError(
             f"cannot read checkpoint {where}: it holds Python objects that gem-lightning checkpoints never contain "
             f"(it is not loaded: unpickling them could run code); {hint}"
         ) from None
     except Exception:  # a truncated zip, random bytes, another format: torch raises several types
-        raise GemLightningError(
-            f"cannot read checkpoint {where}: not a PyTorch checkpoint, or cut short ({size:,} bytes); {hint}"
-        ) from None
+        raise GemLightningError(unreadable) from None
     if not isinstance(checkpoint, dict) or CHECKPOINT_KEY not in checkpoint:
         raise GemLightningError(
             f"{where} is not a gem-lightning checkpoint (no '{CHECKPOINT_KEY}' entry): train one with train.py"

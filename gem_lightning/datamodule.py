@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from gem_lightning.atomic_files import folder_is_writable
 from gem_lightning.backbone_features import backbone_features
-from gem_lightning.config_schema import AugmentPlace
+from gem_lightning.config_schema import AugmentPlace, enum_value
 from gem_lightning.data_report import REPORT_NAME, TrainingItem, build_report, write_report
 from gem_lightning.dataset_scan import DatasetScan, discover_classes, scan_dataset
 from gem_lightning.demo_data import DemoGemSet
@@ -98,12 +98,12 @@ class GemDataModule(pl.LightningDataModule):
             raise GemLightningError(f"data.image_size={image_size} is too small; use 16 or more")
         if batch_size < 1:
             raise GemLightningError(f"data.batch_size={batch_size} must be at least 1")
-        augment_on = getattr(augment_on, "value", augment_on)
+        augment_on = enum_value(augment_on)
         if augment_on not in AUGMENT_PLACES:
             raise GemLightningError(f"data.augment_on={augment_on!r}: use one of {', '.join(AUGMENT_PLACES)}")
         self.root = Path(root)
         self.cache_dir = Path(cache_dir)
-        self.split = getattr(split, "value", split)  # a config enum becomes its plain name
+        self.split = enum_value(split)  # a config enum becomes its plain name
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
         self.split_seed = split_seed
@@ -122,7 +122,7 @@ class GemDataModule(pl.LightningDataModule):
         self.min_images_per_class = min_images_per_class
         self.background = background if background is not None and background.enabled else None
         self.near_duplicate_threshold = near_duplicate_threshold
-        self.label_conflicts = getattr(label_conflicts, "value", label_conflicts)
+        self.label_conflicts = enum_value(label_conflicts)
         self.cache_images = cache_images
         self.augment_on = augment_on
         # Every split image's square, row i = self.items[i]: at image_size for evaluation (and training

@@ -166,7 +166,8 @@ def print_results(plan: SweepPlan, results: dict[str, Any]) -> None:
     shown_rows = [row for row in rows if row["retried_by"] == ""]
     table = Table(title=f"study {plan.study_name}: {len(shown_rows)} trial(s)")
     param_columns = [key for key in dict.fromkeys(k for row in rows for k in row) if key.startswith("params_")]
-    headers = _short_names([c.removeprefix("params_") for c in param_columns])
+    names = [c.removeprefix("params_") for c in param_columns]
+    headers = _short_names(names)
     for column in ("trial", "state", _short_names([plan.metric])[0], "epochs", "s", *headers):
         # Headers are never cut: a column is at least as wide as its name.
         table.add_column(column, justify="left" if column == "state" else "right", min_width=len(column))
@@ -180,15 +181,9 @@ def print_results(plan: SweepPlan, results: dict[str, Any]) -> None:
         if row["note"]:
             noted.append(f"  #{row['trial']}: {row['note']}")
     console.print(table)
-    if len(headers) and headers != [c.removeprefix("params_") for c in param_columns]:
-        print(
-            "columns: "
-            + ", ".join(
-                f"{h} = {c.removeprefix('params_')}"
-                for h, c in zip(headers, param_columns, strict=True)
-                if h != c.removeprefix("params_")
-            )
-        )
+    shortened = [f"{header} = {name}" for header, name in zip(headers, names, strict=True) if header != name]
+    if shortened:
+        print("columns: " + ", ".join(shortened))
     if noted:
         print("notes:", *noted, sep="\n")
     finished = [r for r in rows if r["state"] in ("complete", "pruned")]
