@@ -373,8 +373,10 @@ class GemDataModule(pl.LightningDataModule):
             model,
             every_image,
             self.cache_dir,
-            precision=str(self.trainer.precision),
-            forward_context=self.trainer.precision_plugin.forward_context,
+            # Float32 whatever trainer.precision says: they are computed once, and the test split's features
+            # must give the logits the evaluation report computes (in float32), or the run logs two test accuracies.
+            precision="32-true",
+            forward_context=lambda: torch.autocast(model.device.type, enabled=False),
             batch_size=self.batch_size,
             num_workers=self.num_workers,
         )
