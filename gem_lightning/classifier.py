@@ -13,14 +13,34 @@ import torch
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+from torchvision.transforms import v2
 
 from gem_lightning.backbones import create_backbone
 from gem_lightning.config_schema import enum_value
 from gem_lightning.errors import GemLightningError
+from gem_lightning.lr_schedules import STEP_SCHEDULE_ARGUMENT, steps_per_batch
 
 CHECKPOINT_KEY = "gem_lightning"  # where a checkpoint describes itself for inference
 CHECKPOINT_FORMAT = 1
 STAGES = ("train", "val", "test")
+
+
+def batch_mixer(mixup_alpha: float, cutmix_alpha: float, num_classes: int) -> v2.Transform | None:
+    """torchvision's MixUp and/or CutMix on (images, int labels) -> (mixed images, soft labels); None if both off.
+
+    With both on, each batch gets one of them at random (timm's and torchvision's reference recipe).
+    """
+    for name, alpha in (("model.mixup_alpha", mixup_alpha), ("model.cutmix_alpha", cutmix_alpha)):
+        if alpha < 0:
+            raise GemLightningError(f"{name}={alpha} must be 0 (off) or positive (the Beta distribution's alpha)")
+    mixers = [
+        mixer(alpha=alpha, num_classes=num_classes)
+        for mixer, alpha in ((v2.MixUp, mixup_alpha), (v2.CutMix, cutmix_alpha))
+        if alpha > 0
+    ]
+    if not mixers:
+        return None
+    return mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
 
 
 def _stage_metrics(stage: str, num_classes: int) -> MetricCollection:
@@ -60,6 +80,9 @@ class GemClassifier(pl.LightningModule):
         scheduler: Callable[..., Any] | None = None,
         label_smoothing: float = 0.0,
         dropout: float = 0.0,
+        backbone_lr_scale: float = 1.0,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
         freeze_backbone_epochs: int = 0,
         image_size: int = 224,
         augment_policy: str = "none",
@@ -93,6 +116,7 @@ class GemClassifier(pl.LightningModule):
         # instead of a FLOPs column of zeros.
         self.example_input_array = torch.zeros(1, 3, image_size, image_size, dtype=torch.uint8)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.batch_mixer = batch_mixer(mixup_alpha, cutmix_alpha, num_classes)
         # Keyed "<stage>_..." because ModuleDict keys may not shadow Module methods such as train().
         self.metrics = nn.ModuleDict({f"{s}_metrics": _stage_metrics(s, num_classes) for s in STAGES})
         self.losses = nn.ModuleDict({f"{s}_loss": MeanMetric() for s in STAGES})
@@ -158,9 +182,16 @@ class GemClassifier(pl.LightningModule):
 
     def _shared_step(self, batch: tuple, stage: str) -> torch.Tensor:
         inputs, targets = batch[0], batch[1]
+        # The loss's targets: the labels, or soft labels of a MixUp/CutMix batch (training only).
+        loss_targets = targets
+        if stage == "train" and self.batch_mixer is not None and inputs.ndim == 4:
+            images = inputs.float().div(255) if inputs.dtype == torch.uint8 else inputs
+            inputs, loss_targets = self.batch_mixer(images, targets)
+            # Accuracy against each mixed image's larger share: what a mixed batch can be right about.
+            targets = loss_targets.argmax(-1)
         # (N, F) rows are cached backbone features (head_only); (N, 3, H, W) are images.
         logits = self.head(inputs) if inputs.ndim == 2 else self(inputs)
-        loss = self.criterion(logits, targets)
+        loss = self.criterion(logits, loss_targets)
         mean_loss, metrics = self.losses[f"{stage}_loss"], self.metrics[f"{stage}_metrics"]
         mean_loss(loss, weight=targets.numel())
         metrics.update(logits, targets)
@@ -181,7 +212,7 @@ class GemClassifier(pl.LightningModule):
 
     def test_step(self, batch, batch_idx: int) -> None:
         # In float32 whatever trainer.precision says: the evaluation report (collect_logits) computes the test
-        # logits in float32, and under bf16-mixed three of Kaggle's 363 test images flipped, so the logged
+        # logits in float32, and under bf16-mixed a few images flip, so the logged
         # test/acc and report.md disagreed. One measurement, one number.
         with torch.autocast(self.device.type, enabled=False):
             self._shared_step(batch, "test")
@@ -211,10 +242,22 @@ class GemClassifier(pl.LightningModule):
 
     def configure_optimizers(self):
         factory = self.optimizer_factory or (lambda params: torch.optim.Adam(params, lr=3e-4))
-        # A frozen (head_only) backbone has nothing to optimise; weight decay must not touch it either.
-        optimizer = factory(params=[p for p in self.parameters() if p.requires_grad])
+        # A frozen (head_only) backbone has nothing to optimise; weight decay must not touch it either. Two
+        # named groups, so the backbone can learn slower than the new head and TensorBoard plots both rates.
+        groups = [
+            {"name": name, "params": [p for p in part.parameters() if p.requires_grad]}
+            for name, part in (("backbone", self.backbone), ("head", self.head))
+        ]
+        optimizer = factory(params=[group for group in groups if group["params"]])
+        for group in optimizer.param_groups:
+            if group["name"] == "backbone":
+                group["lr"] *= self.hparams.backbone_lr_scale
         if self.scheduler_factory is None:
             return optimizer
+        if steps_per_batch(self.scheduler_factory):
+            total_steps = int(self.trainer.estimated_stepping_batches)
+            scheduler = self.scheduler_factory(optimizer=optimizer, **{STEP_SCHEDULE_ARGUMENT: total_steps})
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
         scheduler = self.scheduler_factory(optimizer=optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 

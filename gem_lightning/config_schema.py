@@ -79,6 +79,9 @@ class ModelSchema:
     allow_download: bool = False
     label_smoothing: float = 0.0
     dropout: float = 0.0
+    backbone_lr_scale: float = 1.0
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
     freeze_backbone_epochs: int = 0
     head_only: bool = False
     channels_last: bool = True

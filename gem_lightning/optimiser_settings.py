@@ -18,10 +18,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from gem_lightning.errors import GemLightningError
+from gem_lightning.lr_schedules import STEP_SCHEDULE_ARGUMENT, steps_per_batch
 
 # Hydra's own keys, and the arguments the model passes at call time rather than the config.
 _NOT_SETTINGS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
-_PASSED_BY_THE_MODEL = {"params", "optimizer"}
+_PASSED_BY_THE_MODEL = {"params", "optimizer", STEP_SCHEDULE_ARGUMENT}
 
 
 def _settings(node: DictConfig) -> dict[str, Any]:
@@ -57,7 +58,9 @@ def check_optimiser_settings(optim: DictConfig, scheduler: DictConfig | None) ->
         return
     _check_keys("scheduler", scheduler)
     try:
-        hydra.utils.instantiate(scheduler)(optimizer=optimizer)
+        factory = hydra.utils.instantiate(scheduler)
+        # A per-step schedule is checked over a run of any length; the model passes the real one.
+        factory(optimizer=optimizer, **({STEP_SCHEDULE_ARGUMENT: 100} if steps_per_batch(factory) else {}))
     except (ValueError, TypeError) as error:
         raise GemLightningError(
             f"scheduler: {_described('scheduler', scheduler)} refuses its settings: {error}"

@@ -11,6 +11,7 @@ from lightning.pytorch.loggers import Logger
 
 from gem_lightning.datamodule import GemDataModule
 from gem_lightning.errors import GemLightningError
+from gem_lightning.lr_schedules import steps_per_batch
 from gem_lightning.trainer_factory import build_trainer
 from gem_lightning.training import _instantiate_each
 from tests.conftest import CONFIG_DIR, compose_config
@@ -23,9 +24,9 @@ def _options(group: str) -> list[str]:
 def test_each_group_has_the_options_the_design_names():
     assert {"gemstones", "demo"} <= set(_options("data"))
     assert {"resnet18", "resnet34", "resnet50", "efficientnet_lite0"} <= set(_options("model"))
-    assert {"none", "seed", "colour_preserving", "colour_jitter"} <= set(_options("augment"))
+    assert {"none", "seed", "colour_preserving", "colour_jitter", "colour_safe_auto"} <= set(_options("augment"))
     assert {"adam", "adamw", "sgd"} <= set(_options("optim"))
-    assert {"none", "cosine"} <= set(_options("scheduler"))
+    assert {"none", "cosine", "warmup_cosine"} <= set(_options("scheduler"))
     assert {"default", "cpu", "gpu", "ddp"} <= set(_options("trainer"))
     assert {"tensorboard", "csv"} <= set(_options("logger"))
     assert {"seed_report", "demo", "gpu_check"} <= set(_options("experiment"))
@@ -100,7 +101,9 @@ def test_schedulers(option, tmp_path):
         assert option == "none"
         return
     optimiser = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-    scheduler = hydra.utils.instantiate(cfg.scheduler)(optimizer=optimiser)
+    factory = hydra.utils.instantiate(cfg.scheduler)
+    # Per-step schedules get the run's length from the model (tests/test_recipe.py trains with one).
+    scheduler = factory(optimizer=optimiser, **({"total_steps": 20} if steps_per_batch(factory) else {}))
     assert isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler)
 
 

@@ -1,0 +1,107 @@
+"""The fine-tuning recipe's ingredients, each a config option: per-step warm-up + cosine, a slower backbone,
+MixUp/CutMix, weight EMA and the colour-safe automatic augmentation."""
+
+from __future__ import annotations
+
+import colorsys
+import json
+
+import hydra
+import pytest
+import torch
+from lightning.pytorch import Callback
+
+from gem_lightning.classifier import GemClassifier, batch_mixer
+from gem_lightning.errors import GemLightningError
+from gem_lightning.training import train
+from tests.conftest import TINY_DEMO, compose_config
+
+
+def test_warmup_cosine_steps_every_batch_and_the_backbone_learns_slower(tmp_path):
+    overrides = [
+        "optim=adamw",
+        "optim.lr=0.002",
+        "scheduler=warmup_cosine",
+        "scheduler.warmup_fraction=0.25",
+        "scheduler.min_lr=0",
+        "model.backbone_lr_scale=0.1",
+        "trainer.max_epochs=2",
+        "evaluate=false",
+        "test=false",
+    ]
+    seen: list[tuple[float, float]] = []
+
+    class RecordRates(Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            groups = {g["name"]: g["lr"] for g in trainer.optimizers[0].param_groups}
+            seen.append((groups["backbone"], groups["head"]))
+
+    _, objects = train(compose_config([*TINY_DEMO, *overrides], tmp_path), extra_callbacks=[RecordRates()])
+    trainer = objects["trainer"]
+    assert trainer.lr_scheduler_configs[0].interval == "step"
+    steps = int(trainer.estimated_stepping_batches)
+    assert len(seen) == steps >= 8
+    heads = [head for _, head in seen]
+    assert all(backbone == pytest.approx(0.1 * head) for backbone, head in seen)
+    peak = heads.index(max(heads))
+    assert heads[0] == pytest.approx(0.002 * 0.01)  # warm-up starts at 1 % of the rate
+    assert max(heads) == pytest.approx(0.002, rel=0.05) and 0 < peak < steps - 1
+    assert heads[:peak] == sorted(heads[:peak]) and heads[peak:] == sorted(heads[peak:], reverse=True)
+
+
+def test_mixup_and_cutmix_give_soft_targets_and_refuse_a_negative_alpha():
+    torch.manual_seed(0)
+    images, labels = torch.rand(8, 3, 16, 16), torch.arange(8) % 4
+    for mixup, cutmix in ((0.4, 0.0), (0.0, 1.0), (0.4, 1.0)):
+        mixed, soft = batch_mixer(mixup, cutmix, 4)(images, labels)
+        assert mixed.shape == images.shape and soft.shape == (8, 4)
+        assert torch.allclose(soft.sum(-1), torch.ones(8)) and (soft.max(-1).values < 1).all()
+    assert batch_mixer(0.0, 0.0, 4) is None
+    with pytest.raises(GemLightningError, match="model.cutmix_alpha=-1"):
+        batch_mixer(0.0, -1, 4)
+
+
+def test_a_run_with_mixup_and_cutmix_trains_on_mixed_batches(tmp_path):
+    cfg = compose_config([*TINY_DEMO, "model.mixup_alpha=0.4", "model.cutmix_alpha=1.0", "evaluate=false"], tmp_path)
+    model = hydra.utils.instantiate(cfg.model, class_names=list("abcd"))
+    assert model.batch_mixer is not None
+    metrics, _ = train(cfg)
+    assert torch.isfinite(torch.tensor(metrics["train/loss"])) and 0 <= metrics["test/acc"] <= 1
+
+
+def test_ema_weights_are_what_best_ckpt_holds_and_what_test_and_the_report_measure(tmp_path):
+    overrides = ["callbacks=ema", "callbacks.ema.update_starting_at_step=0", "trainer.max_epochs=2"]
+    cfg = compose_config([*TINY_DEMO, *overrides], tmp_path)
+    metrics, objects = train(cfg)
+    checkpoint = torch.load(objects["best_checkpoint"], weights_only=True)
+    averaged, raw = checkpoint["state_dict"], checkpoint["current_model_state"]
+    assert any(not torch.equal(averaged[k], raw[k]) for k in averaged if k.startswith("head."))
+    summary = json.loads((tmp_path / "run" / "evaluation" / "test" / "evaluation.json").read_text())["summary"]
+    assert summary["top1"] == pytest.approx(metrics["test/acc"], abs=1e-6)
+    assert summary["nll_before"] == pytest.approx(metrics["test/loss"], abs=1e-5)
+    loaded = GemClassifier.from_checkpoint(objects["best_checkpoint"])
+    assert torch.equal(loaded.head[-1].weight, averaged["head.1.weight"])
+
+
+def _mean_hue_of_the_stone(image: torch.Tensor) -> float:
+    """Mean hue (degrees) of the pixels brighter than the black background."""
+    pixels = image.permute(1, 2, 0).reshape(-1, 3).float() / 255
+    lit = pixels[pixels.max(-1).values > 0.25]
+    hues = [colorsys.rgb_to_hsv(*p.tolist())[0] for p in lit[:: max(1, len(lit) // 300)]]
+    return 360 * sum(hues) / len(hues)
+
+
+@pytest.mark.parametrize(("policy", "keeps_colour"), [("colour_safe_auto", True), ("colour_jitter", False)])
+def test_the_colour_safe_policy_keeps_a_lemon_quartz_lemon(policy, keeps_colour, tmp_path):
+    cfg = compose_config([f"augment={policy}", "data.image_size=64"], tmp_path)
+    transform = hydra.utils.instantiate(cfg.augment.train)
+    stone = torch.zeros(3, 82, 82, dtype=torch.uint8)
+    yy, xx = torch.meshgrid(torch.arange(82), torch.arange(82), indexing="ij")
+    disk = (yy - 41) ** 2 + (xx - 41) ** 2 < 30**2
+    for channel, value in enumerate((240, 220, 60)):  # lemon yellow: hue about 53 degrees
+        stone[channel][disk] = value
+    original = _mean_hue_of_the_stone(stone)
+    torch.manual_seed(0)
+    shifts = [abs(_mean_hue_of_the_stone(transform(stone)) - original) for _ in range(40)]
+    # JPEG artefacts and blur move a small stone's mean hue by a few degrees; a hue jitter moves it by tens.
+    assert (max(shifts) < 10) == keeps_colour, max(shifts)
