@@ -22,6 +22,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from gem_lightning.calibration import CalibrationResult, calibrate, store_calibration
+from gem_lightning.classifier import GemClassifier
 from gem_lightning.command_line import run_command
 from gem_lightning.datamodule import GemDataModule
 from gem_lightning.dataset_scan import scan_dataset
@@ -50,23 +51,45 @@ def run_dir_of(checkpoint: Path) -> Path:
     return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
 
 
-def datamodule_of(predictor: Predictor) -> GemDataModule:
+def datamodule_of(model: GemClassifier, checkpoint: Path) -> GemDataModule:
     """The checkpoint's training data module, rebuilt from the composed config stored in the checkpoint."""
-    settings = (predictor.model.run_config or {}).get("data")
+    settings = (model.run_config or {}).get("data")
     if not settings:
         raise GemLightningError(
-            f"{predictor.checkpoint} holds no training config, so its validation and test splits are unknown; "
+            f"{checkpoint} holds no training config, so its validation and test splits are unknown; "
             "evaluate a labelled folder with input=<folder> calibrate=false"
         )
     datamodule = hydra.utils.instantiate(OmegaConf.create(settings))
     datamodule.prepare_data()
     datamodule.setup()
-    if list(datamodule.class_names) != predictor.class_names:
+    if list(datamodule.class_names) != model.class_names:
         raise GemLightningError(
-            f"the classes under {datamodule.root} are no longer those {predictor.checkpoint} was trained on; "
+            f"the classes under {datamodule.root} are no longer those {checkpoint} was trained on; "
             "evaluate a labelled folder with input=<folder> instead"
         )
     return datamodule
+
+
+def calibrate_checkpoint(
+    model: GemClassifier, checkpoint: Path, datamodule: GemDataModule, options: dict
+) -> CalibrationResult:
+    """Fit ``model``'s temperature on its run's validation split (one view: a property of the checkpoint, which
+    test-time views and ensembles then average), store it in the checkpoint and in the model."""
+    validation = collect_logits(model, datamodule.datasets["val"], description="validation logits", **options)
+    calibration = calibrate(validation.logits, validation.targets, split="val")
+    store_calibration(checkpoint, calibration)
+    model.temperature.fill_(calibration.temperature)
+    log.info(
+        "temperature %.3f fitted on %d validation images (NLL %.4f -> %.4f, ECE %.4f -> %.4f), stored in %s",
+        calibration.temperature,
+        calibration.images,
+        calibration.nll_before,
+        calibration.nll_after,
+        calibration.ece_before,
+        calibration.ece_after,
+        checkpoint,
+    )
+    return calibration
 
 
 def _labelled_folder(predictor: Predictor, folder: Path, cache_dir: Path) -> tuple[GemImageDataset, list[str]]:
@@ -105,27 +128,22 @@ def evaluate_checkpoint(
         raise GemLightningError(f"split={split!r}: use one of {', '.join(SPLITS)} (or input=<labelled folder>)")
     model, checkpoint = predictor.model, predictor.checkpoint
     if datamodule is None and (calibrate_first or input_folder is None):
-        datamodule = datamodule_of(predictor)
+        datamodule = datamodule_of(model, checkpoint)
     options = {"batch_size": predictor.batch_size, "num_workers": predictor.num_workers, "progress": predictor.progress}
 
     calibration = None
     if calibrate_first:
-        validation = collect_logits(model, datamodule.datasets["val"], description="validation logits", **options)
-        calibration = calibrate(validation.logits, validation.targets, split="val")
-        store_calibration(checkpoint, calibration)
-        model.temperature.fill_(calibration.temperature)
-        log.info(
-            "temperature %.3f fitted on %d validation images (NLL %.4f -> %.4f, ECE %.4f -> %.4f), stored in %s",
-            calibration.temperature,
-            calibration.images,
-            calibration.nll_before,
-            calibration.nll_after,
-            calibration.ece_before,
-            calibration.ece_after,
-            checkpoint,
-        )
+        # Every member on its own run's validation split; the first one's data module is at hand.
+        members = zip(predictor.models, predictor.checkpoints, strict=True)
+        fitted = [
+            calibrate_checkpoint(member, path, datamodule if index == 0 else datamodule_of(member, path), options)
+            for index, (member, path) in enumerate(members)
+        ]
+        calibration = fitted[0]
     elif model.calibration:
         calibration = CalibrationResult(**model.calibration)
+    if predictor.averaging:
+        calibration = None  # each member's temperature was applied before averaging; the report's is 1
 
     if input_folder is None:
         dataset = datamodule.datasets[split]
@@ -138,12 +156,16 @@ def evaluate_checkpoint(
         folder = Path(input_folder)
         dataset, sources = _labelled_folder(predictor, folder, predictor.cache_dir)
         name, data = folder.resolve().name, f"labelled folder {folder}"
-    result = collect_logits(model, dataset, description=f"evaluating {name}", **options)
-    evaluation = evaluate_logits(result, predictor.class_names, float(model.temperature))
+    result, temperature = predictor.logits(predictor.member_datasets(dataset), description=f"evaluating {name}")
+    evaluation = evaluate_logits(result, predictor.class_names, temperature)
+    if predictor.averaging:
+        # Beside the single checkpoint's report, not over it.
+        members = f"-ensemble{len(predictor.models)}" if len(predictor.models) > 1 else ""
+        name += members + (f"-tta-{predictor.tta}" if predictor.tta != "none" else "")
     folder = Path(output_dir) if output_dir else run_dir_of(checkpoint) / "evaluation" / name
     context = {
-        "title": f"{checkpoint.name} on {data}",
-        "checkpoint": str(checkpoint),
+        "title": f"{predictor.describe_model()} on {data}",
+        "checkpoint": ", ".join(str(path) for path in predictor.checkpoints),
         "data": data,
         "background": predictor.describe_background(),
     }
@@ -175,6 +197,7 @@ def run(cfg: DictConfig) -> int:
         num_workers=cfg.num_workers,
         max_image_pixels=cfg.max_image_pixels,
         progress=cfg.progress,
+        tta=cfg.tta,
     )
     print_evaluation(evaluate_checkpoint(predictor, cfg.split, cfg.input, cfg.calibrate, cfg.output_dir))
     return 0

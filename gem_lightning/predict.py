@@ -30,6 +30,9 @@ def predictions_document(
     """The JSON written by ``output=*.json`` (tests/test_predict.py holds its schema)."""
     return {
         "checkpoint": str(predictor.checkpoint),
+        "checkpoints": [str(path) for path in predictor.checkpoints],
+        "model": predictor.describe_model(),
+        "tta": predictor.tta,
         "class_count": len(predictor.class_names),
         "image_size": predictor.image_size,
         "background": predictor.describe_background(),
@@ -98,6 +101,7 @@ def run(cfg: DictConfig) -> int:
         num_workers=cfg.num_workers,
         max_image_pixels=cfg.max_image_pixels,
         progress=cfg.progress,
+        tta=cfg.tta,
     )
     k = min(cfg.top_k, len(predictor.class_names))
     predictions, skipped = predictor.predict_files(files)

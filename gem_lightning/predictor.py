@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +68,35 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
+def _dihedral(turns: int, flip: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    def view(images: torch.Tensor) -> torch.Tensor:
+        turned = torch.rot90(images, turns, dims=(-2, -1))
+        return turned.flip(-1) if flip else turned
+
+    return view
+
+
+# Test-time views of a square batch. A loose stone has no upright, so every quarter turn and mirror image is
+# a photo of the same stone; the one list of choices for predict, evaluate and the web page.
+TTA_VIEWS: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], ...]] = {
+    "none": (_dihedral(0, False),),
+    "flip": (_dihedral(0, False), _dihedral(0, True)),
+    "quarter_turns": tuple(_dihedral(turns, False) for turns in range(4)),
+    "dihedral": tuple(_dihedral(turns, flip) for flip in (False, True) for turns in range(4)),
+}
+
+
+def tta_views(tta: str) -> tuple[Callable[[torch.Tensor], torch.Tensor], ...]:
+    if tta not in TTA_VIEWS:
+        raise GemLightningError(f"tta={tta!r}: use one of {', '.join(TTA_VIEWS)}")
+    return TTA_VIEWS[tta]
+
+
+def view_logits(model: GemClassifier, images: torch.Tensor, views: Sequence[Callable]) -> torch.Tensor:
+    """(N, V, C) float32 logits of a batch on the model's device, one column per test-time view."""
+    return torch.stack([model(view(images)).float() for view in views], dim=1)
+
+
 def collect_logits(
     model: GemClassifier,
     dataset: GemImageDataset,
@@ -74,8 +104,11 @@ def collect_logits(
     num_workers: int = 0,
     progress: bool = True,
     description: str = "predicting",
+    tta: str = "none",
 ) -> Logits:
-    """Run ``model`` (in eval mode, on its own device) over ``dataset`` in batches, with a progress bar."""
+    """Run ``model`` (in eval mode, on its own device, in float32) over ``dataset`` in batches, with a progress
+    bar. With test-time views (``tta``) the logits are (N, V, C), one row per view; else (N, C)."""
+    views = tta_views(tta)
     device = next(model.parameters()).device
     loader = DataLoader(
         dataset,
@@ -91,13 +124,27 @@ def collect_logits(
         task = bar.add_task(description, total=len(dataset))
         for batch in loader:
             images = batch[0].to(device, non_blocking=True)
-            logits.append(model(images).float().cpu())
+            per_view = view_logits(model, images, views).cpu()
+            logits.append(per_view if tta != "none" else per_view[:, 0])
             targets.append(torch.as_tensor(batch[1]))
             leaked.append(torch.as_tensor(batch[2]).bool() if len(batch) == 3 else torch.zeros(len(images), dtype=bool))
             bar.advance(task, len(images))
     if not logits:
         raise GemLightningError("no images to run the model on")
     return Logits(torch.cat(logits), torch.cat(targets).long(), torch.cat(leaked))
+
+
+def averaged_probabilities(results: list[Logits], temperatures: list[float]) -> Logits:
+    """One prediction from several models' (and views') logits: each divided by its own model's temperature,
+    made probabilities, and averaged. Returned as logits, log(mean), so softmax gives the mean back and the one
+    evaluation path takes it with temperature 1."""
+    probabilities = [
+        (result.logits / temperature).softmax(-1).reshape(len(result.logits), -1, result.logits.shape[-1])
+        for result, temperature in zip(results, temperatures, strict=True)
+    ]
+    mean = torch.cat(probabilities, dim=1).mean(dim=1)
+    first = results[0]
+    return Logits(mean.clamp_min(torch.finfo(mean.dtype).tiny).log(), first.targets, first.leaked)
 
 
 def find_images(spec: str | Path) -> list[Path]:
@@ -145,11 +192,17 @@ def usable_images(
 
 
 class Predictor:
-    """Class probabilities for photo files or uint8 batches, from one checkpoint."""
+    """Class probabilities for photo files or uint8 batches, from one checkpoint or an ensemble of several.
+
+    ``checkpoint`` is one path or a list. With one checkpoint and ``tta="none"`` a prediction is that model's
+    softmax at its own temperature. Otherwise (test-time views, several checkpoints) it is the mean over every
+    model and view of each model's calibrated probabilities (``averaged_probabilities``). Members must know the
+    same classes and cut backgrounds out alike; their image sizes may differ. The first describes the whole.
+    """
 
     def __init__(
         self,
-        checkpoint: str | Path,
+        checkpoint: str | Path | Sequence[str | Path],
         cache_dir: str | Path = "cache",
         background: str = "checkpoint",
         device: str = "auto",
@@ -158,14 +211,23 @@ class Predictor:
         num_workers: int = 0,
         max_image_pixels: int = 50_000_000,
         progress: bool = True,
+        tta: str = "none",
     ):
         if background not in BACKGROUND_CHOICES:
             raise GemLightningError(f"background={background!r}: use one of {', '.join(BACKGROUND_CHOICES)}")
         if batch_size < 1:
             raise GemLightningError(f"batch_size={batch_size} must be at least 1")
-        self.checkpoint = Path(checkpoint)
+        tta_views(tta)
+        paths = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
+        if not paths:
+            raise GemLightningError("ckpt=[]: give a checkpoint, or a list of them for an ensemble")
+        self.checkpoints = [Path(path) for path in paths]
+        self.checkpoint = self.checkpoints[0]
         self.device = resolve_device(device)
-        self.model = GemClassifier.from_checkpoint(self.checkpoint, map_location=self.device)
+        self.models = [GemClassifier.from_checkpoint(path, map_location=self.device) for path in self.checkpoints]
+        self.model = self.models[0]
+        self._check_members_agree()
+        self.tta = tta
         self.cache_dir = Path(cache_dir)
         self.calibrated = calibrated
         self.batch_size, self.num_workers = batch_size, num_workers
@@ -173,7 +235,21 @@ class Predictor:
         self.progress = progress
         self.background = self._background_removal() if background == "checkpoint" else None
 
-    # -- what the checkpoint says --------------------------------------------------------------------------
+    def _check_members_agree(self) -> None:
+        first, settings = self.model, (self.model.run_config or {}).get("background")
+        for path, member in zip(self.checkpoints[1:], self.models[1:], strict=True):
+            if member.class_names != first.class_names:
+                raise GemLightningError(
+                    f"ckpt: {path} knows other classes than {self.checkpoint} ({len(member.class_names)} vs "
+                    f"{len(first.class_names)}, or another order); an ensemble's members must share them"
+                )
+            if (member.run_config or {}).get("background") != settings:
+                raise GemLightningError(
+                    f"ckpt: {path} was trained on other background removal than {self.checkpoint}; an ensemble's "
+                    "members must see photos prepared alike"
+                )
+
+    # -- what the checkpoints say --------------------------------------------------------------------------
 
     @property
     def class_names(self) -> list[str]:
@@ -181,11 +257,51 @@ class Predictor:
 
     @property
     def image_size(self) -> int:
+        """The first member's image size: what model_view shows."""
         return int(self.model.hparams.image_size)
 
     @property
+    def averaging(self) -> bool:
+        """Whether predictions average several models or views (else: one model's own softmax)."""
+        return len(self.models) > 1 or self.tta != "none"
+
+    @property
     def temperature(self) -> float:
-        return float(self.model.temperature) if self.calibrated else 1.0
+        """The temperature applied to the final logits: the model's own, or 1 where each member's was applied
+        before averaging."""
+        return float(self.model.temperature) if self.calibrated and not self.averaging else 1.0
+
+    def describe_model(self) -> str:
+        """``best.ckpt``, or ``an ensemble of 3 checkpoints, tta=dihedral (8 views)``."""
+        if not self.averaging:
+            return self.checkpoint.name
+        members = f"an ensemble of {len(self.models)} checkpoints" if len(self.models) > 1 else self.checkpoint.name
+        views = f", tta={self.tta} ({len(TTA_VIEWS[self.tta])} views)" if self.tta != "none" else ""
+        return f"{members}{views}, calibrated probabilities averaged"
+
+    def logits(self, datasets: Sequence[GemImageDataset], description: str = "predicting") -> tuple[Logits, float]:
+        """(logits, temperature to divide them by) for one dataset per member, each at that member's image size."""
+        options = {"batch_size": self.batch_size, "num_workers": self.num_workers, "progress": self.progress}
+        results = [
+            collect_logits(model, dataset, description=description, tta=self.tta, **options)
+            for model, dataset in zip(self.models, datasets, strict=True)
+        ]
+        return self._combined(results)
+
+    def _combined(self, results: list[Logits]) -> tuple[Logits, float]:
+        if not self.averaging:
+            return results[0], self.temperature
+        temperatures = [float(model.temperature) if self.calibrated else 1.0 for model in self.models]
+        return averaged_probabilities(results, temperatures), 1.0
+
+    def member_datasets(self, dataset: GemImageDataset) -> list[GemImageDataset]:
+        """``dataset`` (at the first member's size) for every member, rebuilt at the size of those that differ."""
+        return [
+            dataset
+            if int(model.hparams.image_size) == dataset.side
+            else evaluation_dataset(dataset.items, int(model.hparams.image_size), dataset.leaked)
+            for model in self.models
+        ]
 
     def _background_removal(self) -> BackgroundRemoval | None:
         settings = (self.model.run_config or {}).get("background")
@@ -233,8 +349,8 @@ class Predictor:
         if not pairs:
             return [], skipped
         dataset = evaluation_dataset([(model_input, -1) for _, model_input in pairs], self.image_size)
-        result = collect_logits(self.model, dataset, self.batch_size, self.num_workers, self.progress)
-        probabilities = (result.logits / self.temperature).softmax(-1)
+        result, temperature = self.logits(self.member_datasets(dataset))
+        probabilities = (result.logits / temperature).softmax(-1)
         predictions = [
             ImagePrediction(source, model_input, row)
             for (source, model_input), row in zip(pairs, probabilities, strict=True)
@@ -249,15 +365,22 @@ class Predictor:
     # -- tensors -------------------------------------------------------------------------------------------
 
     def predict_tensor(self, images: torch.Tensor) -> torch.Tensor:
-        """Probabilities for a (N, 3, S, S) uint8 batch at the checkpoint's image size S (0-255 RGB)."""
+        """Probabilities for a (N, 3, S, S) uint8 batch at the checkpoints' image size S (0-255 RGB)."""
         expected = (3, self.image_size, self.image_size)
-        if images.dtype != torch.uint8 or images.dim() != 4 or tuple(images.shape[1:]) != expected:
+        sizes = {int(model.hparams.image_size) for model in self.models}
+        if images.dtype != torch.uint8 or images.dim() != 4 or tuple(images.shape[1:]) != expected or len(sizes) > 1:
             raise GemLightningError(
                 f"this model takes uint8 RGB batches of shape (N, {', '.join(map(str, expected))}); got "
-                f"{images.dtype} {tuple(images.shape)}. Use predict_files for photos of any size or mode."
+                f"{images.dtype} {tuple(images.shape)}. Use predict_files for photos of any size or mode "
+                "(and for an ensemble of several image sizes)."
             )
+        views = tta_views(self.tta)
+        no_labels = torch.empty(0)
         with torch.inference_mode():
-            return self.model.probabilities(images.to(self.device), calibrated=self.calibrated).cpu()
+            per_model = [view_logits(model.eval(), images.to(self.device), views).cpu() for model in self.models]
+        results = [Logits(logits if self.tta != "none" else logits[:, 0], no_labels, no_labels) for logits in per_model]
+        combined, temperature = self._combined(results)
+        return (combined.logits / temperature).softmax(-1)
 
 
 def top_k(probabilities: torch.Tensor, class_names: list[str], k: int) -> list[tuple[str, float]]:

@@ -57,7 +57,7 @@ def build_page(predictor: Predictor):
     with gr.Blocks(title="gem-lightning: identify a gemstone") as page:
         gr.Markdown(
             f"## Identify a gemstone\n{classes} classes; background removal: {predictor.describe_background()}; "
-            f"temperature {predictor.temperature:.2f}. Model: `{predictor.checkpoint.name}`"
+            f"temperature {predictor.temperature:.2f}. Model: `{predictor.describe_model()}`"
         )
         with gr.Row():
             photo = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard"], label="gem photo")
@@ -90,6 +90,7 @@ def run(cfg: DictConfig) -> int:
         device=cfg.device,
         calibrated=cfg.calibrated,
         progress=False,
+        tta=cfg.tta,
     )
     page = build_page(predictor)
     # Larger uploads are refused by Gradio before they are stored.

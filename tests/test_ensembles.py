@@ -1,0 +1,84 @@
+"""Test-time views and checkpoint ensembles: one inference loop for predict, evaluate and the web page."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from gem_lightning import evaluate, predict
+from gem_lightning.errors import GemLightningError
+from gem_lightning.predictor import TTA_VIEWS, Predictor
+
+
+def _test_batch(run) -> torch.Tensor:
+    dataset = run.datamodule.datasets["test"]
+    return torch.stack([dataset[i][0] for i in range(min(6, len(dataset)))])
+
+
+def test_views_are_the_eight_symmetries_of_a_square():
+    image = torch.arange(16).reshape(1, 1, 4, 4)
+    seen = {tuple(view(image).flatten().tolist()) for view in TTA_VIEWS["dihedral"]}
+    assert len(seen) == 8 and tuple(image.flatten().tolist()) in seen
+    assert [len(views) for views in TTA_VIEWS.values()] == [1, 2, 4, 8]
+
+
+def test_tta_averages_each_views_calibrated_probabilities(trained_demo_run):
+    predictor = Predictor(trained_demo_run.checkpoint, progress=False, tta="flip")
+    images, model = _test_batch(trained_demo_run), predictor.model
+    temperature = float(model.temperature)
+    assert temperature != pytest.approx(1.0) and predictor.temperature == 1.0
+    with torch.no_grad():
+        expected = ((model(images) / temperature).softmax(-1) + (model(images.flip(-1)) / temperature).softmax(-1)) / 2
+    torch.testing.assert_close(predictor.predict_tensor(images), expected)
+
+
+def test_with_every_quarter_turn_and_mirror_a_turned_photo_gets_the_same_answer(trained_demo_run):
+    images = _test_batch(trained_demo_run)
+    plain = Predictor(trained_demo_run.checkpoint, progress=False)
+    dihedral = Predictor(trained_demo_run.checkpoint, progress=False, tta="dihedral")
+    turned = torch.rot90(images, 1, dims=(-2, -1))
+    torch.testing.assert_close(dihedral.predict_tensor(turned), dihedral.predict_tensor(images))
+    assert not torch.allclose(plain.predict_tensor(turned), plain.predict_tensor(images), atol=1e-4)
+
+
+def test_an_ensemble_of_one_model_twice_predicts_as_the_model(trained_demo_run):
+    run = trained_demo_run
+    files = [path for path, _ in run.datamodule.datasets["test"].items][:5]
+    single, _ = Predictor(run.checkpoint, progress=False).predict_files(files)
+    twice, _ = Predictor([run.checkpoint, run.checkpoint], progress=False).predict_files(files)
+    for one, two in zip(single, twice, strict=True):
+        torch.testing.assert_close(one.probabilities, two.probabilities)
+
+
+def test_ensemble_members_must_know_the_same_classes(trained_demo_run, tmp_path):
+    checkpoint = torch.load(trained_demo_run.checkpoint, weights_only=True)
+    renamed = [*checkpoint["gem_lightning"]["class_names"][:-1], "Unobtainium"]
+    checkpoint["gem_lightning"]["class_names"] = renamed
+    checkpoint["hyper_parameters"]["class_names"] = renamed
+    other = tmp_path / "other.ckpt"
+    torch.save(checkpoint, other)
+    with pytest.raises(GemLightningError, match=r"other\.ckpt knows other classes than .*best\.ckpt"):
+        Predictor([trained_demo_run.checkpoint, other], progress=False)
+    with pytest.raises(GemLightningError, match="tta='spin': use one of none, flip, quarter_turns, dihedral"):
+        Predictor(trained_demo_run.checkpoint, progress=False, tta="spin")
+
+
+def test_evaluate_and_predict_take_a_list_of_checkpoints_and_views(trained_demo_run, tmp_path, capsys):
+    run = trained_demo_run
+    ensemble = f"ckpt=[{run.checkpoint},{run.checkpoint}]"
+    assert evaluate.main([ensemble, "tta=flip", "calibrate=false", f"cache_dir={run.workdir / 'cache'}"]) == 0
+    folder = run.run_dir / "evaluation" / "test-ensemble2-tta-flip"
+    summary = json.loads((folder / "evaluation.json").read_text())["summary"]
+    single = json.loads((run.run_dir / "evaluation" / "test" / "evaluation.json").read_text())["summary"]
+    assert summary["images"] == single["images"] and 0 <= summary["top1"] <= 1
+    assert "an ensemble of 2 checkpoints, tta=flip (2 views)" in (folder / "report.md").read_text()
+
+    photo = next(path for path, _ in run.datamodule.datasets["test"].items)
+    output = tmp_path / "predictions.json"
+    assert predict.main([ensemble, f"input={photo}", "tta=dihedral", f"output={output}"]) == 0
+    document = json.loads(output.read_text())
+    assert document["checkpoints"] == [str(run.checkpoint)] * 2 and document["tta"] == "dihedral"
+    (prediction,) = document["predictions"]
+    assert prediction["top_k"][0]["probability"] <= 1.0 and document["temperature"] == 1.0
