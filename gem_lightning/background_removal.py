@@ -178,11 +178,17 @@ class CutOut:
     flag: str = ""  # why the first mask was rejected, empty when it was fine
 
 
-def composite_on_black(image: Image.Image, mask: np.ndarray) -> Image.Image:
-    """RGB with the background black; a soft mask keeps the stone's anti-aliased edge."""
+def composite_on(image: Image.Image, mask: np.ndarray, background: tuple[int, int, int]) -> Image.Image:
+    """RGB with the background one plain colour; a soft mask keeps the stone's anti-aliased edge."""
     pixels = np.asarray(image, dtype=np.float32)
     alpha = mask.astype(np.float32)[:, :, None] / 255.0
-    return Image.fromarray(np.clip(pixels * alpha + 0.5, 0, 255).astype(np.uint8), mode="RGB")
+    plain = np.asarray(background, dtype=np.float32)[None, None, :]
+    return Image.fromarray(np.clip(pixels * alpha + plain * (1 - alpha) + 0.5, 0, 255).astype(np.uint8), mode="RGB")
+
+
+def composite_on_black(image: Image.Image, mask: np.ndarray) -> Image.Image:
+    """RGB with the background black: what training on cut-outs sees."""
+    return composite_on(image, mask, (0, 0, 0))
 
 
 def mask_problem(mask: np.ndarray, min_foreground: float, max_foreground: float) -> tuple[float, str]:

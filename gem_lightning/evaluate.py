@@ -31,6 +31,7 @@ from gem_lightning.evaluation import Evaluation, evaluate_logits
 from gem_lightning.evaluation_report import write_evaluation_report
 from gem_lightning.image_dataset import GemImageDataset, evaluation_dataset
 from gem_lightning.predictor import Predictor, collect_logits
+from gem_lightning.shifted_photos import SHIFTS, build_shifted_folder
 from gem_lightning.shown_paths import shown_path
 
 log = logging.getLogger(__name__)
@@ -122,13 +123,25 @@ def evaluate_checkpoint(
     calibrate_first: bool = True,
     output_dir: str | Path | None = None,
     datamodule: GemDataModule | None = None,
+    shift: str | None = None,
+    shift_mask_model: str = "u2netp",
 ) -> EvaluationRun:
-    """Calibrate (optionally), evaluate and write the report; ``datamodule`` reuses a live one (train.py)."""
+    """Calibrate (optionally), evaluate and write the report; ``datamodule`` reuses a live one (train.py).
+
+    ``shift`` evaluates shifted copies of the split's photos instead (gem_lightning.shifted_photos).
+    """
     if split not in SPLITS:
         raise GemLightningError(f"split={split!r}: use one of {', '.join(SPLITS)} (or input=<labelled folder>)")
+    if shift is not None and input_folder is not None:
+        raise GemLightningError("shift= shifts the run's own split; give it without input=")
+    if shift is not None and shift not in SHIFTS:
+        raise GemLightningError(f"shift={shift!r}: use one of {', '.join(SHIFTS)}")
     model, checkpoint = predictor.model, predictor.checkpoint
     if datamodule is None and (calibrate_first or input_folder is None):
         datamodule = datamodule_of(model, checkpoint)
+    if shift is not None:
+        photos = [(Path(datamodule.root) / item.source, item.label) for item in datamodule.items if item.split == split]
+        input_folder = build_shifted_folder(photos, shift, predictor.cache_dir, shift_mask_model)
     options = {"batch_size": predictor.batch_size, "num_workers": predictor.num_workers, "progress": predictor.progress}
 
     calibration = None
@@ -156,6 +169,8 @@ def evaluate_checkpoint(
         folder = Path(input_folder)
         dataset, sources = _labelled_folder(predictor, folder, predictor.cache_dir)
         name, data = folder.resolve().name, f"labelled folder {folder}"
+        if shift is not None:
+            name, data = f"{split}-shift-{shift}", f"the {split} split of {datamodule.root}, shift={shift}"
     result, temperature = predictor.logits(predictor.member_datasets(dataset), description=f"evaluating {name}")
     evaluation = evaluate_logits(result, predictor.class_names, temperature)
     if predictor.averaging:
@@ -199,7 +214,8 @@ def run(cfg: DictConfig) -> int:
         progress=cfg.progress,
         tta=cfg.tta,
     )
-    print_evaluation(evaluate_checkpoint(predictor, cfg.split, cfg.input, cfg.calibrate, cfg.output_dir))
+    shift = {"shift": cfg.shift, "shift_mask_model": cfg.shift_mask_model}
+    print_evaluation(evaluate_checkpoint(predictor, cfg.split, cfg.input, cfg.calibrate, cfg.output_dir, **shift))
     return 0
 
 
