@@ -29,7 +29,7 @@ def test_each_group_has_the_options_the_design_names():
     assert {"none", "cosine", "warmup_cosine"} <= set(_options("scheduler"))
     assert {"default", "cpu", "gpu", "ddp"} <= set(_options("trainer"))
     assert {"tensorboard", "csv"} <= set(_options("logger"))
-    assert {"seed_report", "demo", "gpu_check"} <= set(_options("experiment"))
+    assert {"seed_report", "demo", "gpu_check", "best_cpu"} <= set(_options("experiment"))
 
 
 @pytest.mark.parametrize("option", _options("data"))

@@ -62,6 +62,7 @@ COMMAND_TESTS = {
     "python train.py model=efficientnet_lite0": "test_kaggle_pooled",
     "python train.py model=efficientnet_lite0 data.split=predefined": "test_kaggle_predefined",
     "python train.py model=efficientnet_lite0 data.root=/path/to/gemstones": "test_kaggle_elsewhere",
+    "python train.py experiment=best_cpu": "test_best_cpu",
     "python train.py experiment=seed_report": "test_seed_report_names_the_missing_weights",
     "python train.py model=resnet18 trainer.gpus=1": "test_gpus_1_says_what_is_missing",
     "export U2NET_HOME=../shared/models/u2net": "set-up: the environment of the three commands below it",
@@ -93,6 +94,11 @@ COMMAND_TESTS = {
     ),
     "python -m gem_lightning.evaluate ckpt=<checkpoint>": "test_evaluate_the_runs_test_split",
     "python -m gem_lightning.evaluate ckpt=<checkpoint> input=other_gems/ calibrate=false": "test_evaluate_a_folder",
+    "python -m gem_lightning.evaluate ckpt=<checkpoint> tta=dihedral": "test_evaluate_with_test_time_views",
+    "python -m gem_lightning.evaluate ckpt=<checkpoint> shift=small": "test_evaluate_small_photos",
+    "python -m gem_lightning.predict ckpt=[<checkpoint>,<other checkpoint>] input=my_photos/": (
+        "test_predict_with_an_ensemble"
+    ),
     "python -m gem_lightning.export ckpt=<checkpoint> input=my_photos/": "test_export",
     'pip install -e ".[web]"': "set-up: the web extra is part of the test extra .ci/run installs",
     "python -m gem_lightning.web ckpt=<checkpoint>": "test_web_page_serves",
@@ -400,7 +406,8 @@ def _kaggle_run(clone, command: str, **placeholders) -> dict:
     report = json.loads((run_dir / "data_report.json").read_text())
     metrics = json.loads((run_dir / "metrics.json").read_text())["metrics"]
     assert 0.0 < metrics["test/acc"] <= 1.0 and "test/ece_calibrated" in metrics
-    return {"report": report, "metrics": metrics}
+    best = json.loads((run_dir / "metrics.json").read_text())["best_checkpoint"]
+    return {"report": report, "metrics": metrics, "best_checkpoint": best}
 
 
 @needs_shared(GEMSTONES_DIR)
@@ -422,6 +429,17 @@ def test_kaggle_elsewhere(clone):
         "python train.py model=efficientnet_lite0 data.root=/path/to/gemstones",
         **{"/path/to/gemstones": str(GEMSTONES_DIR)},
     )
+
+
+@needs_shared(GEMSTONES_DIR)
+def test_best_cpu(clone):
+    run = _kaggle_run(clone, "python train.py experiment=best_cpu")
+    assert run["report"]["split"]["mode"] == "predefined"
+    checkpoint = torch.load(clone.root / run["best_checkpoint"], map_location="cpu", weights_only=True)
+    config = checkpoint["gem_lightning"]["config"]
+    assert config["scheduler"]["_target_"] == "gem_lightning.lr_schedules.warmup_cosine"
+    assert (config["model"]["backbone"], config["augment"]["name"]) == ("efficientnet_lite0", "colour_preserving")
+    assert {group["name"] for group in checkpoint["optimizer_states"][0]["param_groups"]} == {"backbone", "head"}
 
 
 def test_seed_report_names_the_missing_weights(clone):
@@ -695,6 +713,33 @@ def test_evaluate_a_folder(clone, demo, my_photos):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "on 6 images" in result.stdout
     assert (clone.root / _value(result.stdout, "report")).is_file()
+
+
+def test_evaluate_with_test_time_views(clone, demo):
+    command = "python -m gem_lightning.evaluate ckpt=<checkpoint> tta=dihedral"
+    result = clone.run(command, placeholders={"<checkpoint>": demo.checkpoint})
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = clone.root / _value(result.stdout, "report")
+    assert report == demo.run_dir / "evaluation" / "test-tta-dihedral" / "report.md"
+    assert re.search(r"^top-1 [01]\.\d{4}, top-5", result.stdout, re.MULTILINE)
+
+
+def test_evaluate_small_photos(clone, demo):
+    command = "python -m gem_lightning.evaluate ckpt=<checkpoint> shift=small"
+    result = clone.run(command, placeholders={"<checkpoint>": demo.checkpoint})
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = clone.root / _value(result.stdout, "report")
+    assert report == demo.run_dir / "evaluation" / "test-shift-small" / "report.md"
+    assert any((clone.root / "cache" / "shifted" / "small").rglob("*.png"))
+
+
+def test_predict_with_an_ensemble(clone, demo, my_photos):
+    result = clone.run(
+        "python -m gem_lightning.predict ckpt=[<checkpoint>,<other checkpoint>] input=my_photos/",
+        placeholders={"<checkpoint>": demo.checkpoint, "<other checkpoint>": demo.checkpoint.replace("best", "last")},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "temperature 1.000" in result.stdout  # each member's temperature is applied before averaging
 
 
 def test_export(clone, demo, my_photos):
