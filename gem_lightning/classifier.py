@@ -117,6 +117,8 @@ class GemClassifier(pl.LightningModule):
         self.example_input_array = torch.zeros(1, 3, image_size, image_size, dtype=torch.uint8)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.batch_mixer = batch_mixer(mixup_alpha, cutmix_alpha, num_classes)
+        if backbone_lr_scale < 0:
+            raise GemLightningError(f"model.backbone_lr_scale={backbone_lr_scale} must be 0 (frozen) or positive")
         # Keyed "<stage>_..." because ModuleDict keys may not shadow Module methods such as train().
         self.metrics = nn.ModuleDict({f"{s}_metrics": _stage_metrics(s, num_classes) for s in STAGES})
         self.losses = nn.ModuleDict({f"{s}_loss": MeanMetric() for s in STAGES})

@@ -94,8 +94,8 @@ COMMAND_TESTS = {
     ),
     "python -m gem_lightning.evaluate ckpt=<checkpoint>": "test_evaluate_the_runs_test_split",
     "python -m gem_lightning.evaluate ckpt=<checkpoint> input=other_gems/ calibrate=false": "test_evaluate_a_folder",
-    "python -m gem_lightning.evaluate ckpt=<checkpoint> tta=dihedral": "test_evaluate_with_test_time_views",
-    "python -m gem_lightning.evaluate ckpt=<checkpoint> shift=small": "test_evaluate_small_photos",
+    "python -m gem_lightning.evaluate ckpt=<checkpoint> tta=dihedral": "test_evaluate_with_views_or_shifted_photos",
+    "python -m gem_lightning.evaluate ckpt=<checkpoint> shift=small": "test_evaluate_with_views_or_shifted_photos",
     "python -m gem_lightning.predict ckpt=[<checkpoint>,<other checkpoint>] input=my_photos/": (
         "test_predict_with_an_ensemble"
     ),
@@ -715,22 +715,18 @@ def test_evaluate_a_folder(clone, demo, my_photos):
     assert (clone.root / _value(result.stdout, "report")).is_file()
 
 
-def test_evaluate_with_test_time_views(clone, demo):
-    command = "python -m gem_lightning.evaluate ckpt=<checkpoint> tta=dihedral"
-    result = clone.run(command, placeholders={"<checkpoint>": demo.checkpoint})
+@pytest.mark.parametrize(
+    ("option", "report_folder"), [("tta=dihedral", "test-tta-dihedral"), ("shift=small", "test-shift-small")]
+)
+def test_evaluate_with_views_or_shifted_photos(clone, demo, option, report_folder):
+    result = clone.run(
+        f"python -m gem_lightning.evaluate ckpt=<checkpoint> {option}", placeholders={"<checkpoint>": demo.checkpoint}
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    report = clone.root / _value(result.stdout, "report")
-    assert report == demo.run_dir / "evaluation" / "test-tta-dihedral" / "report.md"
+    assert clone.root / _value(result.stdout, "report") == demo.run_dir / "evaluation" / report_folder / "report.md"
     assert re.search(r"^top-1 [01]\.\d{4}, top-5", result.stdout, re.MULTILINE)
-
-
-def test_evaluate_small_photos(clone, demo):
-    command = "python -m gem_lightning.evaluate ckpt=<checkpoint> shift=small"
-    result = clone.run(command, placeholders={"<checkpoint>": demo.checkpoint})
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = clone.root / _value(result.stdout, "report")
-    assert report == demo.run_dir / "evaluation" / "test-shift-small" / "report.md"
-    assert any((clone.root / "cache" / "shifted" / "small").rglob("*.png"))
+    if option.startswith("shift="):
+        assert any((clone.root / "cache" / "shifted" / "small").rglob("*.png"))
 
 
 def test_predict_with_an_ensemble(clone, demo, my_photos):
