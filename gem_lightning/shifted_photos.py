@@ -50,6 +50,13 @@ SHIFTS: dict[str, Shift] = {
 }
 
 
+def shift_named(name: str) -> Shift:
+    """The shift ``shift=<name>`` means, or one GemLightningError listing the choices."""
+    if name not in SHIFTS:
+        raise GemLightningError(f"shift={name!r}: use one of {', '.join(SHIFTS)}")
+    return SHIFTS[name]
+
+
 def shifted_photo(image: Image.Image, shift: Shift, mask_backend: RembgBackend | None) -> Image.Image:
     """``image`` (RGB) after ``shift``: background first (on the full photo, as a mask needs), then size, JPEG."""
     if shift.background is not None:
@@ -68,9 +75,7 @@ def build_shifted_folder(
     photos: list[tuple[Path, str]], shift_name: str, cache_dir: Path, mask_model: str = "u2netp"
 ) -> Path:
     """The labelled folder of ``photos`` ((file, class) pairs) after shift ``shift_name``."""
-    if shift_name not in SHIFTS:
-        raise GemLightningError(f"shift={shift_name!r}: use one of {', '.join(SHIFTS)}")
-    shift = SHIFTS[shift_name]
+    shift = shift_named(shift_name)
     backend = RembgBackend(mask_model) if shift.background is not None else None
     if backend is not None:
         backend.check()  # a missing rembg model file: one line naming it, before any photo is read
