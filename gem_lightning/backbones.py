@@ -32,6 +32,18 @@ class Backbone:
     num_features: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    # The network's stages in input order, the stem first: what ``model.frozen_stages`` counts.
+    stages: list[nn.Module]
+
+
+def network_stages(network: nn.Module) -> list[nn.Module]:
+    """The stem, then each stage of ``network`` (a torchvision ResNet or a timm EfficientNet), input first.
+
+    The stem's convolution and BatchNorm form stage 0; then a ResNet's layer1..4, an EfficientNet's blocks.
+    """
+    if isinstance(network, models.ResNet):
+        return [nn.ModuleList([network.conv1, network.bn1]), *(getattr(network, f"layer{i}") for i in range(1, 5))]
+    return [nn.ModuleList([network.conv_stem, network.bn1]), *network.blocks]
 
 
 # The ImageNet weights each torchvision ResNet loads; tests point an entry at a file of their own.
@@ -150,4 +162,4 @@ def create_backbone(name: str, pretrained: bool = True, allow_download: bool = F
         num_features = network.num_features
         network.reset_classifier(0)
     mean, std = normalisation(name)
-    return Backbone(network, num_features, mean, std)
+    return Backbone(network, num_features, mean, std, network_stages(network))

@@ -64,6 +64,10 @@ class GemClassifier(pl.LightningModule):
     ``optimizer`` and ``scheduler`` are factories (Hydra ``_partial_`` configs) taking the parameters and
     the optimiser respectively. ``freeze_backbone_epochs`` trains only the head for that many epochs first
     (BatchNorm statistics frozen too), which protects pretrained features from a random head's gradients.
+    ``frozen_stages`` keeps the backbone's stem and first N stages as pretrained for the whole run (weights and
+    BatchNorm statistics, as mmdetection's ``frozen_stages``): nothing flows back through them, so a training
+    step costs less (about half for EfficientNet-Lite0 with 3 on a CPU), and generic edge and colour filters
+    are not refitted to a few dozen photos per class.
     ``head_only`` never trains the backbone: the data module then serves the backbone's features, computed
     once and cached on disk, instead of images (gem_lightning.backbone_features), so an epoch is a few
     matrix products. ``channels_last`` stores activations NHWC, the layout oneDNN and tensor cores are
@@ -84,6 +88,7 @@ class GemClassifier(pl.LightningModule):
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
         freeze_backbone_epochs: int = 0,
+        frozen_stages: int = 0,
         image_size: int = 224,
         augment_policy: str = "none",
         head_only: bool = False,
@@ -100,6 +105,14 @@ class GemClassifier(pl.LightningModule):
         num_classes = len(self.class_names)
         built = create_backbone(backbone, pretrained=pretrained, allow_download=allow_download)
         self.backbone = built.network
+        last_stage = len(built.stages) - 1
+        if not 0 <= frozen_stages <= last_stage:
+            raise GemLightningError(
+                f"model.frozen_stages={frozen_stages}: {backbone} has a stem and {last_stage} stages; "
+                f"use 0 (train all) to {last_stage}"
+            )
+        # A plain list, not a registered module: the stages' weights are already in the backbone's state dict.
+        self._fixed_stages = built.stages[: frozen_stages + 1] if frozen_stages else []
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(built.num_features, num_classes))
         self.mean, self.std = built.mean, built.std
         self.register_buffer("_mean", torch.tensor(built.mean).view(1, 3, 1, 1), persistent=False)
@@ -134,8 +147,7 @@ class GemClassifier(pl.LightningModule):
         # Weights in the activations' layout, so no convolution converts them on every call. Loading a
         # checkpoint copies into these tensors and keeps their layout.
         self.backbone.to(memory_format=self.memory_format)
-        if head_only:
-            self._set_backbone_frozen(True)
+        self._set_backbone_frozen(head_only)
 
     # -- forward -------------------------------------------------------------------------------------------
 
@@ -159,15 +171,22 @@ class GemClassifier(pl.LightningModule):
     def _set_backbone_frozen(self, frozen: bool) -> None:
         self._backbone_frozen = frozen
         self.backbone.requires_grad_(not frozen)
+        for stage in self._fixed_stages:  # model.frozen_stages: frozen whatever the warm-up says
+            stage.requires_grad_(False)
         if frozen:
             self.backbone.eval()
+        elif self.training:
+            # The end of a frozen warm-up: its BatchNorm statistics learn again from this epoch's first batch,
+            # not only after the epoch's validation switches the module back to training.
+            self.train()
 
     def train(self, mode: bool = True) -> GemClassifier:
         # Lightning switches the whole module back to train mode after every validation; keep a frozen
-        # backbone's BatchNorm statistics frozen all the same.
+        # backbone's (or frozen stages') BatchNorm statistics frozen all the same.
         super().train(mode)
-        if mode and self._backbone_frozen:
-            self.backbone.eval()
+        if mode:
+            for part in [self.backbone] if self._backbone_frozen else self._fixed_stages:
+                part.eval()
         return self
 
     def on_train_epoch_start(self) -> None:

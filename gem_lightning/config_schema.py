@@ -83,6 +83,7 @@ class ModelSchema:
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
     freeze_backbone_epochs: int = 0
+    frozen_stages: int = 0
     head_only: bool = False
     channels_last: bool = True
     compile: bool = False

@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from gem_lightning.classifier import GemClassifier
 from gem_lightning.file_hashing import file_sha256
 from tests.conftest import GEMSTONES_DIR, REPO_ROOT, SHARED_DIR, needs_shared
 
@@ -439,7 +440,15 @@ def test_best_cpu(clone):
     config = checkpoint["gem_lightning"]["config"]
     assert config["scheduler"]["_target_"] == "gem_lightning.lr_schedules.warmup_cosine"
     assert (config["model"]["backbone"], config["augment"]["name"]) == ("efficientnet_lite0", "colour_preserving")
-    assert {group["name"] for group in checkpoint["optimizer_states"][0]["param_groups"]} == {"backbone", "head"}
+    groups = checkpoint["optimizer_states"][0]["param_groups"]
+    assert {group["name"] for group in groups} == {"backbone", "head"}
+    # The stem and three stages stay as pretrained: the optimiser holds only what trains.
+    assert config["model"]["frozen_stages"] == 3
+    trainable = sum(len(group["params"]) for group in groups)
+    model = GemClassifier.from_checkpoint(clone.root / run["best_checkpoint"])
+    stem = [model.backbone.conv_stem, model.backbone.bn1]
+    frozen = [p for part in (*stem, *model.backbone.blocks[:3]) for p in part.parameters()]
+    assert trainable == len(list(model.parameters())) - len(frozen)
 
 
 def test_seed_report_names_the_missing_weights(clone):

@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch import Callback
 
 from gem_lightning.classifier import GemClassifier, batch_mixer
-from gem_lightning.errors import GemLightningError
+from gem_lightning.errors import GemLightningError, find_user_error
 from gem_lightning.training import train
 from tests.conftest import TINY_DEMO, compose_config
 
@@ -105,3 +105,35 @@ def test_the_colour_safe_policy_keeps_a_lemon_quartz_lemon(policy, keeps_colour,
     shifts = [abs(_mean_hue_of_the_stone(transform(stone)) - original) for _ in range(40)]
     # JPEG artefacts and blur move a small stone's mean hue by a few degrees; a hue jitter moves it by tens.
     assert (max(shifts) < 10) == keeps_colour, max(shifts)
+
+
+def test_frozen_stages_keep_the_stem_and_first_stages_as_they_were_for_the_whole_run(tmp_path):
+    # A frozen warm-up epoch first: unfreezing the backbone after it must leave the frozen stages frozen.
+    overrides = ["model.frozen_stages=2", "model.freeze_backbone_epochs=1", "trainer.max_epochs=2", "evaluate=false"]
+    before: dict[str, torch.Tensor] = {}
+
+    class RecordStart(Callback):
+        def on_fit_start(self, trainer, module):
+            before.update({k: v.clone() for k, v in module.state_dict().items()})
+
+    _, objects = train(compose_config([*TINY_DEMO, *overrides], tmp_path), extra_callbacks=[RecordStart()])
+    model, trainer = objects["model"], objects["trainer"]
+    # The last epoch's weights: the best may be the warm-up epoch, when no stage trained.
+    after = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    # The stem (conv1, bn1) and layer1..2 of ResNet-18: weights and BatchNorm statistics untouched.
+    stem_to_layer2 = ("backbone.conv1.", "backbone.bn1.", "backbone.layer1.", "backbone.layer2.")
+    fixed = [k for k in before if k.startswith(stem_to_layer2)]
+    assert fixed and all(torch.equal(before[k], after[k]) for k in fixed)
+    assert not torch.equal(before["backbone.layer3.0.conv1.weight"], after["backbone.layer3.0.conv1.weight"])
+    assert not torch.equal(before["backbone.layer3.0.bn1.running_mean"], after["backbone.layer3.0.bn1.running_mean"])
+    optimised = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
+    assert not any(id(p) in optimised for p in model.backbone.layer2.parameters())
+    assert all(id(p) in optimised for p in model.backbone.layer3.parameters())
+
+
+def test_frozen_stages_beyond_the_backbone_is_one_error(tmp_path):
+    cfg = compose_config([*TINY_DEMO, "model.frozen_stages=5"], tmp_path)
+    with pytest.raises(Exception) as raised:
+        hydra.utils.instantiate(cfg.model, class_names=list("abcd"))
+    expected = "model.frozen_stages=5: resnet18 has a stem and 4 stages; use 0 (train all) to 4"
+    assert str(find_user_error(raised.value)) == expected
