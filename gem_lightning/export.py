@@ -6,9 +6,13 @@ logits divided by the stored temperature); normalisation is inside, so a runtime
 constants. Class names, image size and temperature travel inside each file (ONNX metadata, a TorchScript
 extra file) and in ``model.json`` beside them.
 
-Each file is checked against the PyTorch model before it is kept: onnxruntime (and the TorchScript module)
-must reproduce the probabilities within ``tolerance`` (1e-4) on batches of two sizes, which also proves the
-batch dimension is dynamic.
+An ensemble (``ckpt=[a,b]``) or test-time views (``tta=flip|quarter_turns|dihedral``) export as one network that
+does what the predictor does: each member's logits of each view divided by that member's temperature, made
+probabilities and averaged; its ``logits`` output is the log of that mean. Members must share the image size.
+
+Each file is checked against the one inference loop (``Predictor.predict_tensor``) before it is kept:
+onnxruntime (and the TorchScript module) must reproduce its probabilities within ``tolerance`` (1e-4) on
+batches of two sizes, which also proves the batch dimension is dynamic.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from gem_lightning.command_line import run_command
 from gem_lightning.errors import GemLightningError
 from gem_lightning.evaluate import run_dir_of
 from gem_lightning.image_dataset import evaluation_dataset
-from gem_lightning.predictor import find_images, usable_images
+from gem_lightning.predictor import TTA_VIEWS, Predictor, find_images, usable_images
 
 log = logging.getLogger(__name__)
 
@@ -54,20 +58,45 @@ class ExportableClassifier(nn.Module):
         return logits, (logits / self.temperature).softmax(-1)
 
 
-def metadata(model: GemClassifier) -> dict:
+class ExportableEnsemble(nn.Module):
+    """Several classifiers and/or test-time views as one network: the mean of every member's calibrated
+    probabilities over every view, as ``predictor.averaged_probabilities`` computes it; logits are its log."""
+
+    def __init__(self, models: list[GemClassifier], tta: str):
+        super().__init__()
+        self.members = nn.ModuleList(ExportableClassifier(model) for model in models)
+        self.views = TTA_VIEWS[tta]
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        probabilities = torch.stack(
+            [member(view(images))[1] for member in self.members for view in self.views], dim=1
+        ).mean(dim=1)
+        return probabilities.clamp_min(torch.finfo(probabilities.dtype).tiny).log(), probabilities
+
+
+def metadata(predictor: Predictor) -> dict:
+    model = predictor.model
     size = int(model.hparams.image_size)
     return {
         "class_names": model.class_names,
         "image_size": size,
-        "temperature": float(model.temperature),
+        # Divides the logits output before its softmax; 1 where each member's own was applied before averaging.
+        "temperature": float(model.temperature) if not predictor.averaging else 1.0,
+        "members": [
+            {"checkpoint": path.name, "temperature": float(member.temperature)}
+            for path, member in zip(predictor.checkpoints, predictor.models, strict=True)
+        ],
+        "tta": predictor.tta,
         "input": {"name": "images", "dtype": "uint8", "shape": ["batch", 3, size, size], "layout": "RGB, 0-255"},
         "outputs": ["logits", "probabilities"],
+        # An ensemble's or several views' logits output is the log of the averaged calibrated probabilities.
+        "logits": "log of the averaged calibrated probabilities" if predictor.averaging else "the model's logits",
         "preprocessing": f"upright RGB, shorter side resized to {size} (antialiased), centre crop {size}x{size}",
         "background": (model.run_config or {}).get("background"),
     }
 
 
-def export_onnx(network: ExportableClassifier, example: torch.Tensor, path: Path, info: dict) -> None:
+def export_onnx(network: nn.Module, example: torch.Tensor, path: Path, info: dict) -> None:
     import onnx
 
     with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
@@ -89,7 +118,7 @@ def export_onnx(network: ExportableClassifier, example: torch.Tensor, path: Path
         draft.replace(path)  # the finished file appears in one step
 
 
-def export_torchscript(network: ExportableClassifier, example: torch.Tensor, path: Path, info: dict) -> None:
+def export_torchscript(network: nn.Module, example: torch.Tensor, path: Path, info: dict) -> None:
     traced = torch.jit.trace(network, example)
     with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
         draft = Path(scratch) / path.name
@@ -134,43 +163,61 @@ def check_images(model: GemClassifier, files: list[Path] | None, count: int = 8)
     return torch.randint(0, 256, (count, 3, size, size), dtype=torch.uint8, generator=generator)
 
 
-def check_parity(model: GemClassifier, path: Path, fmt: str, images: torch.Tensor) -> ParityCheck:
-    """Compare the exported file with the PyTorch model on one image and on the whole batch."""
+def check_parity(predictor: Predictor, path: Path, fmt: str, images: torch.Tensor) -> ParityCheck:
+    """Compare the exported file with the one inference loop on one image and on the whole batch."""
     run = onnx_probabilities if fmt == "onnx" else torchscript_probabilities
     worst = 0.0
     sizes = (1, len(images)) if len(images) > 1 else (1,)
     for size in sizes:
         batch = images[:size]
-        with torch.inference_mode():
-            expected = model.probabilities(batch)
+        expected = predictor.predict_tensor(batch)
         worst = max(worst, float((run(path, batch) - expected).abs().max()))
     return ParityCheck(path, sizes, worst)
 
 
+def exportable_network(predictor: Predictor) -> nn.Module:
+    """One network computing what ``predictor`` predicts for a batch (one shared image size)."""
+    sizes = {int(model.hparams.image_size) for model in predictor.models}
+    if len(sizes) > 1:
+        raise GemLightningError(
+            f"ckpt: the members take {' and '.join(map(str, sorted(sizes)))} px images; one exported file takes one "
+            "size, so export members of one image size (the predictor and evaluate take mixed sizes)"
+        )
+    if not predictor.averaging:
+        return ExportableClassifier(predictor.model).eval()
+    return ExportableEnsemble(predictor.models, predictor.tta).eval()
+
+
 def export_checkpoint(
-    checkpoint: Path,
+    checkpoint: Path | list[Path],
     output_dir: Path | None = None,
     formats: tuple[str, ...] = FORMATS,
     check_files: list[Path] | None = None,
     tolerance: float = 1e-4,
+    tta: str = "none",
 ) -> list[ParityCheck]:
-    """Export ``checkpoint`` in ``formats`` and check each file; raises if one differs beyond ``tolerance``."""
+    """Export ``checkpoint`` (or an ensemble, a list) with test-time views ``tta`` in ``formats`` and check each
+    file; raises if one differs beyond ``tolerance``."""
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown or not formats:
         raise GemLightningError(f"formats={list(formats)}: choose from {', '.join(FORMATS)}")
-    model = GemClassifier.from_checkpoint(checkpoint)
-    output_dir = Path(output_dir) if output_dir else run_dir_of(checkpoint) / "export"
+    predictor = Predictor(checkpoint, device="cpu", progress=False, tta=tta)
+    network = exportable_network(predictor)
+    if not output_dir:
+        members = f"-ensemble{len(predictor.models)}" if len(predictor.models) > 1 else ""
+        views = f"-tta-{tta}" if tta != "none" else ""
+        output_dir = run_dir_of(predictor.checkpoint) / f"export{members}{views}"
+    output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    network = ExportableClassifier(model).eval()
-    info = metadata(model)
-    images = check_images(model, check_files)
+    info = metadata(predictor)
+    images = check_images(predictor.model, check_files)
     # Batch 2 for tracing: batch 1 would let the exporter treat the batch size as a constant.
     example = images[:2] if len(images) >= 2 else images.repeat(2, 1, 1, 1)
     checks = []
     for fmt in formats:
         path = output_dir / FILE_NAMES[fmt]
         (export_onnx if fmt == "onnx" else export_torchscript)(network, example, path, info)
-        check = check_parity(model, path, fmt, images)
+        check = check_parity(predictor, path, fmt, images)
         checks.append(check)
         if not check.passed(tolerance):
             path.unlink()
@@ -183,7 +230,8 @@ def export_checkpoint(
 
 def run(cfg: DictConfig) -> int:
     files = find_images(cfg.input) if cfg.input else None
-    checks = export_checkpoint(cfg.ckpt, cfg.output_dir, tuple(cfg.formats), files, cfg.tolerance)
+    checkpoint = cfg.ckpt if isinstance(cfg.ckpt, str) else list(cfg.ckpt)
+    checks = export_checkpoint(checkpoint, cfg.output_dir, tuple(cfg.formats), files, cfg.tolerance, cfg.tta)
     for check in checks:
         print(
             f"{check.file}: probabilities match PyTorch within {check.max_abs_difference:.2e} "

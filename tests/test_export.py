@@ -12,6 +12,7 @@ from gem_lightning import export
 from gem_lightning.classifier import GemClassifier
 from gem_lightning.errors import GemLightningError
 from gem_lightning.export import check_images, onnx_probabilities, torchscript_probabilities
+from gem_lightning.predictor import Predictor
 
 
 def test_exports_match_pytorch_on_real_images_at_any_batch_size(trained_demo_run, tmp_path, capsys):
@@ -49,3 +50,44 @@ def test_exports_match_pytorch_on_real_images_at_any_batch_size(trained_demo_run
 def test_an_unknown_format_is_refused(trained_demo_run, tmp_path):
     with pytest.raises(GemLightningError, match="choose from onnx, torchscript"):
         export.export_checkpoint(trained_demo_run.checkpoint, tmp_path, formats=("tflite",))
+
+
+def _other_member(checkpoint, path, **hyper_parameters):
+    """A copy of ``checkpoint`` with a nudged head (another ensemble member) and, optionally, other settings."""
+    state = torch.load(checkpoint, weights_only=True)
+    generator = torch.Generator().manual_seed(1)
+    weight = state["state_dict"]["head.1.weight"]
+    state["state_dict"]["head.1.weight"] = weight + 0.5 * torch.randn(weight.shape, generator=generator)
+    state["hyper_parameters"].update(hyper_parameters)
+    state["gem_lightning"].update(hyper_parameters)
+    torch.save(state, path)
+    return path
+
+
+def test_an_ensemble_with_test_time_views_exports_as_the_predictor_predicts(trained_demo_run, tmp_path, capsys):
+    run = trained_demo_run
+    members = [str(run.checkpoint), str(_other_member(run.checkpoint, tmp_path / "other.ckpt"))]
+    assert export.main([f"ckpt=[{','.join(members)}]", "tta=dihedral", "formats=[onnx]"]) == 0
+    assert "probabilities match PyTorch" in capsys.readouterr().out
+    out = run.run_dir / "export-ensemble2-tta-dihedral"  # beside the single model's export/, not over it
+
+    images = _batch(run, 5)
+    expected = Predictor(members, progress=False, tta="dihedral").predict_tensor(images)
+    got = onnx_probabilities(out / "model.onnx", images)
+    assert float((got - expected).abs().max()) < 1e-4
+    single = Predictor(members[0], progress=False).predict_tensor(images)
+    assert float((got - single).abs().max()) > 1e-3  # the members and views do count
+    info = json.loads((out / "model.json").read_text())
+    assert info["tta"] == "dihedral" and [m["checkpoint"] for m in info["members"]] == ["best.ckpt", "other.ckpt"]
+    assert info["temperature"] == 1.0
+
+
+def test_members_of_two_image_sizes_are_one_error(trained_demo_run, tmp_path):
+    other = _other_member(trained_demo_run.checkpoint, tmp_path / "larger.ckpt", image_size=48)
+    with pytest.raises(GemLightningError, match="the members take 32 and 48 px images; one exported file takes one"):
+        export.export_checkpoint([trained_demo_run.checkpoint, other], tmp_path / "out")
+
+
+def _batch(run, count: int) -> torch.Tensor:
+    dataset = run.datamodule.datasets["test"]
+    return torch.stack([dataset[i][0] for i in range(count)])
