@@ -3,6 +3,9 @@
 Each filter names the one message it drops and why, so a new warning from the same library still shows:
 - Lightning's "💡 Tip: ... litlogger" advertisement, printed at every Trainer start;
 - Lightning's own use of torch's deprecated ``LeafSpec`` (a warning about Lightning's code, not ours);
+- Lightning's "Found N module(s) in eval mode at the start of training": the classifier puts exactly its frozen
+  parts (``model.frozen_stages``, a frozen warm-up, ``head_only``) in eval mode on purpose, to keep their
+  BatchNorm statistics, and it is the only LightningModule these entry points train;
 - onnx_ir's INFO lines while torch.onnx exports (13 per export);
 - torch.jit.trace's FutureWarning that TorchScript is deprecated: README.md says so once, and the export
   still checks the file it writes.
@@ -26,6 +29,7 @@ def silence_library_noise() -> None:
         if not any(isinstance(f, _DropTips) for f in logger.filters):
             logger.addFilter(_DropTips())
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
     warnings.filterwarnings("ignore", message=r".*TorchScript.*deprecated", category=DeprecationWarning)
     logging.getLogger("onnx_ir").setLevel(logging.WARNING)

@@ -408,7 +408,7 @@ def _kaggle_run(clone, command: str, **placeholders) -> dict:
     metrics = json.loads((run_dir / "metrics.json").read_text())["metrics"]
     assert 0.0 < metrics["test/acc"] <= 1.0 and "test/ece_calibrated" in metrics
     best = json.loads((run_dir / "metrics.json").read_text())["best_checkpoint"]
-    return {"report": report, "metrics": metrics, "best_checkpoint": best}
+    return {"report": report, "metrics": metrics, "best_checkpoint": best, "output": result.stdout + result.stderr}
 
 
 @needs_shared(GEMSTONES_DIR)
@@ -444,6 +444,7 @@ def test_best_cpu(clone):
     assert {group["name"] for group in groups} == {"backbone", "head"}
     # The stem and three stages stay as pretrained: the optimiser holds only what trains.
     assert config["model"]["frozen_stages"] == 3
+    assert "in eval mode at the start of training" not in run["output"]  # frozen on purpose: no warning
     trainable = sum(len(group["params"]) for group in groups)
     model = GemClassifier.from_checkpoint(clone.root / run["best_checkpoint"])
     stem = [model.backbone.conv_stem, model.backbone.bn1]
