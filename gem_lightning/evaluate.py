@@ -173,10 +173,7 @@ def evaluate_checkpoint(
             name, data = f"{split}-shift-{shift}", f"the {split} split of {datamodule.root}, shift={shift}"
     result, temperature = predictor.logits(predictor.member_datasets(dataset), description=f"evaluating {name}")
     evaluation = evaluate_logits(result, predictor.class_names, temperature)
-    if predictor.averaging:
-        # Beside the single checkpoint's report, not over it.
-        members = f"-ensemble{len(predictor.models)}" if len(predictor.models) > 1 else ""
-        name += members + (f"-tta-{predictor.tta}" if predictor.tta != "none" else "")
+    name += predictor.folder_suffix
     folder = Path(output_dir) if output_dir else run_dir_of(checkpoint) / "evaluation" / name
     context = {
         "title": f"{predictor.describe_model()} on {data}",

@@ -203,11 +203,8 @@ def export_checkpoint(
         raise GemLightningError(f"formats={list(formats)}: choose from {', '.join(FORMATS)}")
     predictor = Predictor(checkpoint, device="cpu", progress=False, tta=tta)
     network = exportable_network(predictor)
-    if not output_dir:
-        members = f"-ensemble{len(predictor.models)}" if len(predictor.models) > 1 else ""
-        views = f"-tta-{tta}" if tta != "none" else ""
-        output_dir = run_dir_of(predictor.checkpoint) / f"export{members}{views}"
-    output_dir = Path(output_dir)
+    default_dir = run_dir_of(predictor.checkpoint) / f"export{predictor.folder_suffix}"
+    output_dir = Path(output_dir) if output_dir else default_dir
     output_dir.mkdir(parents=True, exist_ok=True)
     info = metadata(predictor)
     images = check_images(predictor.model, check_files)

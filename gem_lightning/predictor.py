@@ -266,6 +266,13 @@ class Predictor:
         return len(self.models) > 1 or self.tta != "none"
 
     @property
+    def folder_suffix(self) -> str:
+        """``-ensemble3-tta-dihedral``: what a report or export folder adds so that an averaged prediction sits
+        beside the single checkpoint's, not over it ("" for one checkpoint without views)."""
+        members = f"-ensemble{len(self.models)}" if len(self.models) > 1 else ""
+        return members + (f"-tta-{self.tta}" if self.tta != "none" else "")
+
+    @property
     def temperature(self) -> float:
         """The temperature applied to the final logits: the model's own, or 1 where each member's was applied
         before averaging."""
