@@ -46,12 +46,14 @@ class RembgBackend:
 
     name = "rembg"
 
-    def __init__(self, model: str = "u2net"):
+    def __init__(self, model: str = "u2net", setting: str = "background.backend.model"):
+        # ``setting``: the config key that chose the model, which the errors name (background_swap uses one too).
         if model not in REMBG_MODELS:
             raise GemLightningError(
-                f"background.backend.model={model!r} is not a local rembg model; use one of {', '.join(REMBG_MODELS)}"
+                f"{setting}={model!r} is not a local rembg model; use one of {', '.join(REMBG_MODELS)}"
             )
         self.model = model
+        self.setting = setting
         self._session = None
 
     def settings(self) -> dict:
@@ -74,11 +76,16 @@ class RembgBackend:
             session_class = self._session_class()
             home = Path(session_class.legacy_home())
             nested = Path(session_class.model_dir())
+            instead = (
+                ", or use background=grabcut, which needs no model"
+                if self.setting == "background.backend.model"
+                else f", or choose another model with {self.setting}="
+            )
             raise GemLightningError(
                 f"rembg model file {self.model}.onnx not found: looked for {home / (self.model + '.onnx')} and "
                 f"{nested / (self.model + '.onnx')}. Nothing is downloaded at run time: put the file there, or set "
                 f"U2NET_HOME to the folder that holds it (this repo's CI: U2NET_HOME=../shared/models/u2net with "
-                f"background.backend.model=u2netp), or use background=grabcut, which needs no model."
+                f"{self.setting}=u2netp){instead}."
             )
 
     def load(self, threads: int) -> None:
@@ -105,7 +112,7 @@ class RembgBackend:
 
     def __getstate__(self) -> dict:
         # Sent to worker processes as settings; each worker builds its own session.
-        return {"model": self.model, "_session": None}
+        return {"model": self.model, "setting": self.setting, "_session": None}
 
 
 class GrabCutBackend:

@@ -65,6 +65,7 @@ class DataSchema:
     augment_policy: str = "none"
     demo: Any = None
     background: Any = None
+    background_swap: Any = None
     near_duplicate_threshold: float | None = 0.01
     label_conflicts: ConflictPolicy = ConflictPolicy.drop
     cache_images: bool = True

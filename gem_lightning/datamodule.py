@@ -3,7 +3,8 @@
 Preparation (``prepare_data``): scan every file once, group exact and near-duplicates, split so that no
 duplicate group straddles two splits, cut backgrounds out if ``background`` says so (cached by content),
 write the split manifest and the data report, and decode every image once into uint8 arrays
-(``image_arrays``) that the loaders memory-map. Nothing under the data root is ever written to.
+(``image_arrays``) that the loaders memory-map, with ``background_swap`` each photo's rembg mask too.
+Nothing under the data root is ever written to.
 
 Batches stay uint8 (N, 3, H, W) all the way to the model, which converts and normalises them itself with
 its backbone's mean and std: a quarter of the bytes to copy to a GPU, and normalisation that can never
@@ -25,13 +26,14 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from gem_lightning.atomic_files import folder_is_writable
 from gem_lightning.backbone_features import backbone_features
+from gem_lightning.background_swap import BackgroundSwap
 from gem_lightning.config_schema import AugmentPlace, enum_value
 from gem_lightning.data_report import REPORT_NAME, TrainingItem, build_report, write_report
 from gem_lightning.dataset_scan import DatasetScan, discover_classes, scan_dataset
 from gem_lightning.demo_data import DemoGemSet
 from gem_lightning.duplicate_groups import DEFAULT_THRESHOLD, find_duplicate_groups
 from gem_lightning.errors import GemLightningError
-from gem_lightning.image_arrays import build_image_array, stored_side
+from gem_lightning.image_arrays import build_image_array, build_mask_array, stored_side
 from gem_lightning.image_dataset import GemImageDataset, collate_batch
 from gem_lightning.prepared_images import BackgroundRemoval, SourceImage
 from gem_lightning.splits import SplitPlan, manifest_path, plan_splits, render_manifest, write_manifest
@@ -88,6 +90,7 @@ class GemDataModule(pl.LightningDataModule):
         max_classes: int | None = None,
         min_images_per_class: int = 1,
         background: BackgroundRemoval | None = None,
+        background_swap: BackgroundSwap | None = None,
         near_duplicate_threshold: float | None = DEFAULT_THRESHOLD,
         label_conflicts: str = "drop",
         cache_images: bool = True,
@@ -121,6 +124,7 @@ class GemDataModule(pl.LightningDataModule):
         self.max_classes = max_classes
         self.min_images_per_class = min_images_per_class
         self.background = background if background is not None and background.enabled else None
+        self.background_swap = background_swap if background_swap is not None and background_swap.enabled else None
         self.near_duplicate_threshold = near_duplicate_threshold
         self.label_conflicts = enum_value(label_conflicts)
         self.cache_images = cache_images
@@ -129,6 +133,8 @@ class GemDataModule(pl.LightningDataModule):
         # without augmentation), and at 9/7 of it for augmentation to crop and rotate.
         self.eval_array: Path | None = None
         self.train_array: Path | None = None
+        # Row i: the rembg mask of self.items[i]'s training square, when background_swap is on.
+        self.mask_array: Path | None = None
         self.augment_on_device = False
         self.feature_datasets: dict[str, TensorDataset] | None = None  # head-only training (model.head_only)
         self.scan: DatasetScan | None = None
@@ -168,6 +174,8 @@ class GemDataModule(pl.LightningDataModule):
             discover_classes(self.root)
         if self.background is not None:
             self.background.check()
+        if self.background_swap is not None:
+            self.background_swap.mask_backend.check()
 
     def _prepare(self) -> list[TrainingItem]:
         """Everything before training, once per data module.
@@ -216,6 +224,10 @@ class GemDataModule(pl.LightningDataModule):
             if self.augmented:
                 side = stored_side(self.image_size)
                 self.train_array = build_image_array(files, side, self.cache_dir, self.num_workers)
+        if self.background_swap is not None:
+            files = [item.image_file for item in items]
+            side = self.training_side
+            self.mask_array = build_mask_array(files, side, self.cache_dir, self.background_swap.mask_backend)
 
         settings = {
             "mode": self.split,
@@ -307,6 +319,7 @@ class GemDataModule(pl.LightningDataModule):
                 side, array = stored_side(self.image_size), self.train_array
             else:
                 transform, side, array = None, self.image_size, self.eval_array
+            swap = self.background_swap if name == "train" else None
             self.datasets[name] = GemImageDataset(
                 [(item.image_file, index_of[item.label]) for _, item in chosen],
                 transform,
@@ -314,7 +327,11 @@ class GemDataModule(pl.LightningDataModule):
                 leaked=[item.leaked for _, item in chosen] if name == "test" else None,
                 array=array,
                 rows=[row for row, _ in chosen],
+                masks=self.mask_array if swap is not None else None,
+                background_swap=swap,
             )
+        if self.background_swap is not None:
+            log.info("background swap: %s", self.background_swap.describe())
         log.info(
             "%d classes; train %d, val %d, test %d images (%d test image(s) marked leaked; split=%s, seed %d, "
             "%s); manifest %s; report %s",
@@ -329,6 +346,11 @@ class GemDataModule(pl.LightningDataModule):
             self.manifest_file,
             self.report_file,
         )
+
+    @property
+    def training_side(self) -> int:
+        """Side of the squares the training split is read at: larger ones for augmentation to cut into."""
+        return stored_side(self.image_size) if self.augmented else self.image_size
 
     # -- what the model needs to know ----------------------------------------------------------------------
 
@@ -361,6 +383,10 @@ class GemDataModule(pl.LightningDataModule):
             log.warning(
                 "model.head_only=true trains on features of the unaugmented images: augment=%s is not applied",
                 self.augment_policy,
+            )
+        if self.background_swap is not None:
+            log.warning(
+                "model.head_only=true trains on features of the photos as they are: background_swap is not applied"
             )
         every_image = GemImageDataset(
             [(item.image_file, 0) for item in self.items],

@@ -9,6 +9,9 @@ resizing uint8 images, as the augmentation's crops do: 7,000 against 4,200 image
 here). A data module keeps two arrays: squares at the model's input size for evaluation, and larger ones
 for augmentation to cut into.
 
+``build_mask_array`` keeps, beside the training array, the rembg mask of each of its squares
+(``<same name>-mask-<model>.npy``, (N, side, side)) for ``background_swap``; it is built the same way.
+
 The key hashes each file's path, size and modification time with the side and format, so a changed photo
 or cut-out makes a new array. Building goes through ``*.partial.npy`` with a progress record rewritten
 (atomically) every few hundred rows, under a lock: an interrupted build resumes where it stopped, and a
@@ -22,15 +25,17 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from gem_lightning.atomic_files import write_text_atomically
+from gem_lightning.background_removal import RembgBackend
 from gem_lightning.errors import GemLightningError
 from gem_lightning.file_locks import exclusive_lock
 from gem_lightning.image_files import load_rgb
@@ -70,8 +75,9 @@ def array_file(files: Sequence[Path], side: int, cache_dir: Path) -> Path:
 
 
 class _Decoder(Dataset):
-    """Rows ``start..`` of the array, decoded in loader processes; a failure is returned, not raised, so the
-    error names the file in one line instead of arriving wrapped in a worker traceback."""
+    """Rows ``start..`` of the array, decoded in loader processes as (row, uint8 HWC array, None); a failure is
+    returned, not raised, so the error names the file in one line instead of arriving wrapped in a worker
+    traceback."""
 
     def __init__(self, files: Sequence[Path], side: int, start: int):
         self.files, self.side, self.start = list(files), side, start
@@ -79,12 +85,28 @@ class _Decoder(Dataset):
     def __len__(self) -> int:
         return len(self.files) - self.start
 
-    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
+    def row(self, index: int) -> np.ndarray:
+        return stored_image(self.files[index], self.side).permute(1, 2, 0).numpy()
+
+    def __getitem__(self, index: int) -> tuple[int, np.ndarray | None, str | None]:
         row = self.start + index
         try:
-            return row, stored_image(self.files[row], self.side), None
+            return row, self.row(row), None
         except Exception as error:  # reported with the file's name by the builder
             return row, None, f"{type(error).__name__}: {error}"
+
+
+class _Masker(_Decoder):
+    """Rows ``start..`` of a mask array: the rembg mask (uint8, S x S) of each file's stored square, the very
+    square training augments, so mask and photo line up pixel for pixel."""
+
+    def __init__(self, files: Sequence[Path], side: int, start: int, backend: RembgBackend):
+        super().__init__(files, side, start)
+        self.backend = backend
+
+    def row(self, index: int) -> np.ndarray:
+        square = Image.fromarray(super().row(index), mode="RGB")
+        return self.backend.mask(square)
 
 
 def _as_list(batch: list) -> list:
@@ -95,12 +117,55 @@ def build_image_array(
     files: Sequence[Path], side: int, cache_dir: Path, num_workers: int = 0, progress: bool = True
 ) -> Path:
     """Decode ``files`` once into their array file (resuming a partial one) and return its path."""
-    final = array_file(files, side, cache_dir)
+    return _build_rows(
+        array_file(files, side, cache_dir),
+        (len(files), side, side, 3),
+        lambda start: _Decoder(files, side, start),
+        num_workers,
+        progress,
+        f"decoding images once ({side} px)",
+    )
+
+
+def mask_array_file(files: Sequence[Path], side: int, cache_dir: Path, mask_model: str) -> Path:
+    """Where the masks of ``files``' stored squares at ``side`` by rembg ``mask_model`` live."""
+    images = array_file(files, side, cache_dir)
+    return images.with_name(f"{images.stem}-mask-{mask_model}.npy")
+
+
+def build_mask_array(
+    files: Sequence[Path], side: int, cache_dir: Path, backend: RembgBackend, progress: bool = True
+) -> Path:
+    """Compute the rembg mask of each file's stored square once, into an (N, side, side) uint8 array file
+    (row i for ``files[i]``, resumable as image arrays are), and return its path. The model runs in this
+    process on every core: onnxruntime parallelises one image better than loader processes would share it."""
+    final = mask_array_file(files, side, cache_dir, backend.model)
+    if not final.is_file():
+        backend.load(threads=os.cpu_count() or 1)
+    return _build_rows(
+        final,
+        (len(files), side, side),
+        lambda start: _Masker(files, side, start, backend),
+        0,
+        progress,
+        f"finding the stone in each photo once (rembg {backend.model}, {side} px)",
+    )
+
+
+def _build_rows(
+    final: Path,
+    shape: tuple[int, ...],
+    rows_from: Callable[[int], _Decoder],
+    num_workers: int,
+    progress: bool,
+    what: str,
+) -> Path:
+    """Write the uint8 array ``final`` of ``shape`` row by row from ``rows_from(first row to do)``: through
+    ``*.partial.npy`` with a progress record, under a lock, renamed into place when complete."""
     if final.is_file():
         return final
     partial = final.with_suffix(".partial.npy")
     record = final.with_suffix(".progress.json")
-    shape = (len(files), side, side, 3)
     with exclusive_lock(final.with_suffix(".lock")):
         if final.is_file():  # built by another process while this one waited
             return final
@@ -117,26 +182,25 @@ def build_image_array(
             partial.unlink(missing_ok=True)
             rows = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=shape)
         else:
-            log.info("resuming %s: %d of %d images already decoded", partial.name, done, len(files))
-        _fill(rows, files, side, done, record, num_workers, progress)
+            log.info("resuming %s: %d of %d rows already done", partial.name, done, shape[0])
+        _fill(rows, rows_from(done), done, record, num_workers, progress, what)
         rows.flush()
         del rows
         os.replace(partial, final)
         record.unlink(missing_ok=True)
-    log.info("cached %d images at %d px in %s (%.0f MB)", len(files), side, final, final.stat().st_size / 1e6)
+    log.info("cached %d rows (%s) in %s (%.0f MB)", shape[0], what, final, final.stat().st_size / 1e6)
     return final
 
 
 def _fill(
-    rows: np.ndarray, files: Sequence[Path], side: int, done: int, record: Path, num_workers: int, progress: bool
+    rows: np.ndarray, source: _Decoder, done: int, record: Path, num_workers: int, progress: bool, what: str
 ) -> None:
-    decoder = _Decoder(files, side, done)
-    if len(decoder) == 0:
+    if len(source) == 0:
         return
     # Its own generator: drawing the loader's seed from the global one would make a run's initial weights
     # and shuffling depend on whether the cache existed.
     loader = DataLoader(
-        decoder,
+        source,
         batch_size=min(32, ROWS_PER_RECORD),
         num_workers=num_workers,
         collate_fn=_as_list,
@@ -144,15 +208,15 @@ def _fill(
     )
     since_record = 0
     with progress_with_eta(progress) as bar:
-        task = bar.add_task(f"decoding images once ({side} px)", total=len(files), completed=done)
+        task = bar.add_task(what, total=len(rows), completed=done)
         for batch in loader:
-            for row, image, error in batch:
+            for row, value, error in batch:
                 if error is not None:
                     raise GemLightningError(
-                        f"cannot decode {files[row]} while caching images: {error}. If the file changed since "
-                        "the data folder was scanned, run again (it is rescanned); otherwise remove the file"
+                        f"cannot decode {source.files[row]} while caching images: {error}. If the file changed "
+                        "since the data folder was scanned, run again (it is rescanned); otherwise remove the file"
                     )
-                rows[row] = image.permute(1, 2, 0).numpy()
+                rows[row] = value
             since_record += len(batch)
             bar.advance(task, len(batch))
             if since_record >= ROWS_PER_RECORD:

@@ -35,7 +35,9 @@ class GemImageDataset(Dataset):
 
     Each image starts as its stored square (``stored_image``): read from the memory-mapped ``array`` at its
     row when the data module cached one, else decoded from its file; the two are the same tensor (tested).
-    ``transform`` (the augmentation policy, random per image) follows; None leaves the square as it is.
+    ``background_swap`` (training only; ``background_swap.BackgroundSwap``) may first replace its background,
+    using row ``rows[i]`` of the ``masks`` array; ``transform`` (the augmentation policy, random per image)
+    follows; None leaves the square as it is.
     Loaders over it must use ``collate_batch`` (they fetch whole batches through ``__getitems__``).
     """
 
@@ -47,6 +49,8 @@ class GemImageDataset(Dataset):
         leaked: list[bool] | None = None,
         array: Path | None = None,
         rows: list[int] | None = None,
+        masks: Path | None = None,
+        background_swap: Callable | None = None,
     ):
         self.items = files
         self.transform = transform
@@ -54,11 +58,17 @@ class GemImageDataset(Dataset):
         self.leaked = leaked
         self.array = array
         self.rows = rows
-        self._rows_view: np.ndarray | None = None  # the memory map, opened in each process that reads
+        self.masks = masks
+        self.background_swap = background_swap
+        if background_swap is not None and (masks is None or rows is None):
+            raise ValueError("a background swap needs the mask array and each image's row in it")
+        # The memory maps, opened in each process that reads.
+        self._rows_view: np.ndarray | None = None
+        self._masks_view: np.ndarray | None = None
 
     def __getstate__(self) -> dict:
         # Loader processes get the file name, not the map: pickling a memmap would copy the whole array.
-        return {**self.__dict__, "_rows_view": None}
+        return {**self.__dict__, "_rows_view": None, "_masks_view": None}
 
     def __len__(self) -> int:
         return len(self.items)
@@ -79,6 +89,11 @@ class GemImageDataset(Dataset):
 
     def _batch(self, indices: list[int]) -> list[torch.Tensor]:
         images = self._stored_images(indices)
+        if self.background_swap is not None:  # before the policy, which crops and turns photo and stone alike
+            if self._masks_view is None:
+                self._masks_view = np.load(self.masks, mmap_mode="r")
+            masks = torch.from_numpy(np.asarray(self._masks_view[[self.rows[i] for i in indices]]))
+            images = torch.stack([self.background_swap(image, mask) for image, mask in zip(images, masks, strict=True)])
         if self.transform is not None:  # every image draws its own angle, crop and flips
             images = torch.stack([self.transform(image) for image in images])
         columns = [images, torch.tensor([self.items[i][1] for i in indices], dtype=torch.long)]

@@ -25,6 +25,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -70,6 +71,7 @@ COMMAND_TESTS = {
     "python -m gem_lightning.prepare --check background=rembg background.backend.model=u2netp": "test_prepare",
     "python -m gem_lightning.prepare background=rembg background.backend.model=u2netp": "test_prepare",
     "python train.py model=efficientnet_lite0 background=rembg background.backend.model=u2netp": "test_prepare",
+    "python train.py experiment=best_cpu background_swap=random": "test_best_cpu_with_background_swap",
     "python -m gem_lightning.bench data_dir=data/gemstones": "test_bench_tiny",
     "python -m gem_lightning.bench data_dir=data/gemstones && python train.py experiment=gpu_check "
     "data.root=data/gemstones": "test_gpu_check",
@@ -400,8 +402,8 @@ def test_resume_a_killed_run(clone, demo):
 KAGGLE_SHRINK = ("data.max_classes=3", "data.image_size=64", "trainer.max_epochs=1")
 
 
-def _kaggle_run(clone, command: str, **placeholders) -> dict:
-    result = clone.run(command, *KAGGLE_SHRINK, placeholders=placeholders)
+def _kaggle_run(clone, command: str, env: dict[str, str] | None = None, **placeholders) -> dict:
+    result = clone.run(command, *KAGGLE_SHRINK, placeholders=placeholders, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = clone.root / _value(result.stdout, "run dir")
     report = json.loads((run_dir / "data_report.json").read_text())
@@ -510,6 +512,25 @@ def test_prepare(clone):
     report = json.loads((clone.root / _value(result.stdout, "run dir") / "data_report.json").read_text())
     assert report["background"]["summary"]["done"] == 0  # prepare did it all: train.py only read the cache
     assert report["background"]["summary"]["cached"] == images
+
+
+@needs_shared(U2NET_DIR / "u2netp.onnx")
+@needs_shared(GEMSTONES_DIR)
+def test_best_cpu_with_background_swap(clone):
+    # "with U2NET_HOME set as above": the value test_prepare's README block exports.
+    export = next(c for c in readme_commands() if c.startswith("export U2NET_HOME"))
+    name, value = export.removeprefix("export ").split("=")
+    run = _kaggle_run(clone, "python train.py experiment=best_cpu background_swap=random", env={name: value})
+    assert (
+        "background swap: 50% of training photos on plain/gradient/noise backgrounds (rembg u2netp masks)"
+        in (run["output"])
+    )
+    checkpoint = torch.load(clone.root / run["best_checkpoint"], map_location="cpu", weights_only=True)
+    assert checkpoint["gem_lightning"]["config"]["background_swap"]["probability"] == 0.5
+    # One mask per image of the run's split, at the training squares' side (9/7 of 64 px), cached.
+    (masks,) = (clone.root / "cache" / "image_arrays").glob("*-mask-u2netp.npy")
+    images = sum(run["report"]["images"].values())
+    assert np.load(masks, mmap_mode="r").shape == (images, 82, 82)
 
 
 # -- the benchmark -------------------------------------------------------------------------------------------
