@@ -72,6 +72,7 @@ COMMAND_TESTS = {
     "python -m gem_lightning.prepare background=rembg background.backend.model=u2netp": "test_prepare",
     "python train.py model=efficientnet_lite0 background=rembg background.backend.model=u2netp": "test_prepare",
     "python train.py experiment=best_cpu background_swap=random": "test_best_cpu_with_background_swap",
+    "python train.py experiment=robust_cpu": "test_robust_cpu",
     "python -m gem_lightning.bench data_dir=data/gemstones": "test_bench_tiny",
     "python -m gem_lightning.bench data_dir=data/gemstones && python train.py experiment=gpu_check "
     "data.root=data/gemstones": "test_gpu_check",
@@ -514,13 +515,31 @@ def test_prepare(clone):
     assert report["background"]["summary"]["cached"] == images
 
 
+def _u2net_home() -> dict[str, str]:
+    """'with U2NET_HOME set as above': the variable test_prepare's README block exports."""
+    export = next(c for c in readme_commands() if c.startswith("export U2NET_HOME"))
+    name, value = export.removeprefix("export ").split("=")
+    return {name: value}
+
+
+@needs_shared(U2NET_DIR / "u2netp.onnx")
+@needs_shared(GEMSTONES_DIR)
+def test_robust_cpu(clone):
+    run = _kaggle_run(clone, "python train.py experiment=robust_cpu", env=_u2net_home())
+    checkpoint = torch.load(clone.root / run["best_checkpoint"], map_location="cpu", weights_only=True)
+    config = checkpoint["gem_lightning"]["config"]
+    assert config["task_name"] == "robust_cpu" and config["augment"]["name"] == "colour_safe_auto"
+    assert config["background_swap"]["probability"] == 0.5
+    # Everything else is best_cpu's.
+    assert config["model"]["frozen_stages"] == 3 and config["data"]["split"] == "predefined"
+    assert config["scheduler"]["_target_"] == "gem_lightning.lr_schedules.warmup_cosine"
+    assert "background swap: 50% of training photos" in run["output"]
+
+
 @needs_shared(U2NET_DIR / "u2netp.onnx")
 @needs_shared(GEMSTONES_DIR)
 def test_best_cpu_with_background_swap(clone):
-    # "with U2NET_HOME set as above": the value test_prepare's README block exports.
-    export = next(c for c in readme_commands() if c.startswith("export U2NET_HOME"))
-    name, value = export.removeprefix("export ").split("=")
-    run = _kaggle_run(clone, "python train.py experiment=best_cpu background_swap=random", env={name: value})
+    run = _kaggle_run(clone, "python train.py experiment=best_cpu background_swap=random", env=_u2net_home())
     assert (
         "background swap: 50% of training photos on plain/gradient/noise backgrounds (rembg u2netp masks)"
         in (run["output"])
