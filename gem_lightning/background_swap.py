@@ -73,7 +73,6 @@ class BackgroundSwap:
                 f"background_swap.kinds={list(kinds)}: use one or more of {', '.join(BACKGROUND_KINDS)}"
             )
         self.probability = probability
-        self.mask_model = mask_model
         self.kinds = kinds
         self.mask_backend = RembgBackend(mask_model, setting="background_swap.mask_model")  # loads nothing yet
 
@@ -83,7 +82,9 @@ class BackgroundSwap:
 
     def describe(self) -> str:
         kinds = "/".join(self.kinds)
-        return f"{self.probability:.0%} of training photos on {kinds} backgrounds (rembg {self.mask_model} masks)"
+        return (
+            f"{self.probability:.0%} of training photos on {kinds} backgrounds (rembg {self.mask_backend.model} masks)"
+        )
 
     def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if float(torch.rand(())) >= self.probability:

@@ -218,16 +218,14 @@ class GemDataModule(pl.LightningDataModule):
         )
         write_manifest(manifest_file, render_manifest(scan, plan))
         items, background_report = self._image_files(scan, plan)
+        files = [item.image_file for item in items]
         if self.cache_images:
-            files = [item.image_file for item in items]
             self.eval_array = build_image_array(files, self.image_size, self.cache_dir, self.num_workers)
             if self.augmented:
-                side = stored_side(self.image_size)
-                self.train_array = build_image_array(files, side, self.cache_dir, self.num_workers)
+                self.train_array = build_image_array(files, self.training_side, self.cache_dir, self.num_workers)
         if self.background_swap is not None:
-            files = [item.image_file for item in items]
-            side = self.training_side
-            self.mask_array = build_mask_array(files, side, self.cache_dir, self.background_swap.mask_backend)
+            backend = self.background_swap.mask_backend
+            self.mask_array = build_mask_array(files, self.training_side, self.cache_dir, backend)
 
         settings = {
             "mode": self.split,
@@ -316,7 +314,7 @@ class GemDataModule(pl.LightningDataModule):
             if name == "train" and self.augmented:
                 # On the device, the loader hands over the squares and on_after_batch_transfer augments them.
                 transform = None if self.augment_on_device else self.train_transform
-                side, array = stored_side(self.image_size), self.train_array
+                side, array = self.training_side, self.train_array
             else:
                 transform, side, array = None, self.image_size, self.eval_array
             swap = self.background_swap if name == "train" else None
