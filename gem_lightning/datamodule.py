@@ -223,9 +223,6 @@ class GemDataModule(pl.LightningDataModule):
             self.eval_array = build_image_array(files, self.image_size, self.cache_dir, self.num_workers)
             if self.augmented:
                 self.train_array = build_image_array(files, self.training_side, self.cache_dir, self.num_workers)
-        if self.background_swap is not None:
-            backend = self.background_swap.mask_backend
-            self.mask_array = build_mask_array(files, self.training_side, self.cache_dir, backend)
 
         settings = {
             "mode": self.split,
@@ -306,6 +303,12 @@ class GemDataModule(pl.LightningDataModule):
                 f"the {' and '.join(empty)} split of {self.root} is empty: add images or change "
                 "data.val_fraction / data.test_fraction"
             )
+        if self.background_swap is not None and self.mask_array is None and self._head_only_model() is None:
+            # Here rather than in _prepare: a head-only run trains on features of the photos as they are, so
+            # it would never read the masks (9 min of u2netp for Kaggle's photos).
+            files = [item.image_file for item in items]
+            backend = self.background_swap.mask_backend
+            self.mask_array = build_mask_array(files, self.training_side, self.cache_dir, backend)
         self.augment_on_device = self.augmented and (
             self.augment_on == "device" or (self.augment_on == "auto" and self._model_on_gpu())
         )
@@ -317,7 +320,7 @@ class GemDataModule(pl.LightningDataModule):
                 side, array = self.training_side, self.train_array
             else:
                 transform, side, array = None, self.image_size, self.eval_array
-            swap = self.background_swap if name == "train" else None
+            swap = self.background_swap if name == "train" and self.mask_array is not None else None
             self.datasets[name] = GemImageDataset(
                 [(item.image_file, index_of[item.label]) for _, item in chosen],
                 transform,
@@ -328,7 +331,7 @@ class GemDataModule(pl.LightningDataModule):
                 masks=self.mask_array if swap is not None else None,
                 background_swap=swap,
             )
-        if self.background_swap is not None:
+        if self.mask_array is not None:
             log.info("background swap: %s", self.background_swap.describe())
         log.info(
             "%d classes; train %d, val %d, test %d images (%d test image(s) marked leaked; split=%s, seed %d, "

@@ -88,6 +88,13 @@ class _Decoder(Dataset):
     def row(self, index: int) -> np.ndarray:
         return stored_image(self.files[index], self.side).permute(1, 2, 0).numpy()
 
+    def failure(self, row: int, error: str) -> str:
+        """The one-line error for row ``row``, which failed with ``error``."""
+        return (
+            f"cannot decode {self.files[row]} while caching images: {error}. If the file changed since the data "
+            "folder was scanned, run again (it is rescanned); otherwise remove the file"
+        )
+
     def __getitem__(self, index: int) -> tuple[int, np.ndarray | None, str | None]:
         row = self.start + index
         try:
@@ -107,6 +114,12 @@ class _Masker(_Decoder):
     def row(self, index: int) -> np.ndarray:
         square = Image.fromarray(super().row(index), mode="RGB")
         return self.backend.mask(square)
+
+    def failure(self, row: int, error: str) -> str:
+        return (
+            f"cannot compute the rembg {self.backend.model} mask of {self.files[row]} for background_swap: {error}. "
+            "If the file changed since the data folder was scanned, run again; otherwise remove the file"
+        )
 
 
 def _as_list(batch: list) -> list:
@@ -212,10 +225,7 @@ def _fill(
         for batch in loader:
             for row, value, error in batch:
                 if error is not None:
-                    raise GemLightningError(
-                        f"cannot decode {source.files[row]} while caching images: {error}. If the file changed "
-                        "since the data folder was scanned, run again (it is rescanned); otherwise remove the file"
-                    )
+                    raise GemLightningError(source.failure(row, error))
                 rows[row] = value
             since_record += len(batch)
             bar.advance(task, len(batch))

@@ -136,3 +136,30 @@ def test_training_swaps_backgrounds_with_cached_masks_of_its_own_squares(tmp_pat
     objects["datamodule"].setup()
     assert objects["datamodule"].mask_array == datamodule.mask_array
     assert os.stat(datamodule.mask_array).st_mtime_ns == written
+
+
+@needs_shared(U2NET_DIR / "u2netp.onnx")
+def test_a_photo_the_mask_model_cannot_read_is_one_line_naming_the_mask(tmp_path, monkeypatch):
+    from gem_lightning.background_removal import RembgBackend
+    from gem_lightning.errors import GemLightningError
+    from gem_lightning.image_arrays import build_mask_array
+
+    monkeypatch.setenv("U2NET_HOME", str(U2NET_DIR))
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"changed after the scan: not a jpeg any more")
+    backend = RembgBackend("u2netp", setting="background_swap.mask_model")
+    with pytest.raises(GemLightningError, match=r"cannot compute the rembg u2netp mask of .*broken\.jpg for back"):
+        build_mask_array([broken], 32, tmp_path / "cache", backend, progress=False)
+
+
+@needs_shared(U2NET_DIR / "u2netp.onnx")
+def test_a_head_only_run_computes_no_masks_it_would_not_read(tmp_path, monkeypatch, caplog):
+    from gem_lightning.training import train
+
+    monkeypatch.setenv("U2NET_HOME", str(U2NET_DIR))
+    cfg = compose_config([*TINY_DEMO, "background_swap=random", "model.head_only=true"], tmp_path)
+    metrics, objects = train(cfg)
+    assert np.isfinite(metrics["val/acc"])
+    assert objects["datamodule"].mask_array is None
+    assert not list((tmp_path / "cache").rglob("*-mask-*.npy"))
+    assert "background_swap is not applied" in caplog.text
