@@ -46,14 +46,22 @@ class RembgBackend:
 
     name = "rembg"
 
-    def __init__(self, model: str = "u2net", setting: str = "background.backend.model"):
-        # ``setting``: the config key that chose the model, which the errors name (background_swap uses one too).
+    def __init__(
+        self,
+        model: str = "u2net",
+        setting: str = "background.backend.model",
+        alternative: str | None = "use background=grabcut, which needs no model",
+    ):
+        # ``setting``: the config key that chose the model, which the errors name (background_swap and the
+        # shifted photos have their own). ``alternative``: what else a missing model file leaves the user;
+        # None: another model by that key.
         if model not in REMBG_MODELS:
             raise GemLightningError(
                 f"{setting}={model!r} is not a local rembg model; use one of {', '.join(REMBG_MODELS)}"
             )
         self.model = model
         self.setting = setting
+        self.alternative = alternative or f"choose another model with {setting}="
         self._session = None
 
     def settings(self) -> dict:
@@ -76,16 +84,11 @@ class RembgBackend:
             session_class = self._session_class()
             home = Path(session_class.legacy_home())
             nested = Path(session_class.model_dir())
-            instead = (
-                ", or use background=grabcut, which needs no model"
-                if self.setting == "background.backend.model"
-                else f", or choose another model with {self.setting}="
-            )
             raise GemLightningError(
                 f"rembg model file {self.model}.onnx not found: looked for {home / (self.model + '.onnx')} and "
                 f"{nested / (self.model + '.onnx')}. Nothing is downloaded at run time: put the file there, or set "
                 f"U2NET_HOME to the folder that holds it (this repo's CI: U2NET_HOME=../shared/models/u2net with "
-                f"{self.setting}=u2netp){instead}."
+                f"{self.setting}=u2netp), or {self.alternative}."
             )
 
     def load(self, threads: int) -> None:

@@ -74,7 +74,8 @@ class BackgroundSwap:
             )
         self.probability = probability
         self.kinds = kinds
-        self.mask_backend = RembgBackend(mask_model, setting="background_swap.mask_model")  # loads nothing yet
+        # Loads nothing yet.
+        self.mask_backend = RembgBackend(mask_model, setting="background_swap.mask_model", alternative=None)
 
     @property
     def enabled(self) -> bool:

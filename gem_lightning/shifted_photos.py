@@ -76,7 +76,9 @@ def build_shifted_folder(
 ) -> Path:
     """The labelled folder of ``photos`` ((file, class) pairs) after shift ``shift_name``."""
     shift = shift_named(shift_name)
-    backend = RembgBackend(mask_model) if shift.background is not None else None
+    backend = (
+        RembgBackend(mask_model, setting="shift_mask_model", alternative=None) if shift.background is not None else None
+    )
     if backend is not None:
         backend.check()  # a missing rembg model file: one line naming it, before any photo is read
     folder = Path(cache_dir) / "shifted" / (f"{shift_name}-{mask_model}" if backend else shift_name)

@@ -153,6 +153,7 @@ def test_a_missing_rembg_model_is_one_clear_error_before_any_work(tmp_path, monk
         removal.prepare([SourceImage("0" * 64, tmp_path / "x.jpg")], tmp_path / "cache")
     message = str(raised.value)
     assert "u2net.onnx" in message and str(tmp_path / "models") in message and "U2NET_HOME" in message
+    assert message.endswith("or use background=grabcut, which needs no model.")
     assert not (tmp_path / "cache").exists(), "nothing may be started before the model is known to be there"
 
 

@@ -58,3 +58,16 @@ def test_evaluate_shift_small_reports_beside_the_clean_split(trained_demo_run, c
     assert summary["images"] == len(run.datamodule.datasets["test"]) and 0 <= summary["top1"] <= 1
     assert evaluate.main([f"ckpt={run.checkpoint}", "shift=small", "input=elsewhere"]) != 0
     assert "shift= shifts the run's own split" in capsys.readouterr().err
+
+
+def test_a_missing_mask_model_for_a_shift_names_the_evaluate_key(tmp_path, monkeypatch):
+    monkeypatch.setenv("U2NET_HOME", str(tmp_path / "models"))
+    photo = tmp_path / "ruby.png"
+    _stone_photo(photo)
+    with pytest.raises(GemLightningError) as raised:
+        build_shifted_folder([(photo, "Ruby")], "white", tmp_path / "cache")
+    message = str(raised.value)
+    assert "u2netp.onnx" in message and str(tmp_path / "models") in message
+    assert "shift_mask_model=u2netp" in message and message.endswith("choose another model with shift_mask_model=.")
+    assert "background" not in message, "a shift's mask model is not background removal's"
+    assert not (tmp_path / "cache").exists()
