@@ -305,7 +305,7 @@ class GemDataModule(pl.LightningDataModule):
             )
         if self.background_swap is not None and self.mask_array is None and self._head_only_model() is None:
             # Here rather than in _prepare: a head-only run trains on features of the photos as they are, so
-            # it would never read the masks (9 min of u2netp for Kaggle's photos).
+            # it would never read the masks, the slowest thing preparation computes.
             files = [item.image_file for item in items]
             backend = self.background_swap.mask_backend
             self.mask_array = build_mask_array(files, self.training_side, self.cache_dir, backend)
