@@ -11,7 +11,6 @@ rembg models are never downloaded here: ``check()`` looks where rembg itself loo
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -233,7 +232,3 @@ def cut_out(
     if fallback == "drop":
         return CutOut(None, "dropped", kept, problem)
     return CutOut(image, "original", kept, problem)
-
-
-def default_threads_per_worker(workers: int) -> int:
-    return max(1, (os.cpu_count() or 1) // max(1, workers))

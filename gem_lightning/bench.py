@@ -25,10 +25,10 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
+from gem_lightning import auto_settings
 from gem_lightning import bench_measurements as measure
 from gem_lightning.atomic_files import write_text_atomically
 from gem_lightning.command_line import run_command
-from gem_lightning.datamodule import resolve_num_workers
 from gem_lightning.errors import GemLightningError
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ def _setups(cfg: DictConfig, run_dir: Path) -> tuple[measure.Setup, Path]:
         photos = data_dir / "train" if kaggle else data_dir
         size, batch = cfg.image_size, cfg.batch_size
         overrides = [*common, f"data.root={data_dir}", f"data.split={'predefined' if kaggle else 'pooled'}"]
-    workers = resolve_num_workers(cfg.num_workers)
+    workers = auto_settings.loader_workers(cfg.num_workers, "num_workers")
     # Ours gets the setting as given, so num_workers=auto applies our own rule (none for cache-only loaders
     # on a CPU); the plain pipeline gets the number it resolves to.
     overrides += [f"data.image_size={size}", f"data.batch_size={batch}", f"data.num_workers={cfg.num_workers}"]

@@ -14,7 +14,6 @@ disagree with the backbone because the checkpoint carries it.
 from __future__ import annotations
 
 import logging
-import os
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +23,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from gem_lightning import auto_settings
 from gem_lightning.atomic_files import folder_is_writable
 from gem_lightning.backbone_features import backbone_features
 from gem_lightning.background_swap import BackgroundSwap
@@ -47,17 +47,6 @@ log = logging.getLogger(__name__)
 # moved there (a GPU augments a batch in a few ms, and the loader then only copies uint8 rows), or auto:
 # the device when it is a GPU.
 AUGMENT_PLACES = tuple(place.value for place in AugmentPlace)  # the config schema's list, for direct use
-
-
-def resolve_num_workers(num_workers: int | str) -> int:
-    if num_workers == "auto":
-        # Leave no core idle but do not spawn more decoders than a laptop-sized batch needs. The cores this
-        # process may use (a sweep worker of --jobs K gets its share), not all the machine's.
-        usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        return min(8, usable or 1)
-    if isinstance(num_workers, int) and num_workers >= 0:
-        return num_workers
-    raise GemLightningError(f"data.num_workers={num_workers!r}: use a whole number >= 0 or 'auto'")
 
 
 def _contact_sheet_samples(items: list[TrainingItem], class_names: tuple[str, ...], per_class: int = 4) -> dict:
@@ -112,9 +101,9 @@ class GemDataModule(pl.LightningDataModule):
         self.split_seed = split_seed
         self.image_size = image_size
         self.batch_size = batch_size
-        self.num_workers = resolve_num_workers(num_workers)
-        self.num_workers_auto = num_workers == "auto"
-        self.pin_memory = torch.cuda.is_available() if pin_memory == "auto" else bool(pin_memory)
+        self.num_workers_setting = num_workers
+        self.num_workers = auto_settings.loader_workers(num_workers)
+        self.pin_memory = auto_settings.pin_memory(pin_memory)
         self.max_image_pixels = max_image_pixels
         # augment=none gives no transform: training then reads the evaluation squares as they are.
         self.augmented = train_transform is not None
@@ -309,8 +298,8 @@ class GemDataModule(pl.LightningDataModule):
             files = [item.image_file for item in items]
             backend = self.background_swap.mask_backend
             self.mask_array = build_mask_array(files, self.training_side, self.cache_dir, backend)
-        self.augment_on_device = self.augmented and (
-            self.augment_on == "device" or (self.augment_on == "auto" and self._model_on_gpu())
+        self.augment_on_device = self.augmented and auto_settings.augment_on_device(
+            self.augment_on, self._model_on_gpu()
         )
         for name in ("train", "val", "test"):
             chosen = by_split[name]
@@ -426,16 +415,12 @@ class GemDataModule(pl.LightningDataModule):
         return self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
 
     def loader_processes(self, dataset: GemImageDataset | TensorDataset) -> int:
-        """Loader processes for ``dataset``: ``data.num_workers``, except that ``auto`` uses none where they
-        cannot help. Feature rows are in memory already; and when the model runs on the CPU, a loader that
-        only copies cached squares keeps the main process busy for less time than handing batches over
-        between processes would. On a GPU they still overlap loading with compute."""
+        """Loader processes for ``dataset``: none for feature rows (in memory already), else
+        ``data.num_workers`` as ``auto_settings.loader_processes`` resolves it for this loader."""
         if isinstance(dataset, TensorDataset):
             return 0
         reads_only = dataset.array is not None and dataset.transform is None
-        if self.num_workers_auto and reads_only and not self._model_on_gpu():
-            return 0
-        return self.num_workers
+        return auto_settings.loader_processes(self.num_workers_setting, reads_only, self._model_on_gpu())
 
     def _loader(self, name: str, training: bool = False) -> DataLoader:
         if self.feature_datasets is None and (model := self._head_only_model()) is not None:

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from gem_lightning import auto_settings
 from gem_lightning.atomic_files import write_text_atomically
 from gem_lightning.errors import GemLightningError
 from gem_lightning.file_hashing import file_sha256
@@ -203,7 +204,7 @@ def scan_dataset(root: Path, cache_dir: Path, max_pixels: int, workers: int | No
     if to_inspect:
         log.info("checking %d of %d files under %s", len(to_inspect), len(candidates), root)
         # Pillow's decoders and hashlib release the GIL, so threads use every core without pickling.
-        with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        with ThreadPoolExecutor(max_workers=workers or auto_settings.thread_pool_size()) as pool:
             inspected = pool.map(lambda c: _inspect(root, *c, max_pixels), to_inspect)
             for item in inspected:
                 results[item.path] = item

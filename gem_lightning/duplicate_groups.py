@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from gem_lightning import auto_settings
 from gem_lightning.atomic_files import write_bytes_atomically
 from gem_lightning.dataset_scan import DatasetScan, ScannedFile
 from gem_lightning.image_files import to_rgb
@@ -83,7 +83,7 @@ def fingerprints(files: list[ScannedFile], root: Path, cache_dir: Path) -> dict[
             missing.setdefault(item.sha256, item)
     if missing:
         log.info("fingerprinting %d image(s) for duplicate detection", len(missing))
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        with ThreadPoolExecutor(max_workers=auto_settings.thread_pool_size()) as pool:
             computed = pool.map(lambda item: fingerprint(root / item.path), missing.values())
             known.update(zip(missing, computed, strict=True))
         buffer = io.BytesIO()

@@ -34,6 +34,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from gem_lightning import auto_settings
 from gem_lightning.atomic_files import write_text_atomically
 from gem_lightning.background_removal import RembgBackend
 from gem_lightning.errors import GemLightningError
@@ -154,7 +155,7 @@ def build_mask_array(
     process on every core: onnxruntime parallelises one image better than loader processes would share it."""
     final = mask_array_file(files, side, cache_dir, backend.model)
     if not final.is_file():
-        backend.load(threads=os.cpu_count() or 1)
+        backend.load(threads=auto_settings.thread_pool_size())
     return _build_rows(
         final,
         (len(files), side, side),

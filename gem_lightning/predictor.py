@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader
 
+from gem_lightning import auto_settings
 from gem_lightning.classifier import GemClassifier
 from gem_lightning.errors import GemLightningError
 from gem_lightning.file_hashing import file_sha256
@@ -54,18 +55,6 @@ class Logits:
     logits: torch.Tensor  # (N, C) float32, before temperature
     targets: torch.Tensor  # (N,) int64; -1 where unlabelled
     leaked: torch.Tensor  # (N,) bool; all false when the dataset has no flags
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as error:
-        raise GemLightningError(f"device={device!r}: use auto, cpu, cuda or cuda:<index>") from error
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise GemLightningError(f"device={device}: this machine has no CUDA GPU; use device=cpu or device=auto")
-    return resolved
 
 
 def _dihedral(turns: int, flip: bool) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -223,7 +212,7 @@ class Predictor:
             raise GemLightningError("ckpt=[]: give a checkpoint, or a list of them for an ensemble")
         self.checkpoints = [Path(path) for path in paths]
         self.checkpoint = self.checkpoints[0]
-        self.device = resolve_device(device)
+        self.device = auto_settings.inference_device(device)
         self.models = [GemClassifier.from_checkpoint(path, map_location=self.device) for path in self.checkpoints]
         self.model = self.models[0]
         self._check_members_agree()

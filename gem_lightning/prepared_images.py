@@ -23,7 +23,6 @@ import json
 import logging
 import math
 import multiprocessing
-import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -32,13 +31,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from gem_lightning import auto_settings
 from gem_lightning.atomic_files import write_bytes_atomically, write_text_atomically
 from gem_lightning.background_removal import (
     FALLBACKS,
     GrabCutBackend,
     RembgBackend,
     cut_out,
-    default_threads_per_worker,
 )
 from gem_lightning.child_processes import die_with_parent
 from gem_lightning.errors import GemLightningError
@@ -88,14 +87,6 @@ class PreparationSummary:
         }
 
 
-def _resolve_count(value: int | str, key: str, default: int) -> int:
-    if value == "auto":
-        return default
-    if isinstance(value, int) and value >= 1:
-        return value
-    raise GemLightningError(f"background.{key}={value!r}: use a whole number >= 1 or 'auto'")
-
-
 class BackgroundRemoval:
     """What ``conf/background/*.yaml`` configures; ``backend=None`` means train on the original photos."""
 
@@ -123,9 +114,9 @@ class BackgroundRemoval:
         self.max_side = max_side
         self.min_foreground, self.max_foreground = min_foreground, max_foreground
         self.fallback = fallback
-        self.workers = _resolve_count(workers, "workers", os.cpu_count() or 1)
-        self.threads_per_worker = _resolve_count(
-            threads_per_worker, "threads_per_worker", default_threads_per_worker(self.workers)
+        self.workers = auto_settings.process_count(workers, "background.workers")
+        self.threads_per_worker = auto_settings.threads_per_process(
+            threads_per_worker, "background.threads_per_worker", self.workers
         )
         self.progress = progress
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import hydra
 import torch
 
+from gem_lightning import auto_settings
 from gem_lightning.child_processes import die_with_parent
 from gem_lightning.config_schema import PROJECT_ROOT
 from gem_lightning.errors import GemLightningError, exit_status_for
@@ -93,16 +94,6 @@ def _limit_cpus(cpus: str) -> None:
     torch.set_num_threads(len(cores))
 
 
-def _core_shares(jobs: int) -> list[str | None]:
-    if not hasattr(os, "sched_getaffinity"):
-        return [None] * jobs
-    cores = sorted(os.sched_getaffinity(0))
-    if len(cores) < jobs:
-        return [None] * jobs
-    share = len(cores) // jobs
-    return [",".join(str(c) for c in cores[i * share : (i + 1) * share]) for i in range(jobs)]
-
-
 def run_jobs(worker_args: list[str], jobs: int) -> int:
     """Start ``jobs`` workers of this same sweep (one process each) and wait for all of them.
 
@@ -111,7 +102,7 @@ def run_jobs(worker_args: list[str], jobs: int) -> int:
     interrupted (queued again), so the same command resumes the sweep.
     """
     workers = []
-    for cpus in _core_shares(jobs):
+    for cpus in auto_settings.core_shares(jobs):
         command = [sys.executable, "-m", "gem_lightning.sweep_cli", *worker_args]
         if cpus is not None:
             command += ["--cpus", cpus]

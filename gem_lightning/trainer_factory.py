@@ -4,7 +4,7 @@ Lightning 2 removed ``Trainer(gpus=...)``; the student report and many tutorials
 kept as an alias: ``0`` means the CPU, ``N`` means N GPUs, ``-1`` all of them, ``"0,2"`` those indices.
 
 ``precision: auto`` (the default) picks the fastest precision the chosen device runs natively; see
-``automatic_precision``.
+``auto_settings.automatic_precision``.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch
 from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
+from gem_lightning import auto_settings
 from gem_lightning.errors import GemLightningError
 
 
@@ -39,26 +40,6 @@ def _gpus_to_devices(gpus: Any) -> tuple[str, Any]:
     return "gpu", gpus
 
 
-def cpu_has_native_bf16() -> bool:
-    """True on CPUs with bfloat16 instructions (AMX or AVX512-BF16: Intel Sapphire Rapids+, AMD Zen 4+)."""
-    return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
-
-
-def automatic_precision(on_gpu: bool) -> str:
-    """What ``precision: auto`` means on this machine.
-
-    Mixed precision keeps float32 weights and runs matmuls/convolutions in a 16-bit type only where the
-    hardware does so natively; elsewhere it is slower than float32, hence the checks:
-    - CUDA: bf16-mixed on GPUs that support bfloat16 (Ampere and newer; no loss scaling needed), 16-mixed
-      (float16 with loss scaling) on older ones;
-    - CPU: bf16-mixed with AMX/AVX512-BF16 (measured on a 2-core Sapphire Rapids, ResNet-18 at 224 px,
-      batch 48, channels_last: 19.5 -> 49.7 training images/s), float32 otherwise.
-    """
-    if on_gpu:
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "bf16-mixed" if cpu_has_native_bf16() else "32-true"
-
-
 def resolve_devices(trainer_cfg: DictConfig | dict) -> dict[str, Any]:
     """Trainer keyword arguments with ``gpus`` translated and GPU requests checked against the machine."""
     kwargs = (
@@ -78,12 +59,8 @@ def resolve_devices(trainer_cfg: DictConfig | dict) -> dict[str, Any]:
                 f"{setting} asks for {needed} GPU(s) but this machine has {available} CUDA device(s) "
                 "(torch.cuda.is_available() is False or too few). Train on the CPU with trainer.gpus=0 or trainer=cpu."
             )
-    if kwargs.get("precision") == "auto":
-        on_gpu = wants_gpu or (kwargs.get("accelerator", "auto") == "auto" and torch.cuda.is_available())
-        kwargs["precision"] = automatic_precision(on_gpu)
-    if kwargs.get("benchmark") == "auto":
-        kwargs["benchmark"] = not kwargs.get("deterministic")
-    return kwargs
+    on_gpu = wants_gpu or (kwargs.get("accelerator", "auto") == "auto" and torch.cuda.is_available())
+    return auto_settings.trainer_precision_and_benchmark(kwargs, on_gpu)
 
 
 def build_trainer(trainer_cfg: DictConfig, **extra: Any) -> pl.Trainer:

@@ -14,12 +14,13 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from gem_lightning import image_arrays
+from gem_lightning.auto_settings import automatic_precision, cpu_has_native_bf16
 from gem_lightning.backbone_features import features_file
 from gem_lightning.demo_data import DemoGemSet
 from gem_lightning.errors import GemLightningError
 from gem_lightning.image_arrays import array_file, build_image_array, stored_image, stored_side
 from gem_lightning.image_dataset import GemImageDataset, collate_batch
-from gem_lightning.trainer_factory import automatic_precision, cpu_has_native_bf16, resolve_devices
+from gem_lightning.trainer_factory import resolve_devices
 from gem_lightning.training import train
 from tests.conftest import GEMSTONES_DIR, TINY_DEMO, compose_config, needs_shared
 
