@@ -122,7 +122,8 @@ class GemClassifier(pl.LightningModule):
         self.register_buffer("temperature", torch.ones(()))
         self.calibration: dict | None = None  # how the temperature was fitted (NLL and ECE before/after)
         self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
+        # scheduler=none composes an empty node: no schedule.
+        self.scheduler_factory = scheduler or None
         # The composed Hydra config of the run that trained this model, saved into every checkpoint.
         self.run_config: dict | None = None
         # One photo as the loaders serve it: the model summary then shows real FLOPs and layer sizes

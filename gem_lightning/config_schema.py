@@ -88,6 +88,10 @@ class ModelSchema:
     head_only: bool = False
     channels_last: bool = True
     compile: bool = False
+    image_size: int = 224
+    augment_policy: str = "none"
+    optimizer: Any = None  # a _partial_ optimiser node (conf/optim/)
+    scheduler: Any = None  # a _partial_ schedule node (conf/scheduler/); empty for none
 
 
 def enum_value(value: Any) -> Any:

@@ -154,14 +154,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> tuple[di
     # Hydra's own node is only present when composed for tests; the run's settings are the rest.
     settings = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
     run_config = OmegaConf.to_container(settings, resolve=True, enum_to_str=True)
-    model = hydra.utils.instantiate(
-        cfg.model,
-        class_names=list(datamodule.class_names),
-        image_size=cfg.data.image_size,
-        augment_policy=cfg.augment.name,
-        optimizer=hydra.utils.instantiate(cfg.optim),
-        scheduler=hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-    )
+    model = hydra.utils.instantiate(cfg.model, class_names=list(datamodule.class_names))
     model.run_config = run_config
     _log_hyperparameters(loggers, run_config, cfg.optimized_metric)
 

@@ -79,6 +79,25 @@ def test_model_options_instantiate(option, tmp_path, offline_torch_home):
     assert model.hparams.backbone == cfg.model.backbone.value
 
 
+def test_the_model_node_alone_builds_the_model_a_run_trains(tmp_path):
+    # train() passes only the class names (they come from the data folder); the optimiser, the schedule,
+    # the input size and the augmentation policy come from their own groups through the node.
+    overrides = ["model.pretrained=false", "optim=sgd", "optim.lr=0.123", "scheduler=cosine", "trainer.max_epochs=7"]
+    cfg = compose_config([*overrides, "data.image_size=96", "augment=colour_preserving"], tmp_path)
+    model = hydra.utils.instantiate(cfg.model, class_names=["a", "b", "c"])
+    optimiser = model.configure_optimizers()
+    assert isinstance(optimiser["optimizer"], torch.optim.SGD)
+    assert {group["initial_lr"] for group in optimiser["optimizer"].param_groups} == {0.123}
+    assert optimiser["lr_scheduler"]["scheduler"].T_max == 7
+    assert (model.hparams.image_size, model.hparams.augment_policy) == (96, "colour_preserving")
+    assert model.example_input_array.shape == (1, 3, 96, 96)
+
+    unscheduled = hydra.utils.instantiate(
+        compose_config(["model.pretrained=false"], tmp_path).model, class_names=["a", "b"]
+    )
+    assert unscheduled.scheduler_factory is None
+
+
 @pytest.mark.parametrize("option", _options("optim"))
 def test_optimisers_are_partials(option, tmp_path):
     cfg = compose_config([f"optim={option}"], tmp_path)
