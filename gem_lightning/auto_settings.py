@@ -8,6 +8,7 @@ sessions, scan threads) must fit in that share. Explicit values pass through, ch
 from __future__ import annotations
 
 import os
+from enum import Enum
 from typing import Any
 
 import torch
@@ -41,6 +42,14 @@ def loader_processes(value: int | str, reads_only: bool, model_on_gpu: bool) -> 
     if value == "auto" and reads_only and not model_on_gpu:
         return 0
     return loader_workers(value)
+
+
+class AugmentPlace(str, Enum):
+    """``data.augment_on``: where training augmentation runs (the config schema types the key with it)."""
+
+    auto = "auto"  # the device when it is a GPU, else the loader
+    loader = "loader"  # the loader processes
+    device = "device"  # the batch, after it reaches the model's device
 
 
 def augment_on_device(value: str, model_on_gpu: bool) -> bool:

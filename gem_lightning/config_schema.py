@@ -17,7 +17,9 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
+from gem_lightning.auto_settings import AugmentPlace
 from gem_lightning.backbones import BACKBONE_NAMES
+from gem_lightning.splits import ConflictPolicy, SplitMode
 
 # The project folder: the one holding conf/, train.py and this package (a clone, installed editable). Not the
 # working directory: Hydra resolves the multirun folder before it knows that (`${hydra:runtime.cwd}` fails
@@ -25,23 +27,7 @@ from gem_lightning.backbones import BACKBONE_NAMES
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
-class SplitMode(str, Enum):
-    pooled = "pooled"
-    predefined = "predefined"
-
-
-class ConflictPolicy(str, Enum):
-    drop = "drop"
-    keep = "keep"
-
-
-class AugmentPlace(str, Enum):
-    auto = "auto"
-    loader = "loader"
-    device = "device"
-
-
-# The backbone registry is the one list of names; Hydra checks model.backbone against it.
+# Each list of choices is kept where its rule lives; Hydra checks the keys against them.
 BackboneName = Enum("BackboneName", {name: name for name in BACKBONE_NAMES}, type=str)
 
 

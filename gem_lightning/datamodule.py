@@ -27,7 +27,7 @@ from gem_lightning import auto_settings
 from gem_lightning.atomic_files import folder_is_writable
 from gem_lightning.backbone_features import backbone_features
 from gem_lightning.background_swap import BackgroundSwap
-from gem_lightning.config_schema import AugmentPlace, enum_value
+from gem_lightning.config_schema import enum_value
 from gem_lightning.data_report import REPORT_NAME, TrainingItem, build_report, write_report
 from gem_lightning.dataset_scan import DatasetScan, discover_classes, scan_dataset
 from gem_lightning.demo_data import DemoGemSet
@@ -42,11 +42,6 @@ if TYPE_CHECKING:
     from gem_lightning.classifier import GemClassifier
 
 log = logging.getLogger(__name__)
-
-# Where training augmentation runs: in the loader processes, on the model's device after the batch is
-# moved there (a GPU augments a batch in a few ms, and the loader then only copies uint8 rows), or auto:
-# the device when it is a GPU.
-AUGMENT_PLACES = tuple(place.value for place in AugmentPlace)  # the config schema's list, for direct use
 
 
 def _contact_sheet_samples(items: list[TrainingItem], class_names: tuple[str, ...], per_class: int = 4) -> dict:
@@ -91,8 +86,9 @@ class GemDataModule(pl.LightningDataModule):
         if batch_size < 1:
             raise GemLightningError(f"data.batch_size={batch_size} must be at least 1")
         augment_on = enum_value(augment_on)
-        if augment_on not in AUGMENT_PLACES:
-            raise GemLightningError(f"data.augment_on={augment_on!r}: use one of {', '.join(AUGMENT_PLACES)}")
+        places = [place.value for place in auto_settings.AugmentPlace]
+        if augment_on not in places:
+            raise GemLightningError(f"data.augment_on={augment_on!r}: use one of {', '.join(places)}")
         self.root = Path(root)
         self.cache_dir = Path(cache_dir)
         self.split = enum_value(split)  # a config enum becomes its plain name

@@ -25,6 +25,7 @@ import math
 import random
 from collections import defaultdict
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 
 from gem_lightning.atomic_files import write_text_atomically
@@ -34,9 +35,25 @@ from gem_lightning.errors import GemLightningError
 
 log = logging.getLogger(__name__)
 
-SPLIT_MODES = ("pooled", "predefined")
 MANIFEST_COLUMNS = ("path", "class", "split", "sha256", "duplicate_group", "note")
-CONFLICT_POLICIES = ("drop", "keep")
+
+
+class SplitMode(str, Enum):
+    """``data.split``: the one list of split modes (the config schema types the key with it)."""
+
+    pooled = "pooled"  # 70/15/15 of all images per class
+    predefined = "predefined"  # the folder's test/ stays the test set
+
+
+class ConflictPolicy(str, Enum):
+    """``data.label_conflicts``: what happens to the same image under two classes."""
+
+    drop = "drop"  # every copy (at most one label is right)
+    keep = "keep"
+
+
+def _names(choices: type[Enum]) -> list[str]:
+    return [choice.value for choice in choices]
 
 
 def _share(count: int, fraction: float) -> int:
@@ -109,10 +126,11 @@ def plan_splits(
     conflict_policy: str = "drop",
 ) -> SplitPlan:
     """Decide the split of every usable file, keeping duplicate groups whole."""
-    if mode not in SPLIT_MODES:
-        raise GemLightningError(f"data.split={mode!r} is not a split mode; use one of {', '.join(SPLIT_MODES)}")
-    if conflict_policy not in CONFLICT_POLICIES:
-        raise GemLightningError(f"data.label_conflicts={conflict_policy!r}: use one of {', '.join(CONFLICT_POLICIES)}")
+    if mode not in _names(SplitMode):
+        raise GemLightningError(f"data.split={mode!r} is not a split mode; use one of {', '.join(_names(SplitMode))}")
+    if conflict_policy not in _names(ConflictPolicy):
+        choices = ", ".join(_names(ConflictPolicy))
+        raise GemLightningError(f"data.label_conflicts={conflict_policy!r}: use one of {choices}")
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise GemLightningError(
             f"data.val_fraction={val_fraction} and data.test_fraction={test_fraction} must each be in [0, 1) "
