@@ -201,16 +201,7 @@ def print_evaluation(run: EvaluationRun) -> None:
 
 
 def run(cfg: DictConfig) -> int:
-    predictor = Predictor(
-        cfg.ckpt,
-        cache_dir=cfg.cache_dir,
-        device=cfg.device,
-        batch_size=cfg.batch_size,
-        num_workers=cfg.num_workers,
-        max_image_pixels=cfg.max_image_pixels,
-        progress=cfg.progress,
-        tta=cfg.tta,
-    )
+    predictor = Predictor.from_command_config(cfg)
     shift = {"shift": cfg.shift, "shift_mask_model": cfg.shift_mask_model}
     print_evaluation(evaluate_checkpoint(predictor, cfg.split, cfg.input, cfg.calibrate, cfg.output_dir, **shift))
     return 0

@@ -91,18 +91,7 @@ def run(cfg: DictConfig) -> int:
     if cfg.top_k < 1:
         raise GemLightningError(f"top_k={cfg.top_k} must be at least 1")
     files = find_images(cfg.input)  # before loading the model: a typo in input= fails at once
-    predictor = Predictor(
-        cfg.ckpt,
-        cache_dir=cfg.cache_dir,
-        background=cfg.background,
-        device=cfg.device,
-        calibrated=cfg.calibrated,
-        batch_size=cfg.batch_size,
-        num_workers=cfg.num_workers,
-        max_image_pixels=cfg.max_image_pixels,
-        progress=cfg.progress,
-        tta=cfg.tta,
-    )
+    predictor = Predictor.from_command_config(cfg)
     k = min(cfg.top_k, len(predictor.class_names))
     predictions, skipped = predictor.predict_files(files)
     document = predictions_document(predictor, predictions, skipped, k)

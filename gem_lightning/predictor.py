@@ -14,11 +14,12 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import hydra
 import numpy as np
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader
 
@@ -188,6 +189,19 @@ class Predictor:
     model and view of each model's calibrated probabilities (``averaged_probabilities``). Members must know the
     same classes and cut backgrounds out alike; their image sizes may differ. The first describes the whole.
     """
+
+    # The settings a command's config may hold under the same names (conf/predict|evaluate|web.yaml).
+    COMMAND_SETTINGS = (
+        "cache_dir", "background", "device", "calibrated", "batch_size", "num_workers", "max_image_pixels",
+        "progress", "tta",
+    )  # fmt: skip
+
+    @classmethod
+    def from_command_config(cls, cfg: DictConfig, **fixed: Any) -> Predictor:
+        """The predictor a command's config describes: ``ckpt`` and whichever ``COMMAND_SETTINGS`` it holds;
+        ``fixed`` overrides them (the web page shows no progress bar). The one place commands build it."""
+        settings = {key: cfg[key] for key in cls.COMMAND_SETTINGS if key in cfg}
+        return cls(cfg.ckpt, **{**settings, **fixed})
 
     def __init__(
         self,

@@ -84,14 +84,7 @@ def _check_port_free(host: str, port: int) -> None:
 
 def run(cfg: DictConfig) -> int:
     _check_port_free(cfg.host, cfg.port)  # before the model loads
-    predictor = Predictor(
-        cfg.ckpt,
-        cache_dir=cfg.cache_dir,
-        device=cfg.device,
-        calibrated=cfg.calibrated,
-        progress=False,
-        tta=cfg.tta,
-    )
+    predictor = Predictor.from_command_config(cfg, progress=False)
     page = build_page(predictor)
     # Larger uploads are refused by Gradio before they are stored.
     page.launch(server_name=cfg.host, server_port=cfg.port, share=cfg.share, max_file_size=f"{cfg.max_upload_mb}mb")

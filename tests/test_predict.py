@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import inspect
 import json
 import shutil
 from pathlib import Path
@@ -11,7 +12,7 @@ import jsonschema
 import pytest
 import torch
 
-from gem_lightning import predict
+from gem_lightning import predict, train_config
 from gem_lightning.errors import GemLightningError
 from gem_lightning.predictor import Predictor, collect_logits
 from tests.conftest import GEMSTONES_DIR, needs_shared
@@ -222,3 +223,13 @@ def test_a_new_photo_is_cut_out_into_the_cache_once(trained_rembg_run, tmp_path)
     assert second.model_input == first.model_input and first.model_input.stat().st_mtime_ns == stamp
     torch.testing.assert_close(first.probabilities, second.probabilities)
     assert photo.is_file()  # the original is only read
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate", "web"])
+def test_each_commands_predictor_settings_reach_the_predictor(command):
+    # One builder for every command: a key a command's config shares with Predictor's arguments must be read
+    # (not silently ignored), and every key the builder reads must be an argument.
+    arguments = set(inspect.signature(Predictor.__init__).parameters) - {"self", "checkpoint"}
+    assert set(Predictor.COMMAND_SETTINGS) <= arguments
+    cfg = train_config.compose_config(command, ["ckpt=model.ckpt"])
+    assert set(cfg) & arguments <= set(Predictor.COMMAND_SETTINGS)
