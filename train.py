@@ -24,7 +24,7 @@ silence_library_noise()
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     try:
-        metrics, _ = train(cfg)
+        metrics = train(cfg).metrics
     except Exception as error:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             # One failed job must not end the others: record it; the multirun summary lists it and exits 1.

@@ -220,7 +220,8 @@ def run_trial(plan: SweepPlan, storage: RDBStorage, study: optuna.Study, trial: 
             cfg = compose_train_config(plan.config_dir, run_overrides)
             _write_run_record(trial_dir, cfg, run_overrides)
             pruning = PyTorchLightningPruningCallback(trial, monitor=plan.prune_on)
-            metrics, objects = train(cfg, extra_callbacks=[pruning])
+            result = train(cfg, extra_callbacks=[pruning])
+            metrics = result.metrics
         except optuna.TrialPruned as pruned:
             trial.set_user_attr("seconds", round(time.perf_counter() - started, 1))
             study.tell(trial, state=TrialState.PRUNED)
@@ -251,7 +252,7 @@ def run_trial(plan: SweepPlan, storage: RDBStorage, study: optuna.Study, trial: 
             f"sweep.metric={plan.metric} was not logged by the trial; it logged {', '.join(sorted(metrics))}"
         )
     trial.set_user_attr("seconds", round(time.perf_counter() - started, 1))
-    trial.set_user_attr("best_checkpoint", objects["best_checkpoint"])
+    trial.set_user_attr("best_checkpoint", result.best_checkpoint)
     study.tell(trial, metrics[plan.metric])
     if plan.keep_checkpoints == "best":
         remove_unneeded_checkpoints(plan, study)

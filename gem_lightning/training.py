@@ -7,6 +7,7 @@ import logging
 import shutil
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,10 @@ from rich.table import Table
 
 from gem_lightning.atomic_files import write_text_atomically
 from gem_lightning.backbones import pretrained_weights_file
-from gem_lightning.classifier import CHECKPOINT_KEY, read_checkpoint
+from gem_lightning.classifier import CHECKPOINT_KEY, GemClassifier, read_checkpoint
 from gem_lightning.config_schema import enum_value
 from gem_lightning.data_report import CONTACT_SHEET_NAME, REPORT_NAME
+from gem_lightning.datamodule import GemDataModule
 from gem_lightning.errors import GemLightningError
 from gem_lightning.evaluate import evaluate_checkpoint
 from gem_lightning.multirun_summary import METRICS_FILE
@@ -130,8 +132,21 @@ def _best_epoch_note(trainer: pl.Trainer) -> str:
     return f" (epoch {epoch}, {callback.monitor} {float(callback.best_model_score):.4f})"
 
 
-def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> tuple[dict[str, float], dict[str, Any]]:
-    """Fit and test as ``cfg`` says. Returns (metrics, the objects built) for callers that look inside.
+@dataclass(frozen=True)
+class TrainingResult:
+    """What a run produced: its metrics and best checkpoint, and the objects it built for callers that look
+    inside (tests, sweep trials)."""
+
+    metrics: dict[str, float]
+    best_checkpoint: str  # "" when none was saved
+    report: Path | None  # the evaluation report, when the run wrote one
+    datamodule: GemDataModule
+    model: GemClassifier
+    trainer: pl.Trainer
+
+
+def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> TrainingResult:
+    """Fit, test and evaluate as ``cfg`` says, and record the run in its folder.
 
     ``extra_callbacks`` join the configured ones: a sweep trial's pruning callback holds its Optuna trial,
     which no config can express.
@@ -139,76 +154,93 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> tuple[di
     started = time.perf_counter()
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
-
     resumed = check_run_settings(cfg)
-    ckpt_path = cfg.get("ckpt_path")
     callbacks = [*_instantiate_each(cfg.get("callbacks")), *extra_callbacks]
     loggers = _instantiate_each(cfg.get("logger"))
     trainer = build_trainer(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    datamodule = _prepare_data(cfg, resumed)
+    model = _build_model(cfg, datamodule, loggers)
+    output_dir = Path(cfg.paths.output_dir)
 
+    if cfg.get("train", True):
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    if trainer.is_global_zero:
+        _keep_split_and_data_report(datamodule, output_dir)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    best_checkpoint = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if cfg.get("test", True):
+        metrics.update(_test(trainer, model, datamodule, best_checkpoint))
+    report = None
+    if cfg.get("evaluate", False) and cfg.get("test", True) and best_checkpoint and trainer.is_global_zero:
+        calibration_metrics, report = _calibrate_and_report(cfg, best_checkpoint, datamodule, output_dir)
+        metrics.update(calibration_metrics)
+        for logger in loggers:  # beside test/ in TensorBoard, so runs compare on calibration too
+            logger.log_metrics(calibration_metrics, step=trainer.global_step)
+            logger.save()
+
+    if trainer.is_global_zero:
+        _print_summary(output_dir, best_checkpoint, _best_epoch_note(trainer), metrics)
+        if report is not None:
+            print(f"evaluation report: {shown_path(report)}")
+        _record_run(output_dir, metrics, trainer.current_epoch, time.perf_counter() - started, best_checkpoint)
+    return TrainingResult(metrics, best_checkpoint, report, datamodule, model, trainer)
+
+
+def _prepare_data(cfg: DictConfig, resumed: dict | None) -> GemDataModule:
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.prepare_data()  # the class list depends on the folder (or the rendered demo set)
     if resumed is not None:
-        _check_resumable(resumed, ckpt_path, datamodule.class_names)
+        _check_resumable(resumed, cfg.ckpt_path, datamodule.class_names)
+    return datamodule
 
+
+def _build_model(cfg: DictConfig, datamodule: GemDataModule, loggers: list[Logger]) -> GemClassifier:
+    """The model for the data's classes, carrying the run's whole config into every checkpoint."""
     # Hydra's own node is only present when composed for tests; the run's settings are the rest.
     settings = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
     run_config = OmegaConf.to_container(settings, resolve=True, enum_to_str=True)
     model = hydra.utils.instantiate(cfg.model, class_names=list(datamodule.class_names))
     model.run_config = run_config
     _log_hyperparameters(loggers, run_config, cfg.optimized_metric)
+    return model
 
-    output_dir = Path(cfg.paths.output_dir)
-    if cfg.get("train", True):
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-    if trainer.is_global_zero and datamodule.manifest_file is not None:
-        # Keep the split and the data report beside the run, so it can be audited after the cache is cleared.
-        output_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(datamodule.manifest_file, output_dir / "split_manifest.csv")
-        report_dir = datamodule.report_file.parent
-        for name in (REPORT_NAME, CONTACT_SHEET_NAME):
-            shutil.copyfile(report_dir / name, output_dir / name)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
-    best_checkpoint = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    if cfg.get("test", True):
-        if not best_checkpoint:
-            log.warning("no best checkpoint was saved (fast_dev_run?); testing the current weights")
-        trainer.test(model, datamodule=datamodule, ckpt_path=best_checkpoint or None)
-        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test")})
+def _keep_split_and_data_report(datamodule: GemDataModule, output_dir: Path) -> None:
+    """Copy the split manifest and the data report beside the run, to audit it after the cache is cleared."""
+    if datamodule.manifest_file is None:
+        return
+    output_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(datamodule.manifest_file, output_dir / "split_manifest.csv")
+    report_dir = datamodule.report_file.parent
+    for name in (REPORT_NAME, CONTACT_SHEET_NAME):
+        shutil.copyfile(report_dir / name, output_dir / name)
 
-    report = None
-    if cfg.get("evaluate", False) and cfg.get("test", True) and best_checkpoint and trainer.is_global_zero:
-        # Calibrate the best checkpoint on the validation split (stored in it) and write the report.
-        predictor = Predictor(best_checkpoint, cache_dir=cfg.paths.cache_dir, batch_size=cfg.data.batch_size)
-        evaluation = evaluate_checkpoint(
-            predictor, output_dir=output_dir / "evaluation" / "test", datamodule=datamodule
-        )
-        # On the test split, held out from the fit: test/loss is the NLL before, these are the rest.
-        summary = evaluation.evaluation.summary
-        calibration_metrics = {
-            "test/ece": summary["ece_before"],
-            "test/ece_calibrated": summary["ece_after"],
-            "test/nll_calibrated": summary["nll_after"],
-            "calibration/temperature": evaluation.evaluation.temperature,
-        }
-        metrics.update(calibration_metrics)
-        for logger in loggers:  # beside test/ in TensorBoard, so runs compare on calibration too
-            logger.log_metrics(calibration_metrics, step=trainer.global_step)
-            logger.save()
-        report = evaluation.report
 
-    if trainer.is_global_zero:
-        _print_summary(output_dir, best_checkpoint, _best_epoch_note(trainer), metrics)
-        if report is not None:
-            print(f"evaluation report: {shown_path(report)}")
-        # What a multirun summary (gem_lightning.multirun_summary) reads back for this job.
-        result = {
-            "metrics": metrics,
-            "epochs": trainer.current_epoch,
-            "seconds": time.perf_counter() - started,
-            "best_checkpoint": best_checkpoint,
-        }
-        write_text_atomically(output_dir / METRICS_FILE, json.dumps(result, indent=1))
-    objects = {"datamodule": datamodule, "model": model, "trainer": trainer, "best_checkpoint": best_checkpoint}
-    return metrics, objects
+def _test(trainer: pl.Trainer, model: GemClassifier, datamodule: GemDataModule, best_checkpoint: str) -> dict:
+    if not best_checkpoint:
+        log.warning("no best checkpoint was saved (fast_dev_run?); testing the current weights")
+    trainer.test(model, datamodule=datamodule, ckpt_path=best_checkpoint or None)
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test")}
+
+
+def _calibrate_and_report(
+    cfg: DictConfig, best_checkpoint: str, datamodule: GemDataModule, output_dir: Path
+) -> tuple[dict[str, float], Path]:
+    """Calibrate the best checkpoint on the validation split (stored in it) and write the test report."""
+    predictor = Predictor(best_checkpoint, cache_dir=cfg.paths.cache_dir, batch_size=cfg.data.batch_size)
+    evaluation = evaluate_checkpoint(predictor, output_dir=output_dir / "evaluation" / "test", datamodule=datamodule)
+    # On the test split, held out from the fit: test/loss is the NLL before, these are the rest.
+    summary = evaluation.evaluation.summary
+    calibration_metrics = {
+        "test/ece": summary["ece_before"],
+        "test/ece_calibrated": summary["ece_after"],
+        "test/nll_calibrated": summary["nll_after"],
+        "calibration/temperature": evaluation.evaluation.temperature,
+    }
+    return calibration_metrics, evaluation.report
+
+
+def _record_run(output_dir: Path, metrics: dict, epochs: int, seconds: float, best_checkpoint: str) -> None:
+    """metrics.json: what a multirun summary (gem_lightning.multirun_summary) reads back for this job."""
+    result = {"metrics": metrics, "epochs": epochs, "seconds": seconds, "best_checkpoint": best_checkpoint}
+    write_text_atomically(output_dir / METRICS_FILE, json.dumps(result, indent=1))

@@ -107,10 +107,11 @@ def trained_demo_run(tmp_path_factory) -> TrainedRun:
     # Two epochs on 16 images per class: good enough to be better than chance, bad enough to make mistakes.
     overrides = [*TINY_DEMO, "data.demo.images_per_class=16", "trainer.max_epochs=2"]
     cfg = compose_config(overrides, workdir)
-    metrics, objects = train(cfg)
+    result = train(cfg)
+    metrics = result.metrics
     GlobalHydra.instance().clear()
-    checkpoint = Path(objects["best_checkpoint"])
-    datamodule = objects["datamodule"]
+    checkpoint = Path(result.best_checkpoint)
+    datamodule = result.datamodule
     return TrainedRun(workdir, workdir / "run", checkpoint, tuple(datamodule.class_names), metrics, datamodule)
 
 
@@ -131,13 +132,14 @@ def trained_rembg_run(tmp_path_factory) -> Iterator[TrainedRun]:
         patch.setenv("U2NET_HOME", str(U2NET_DIR))
         overrides = [*TINY_DEMO, "background=rembg", "background.backend.model=u2netp", "background.progress=false"]
         cfg = compose_config(overrides, workdir)
-        metrics, objects = train(cfg)
+        result = train(cfg)
+        metrics = result.metrics
         GlobalHydra.instance().clear()
-        datamodule = objects["datamodule"]
+        datamodule = result.datamodule
         yield TrainedRun(
             workdir,
             workdir / "run",
-            Path(objects["best_checkpoint"]),
+            Path(result.best_checkpoint),
             tuple(datamodule.class_names),
             metrics,
             datamodule,

@@ -91,9 +91,10 @@ def test_training_swaps_backgrounds_with_cached_masks_of_its_own_squares(tmp_pat
 
     monkeypatch.setenv("U2NET_HOME", str(U2NET_DIR))
     cfg = compose_config([*TINY_DEMO, "background_swap=random"], tmp_path)
-    metrics, objects = train(cfg)
+    result = train(cfg)
+    metrics = result.metrics
     assert np.isfinite(metrics["val/acc"])
-    datamodule = objects["datamodule"]
+    datamodule = result.datamodule
     training = datamodule.datasets["train"]
     assert training.background_swap is datamodule.background_swap and training.masks == datamodule.mask_array
     assert all(datamodule.datasets[name].background_swap is None for name in ("val", "test"))
@@ -132,9 +133,9 @@ def test_training_swaps_backgrounds_with_cached_masks_of_its_own_squares(tmp_pat
     cfg = compose_config(
         [*TINY_DEMO, "background_swap=random", "train=false", "test=false", "evaluate=false"], tmp_path
     )
-    _, objects = train(cfg)
-    objects["datamodule"].setup()
-    assert objects["datamodule"].mask_array == datamodule.mask_array
+    result = train(cfg)
+    result.datamodule.setup()
+    assert result.datamodule.mask_array == datamodule.mask_array
     assert os.stat(datamodule.mask_array).st_mtime_ns == written
 
 
@@ -158,8 +159,9 @@ def test_a_head_only_run_computes_no_masks_it_would_not_read(tmp_path, monkeypat
 
     monkeypatch.setenv("U2NET_HOME", str(U2NET_DIR))
     cfg = compose_config([*TINY_DEMO, "background_swap=random", "model.head_only=true"], tmp_path)
-    metrics, objects = train(cfg)
+    result = train(cfg)
+    metrics = result.metrics
     assert np.isfinite(metrics["val/acc"])
-    assert objects["datamodule"].mask_array is None
+    assert result.datamodule.mask_array is None
     assert not list((tmp_path / "cache").rglob("*-mask-*.npy"))
     assert "background_swap is not applied" in caplog.text

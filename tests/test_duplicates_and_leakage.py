@@ -154,7 +154,7 @@ def test_a_run_reports_raw_and_leak_free_test_accuracy(tmp_path):
     cfg = compose_config(
         [*overrides, f"data.root={tmp_path / 'gems'}", "data.split=predefined", "model.pretrained=false"], tmp_path
     )
-    metrics, _ = train(cfg)
+    metrics = train(cfg).metrics
     assert metrics["test_leak_free/leaked_images_left_out"] == 1.0
     assert "test_leak_free/acc" in metrics and "test/acc" in metrics  # their values: checked against the report below
     run_dir = Path(cfg.paths.output_dir)

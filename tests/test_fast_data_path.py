@@ -150,8 +150,9 @@ def test_head_only_training_uses_cached_backbone_features(tmp_path, caplog):
     overrides = ["model.head_only=true", "trainer.max_epochs=2", "augment=none", "evaluate=false"]
     cfg = compose_config([*TINY_DEMO, *overrides], tmp_path)
     batches = _Batches()
-    metrics, objects = train(cfg, extra_callbacks=[batches])
-    model, datamodule = objects["model"], objects["datamodule"]
+    result = train(cfg, extra_callbacks=[batches])
+    metrics = result.metrics
+    model, datamodule = result.model, result.datamodule
     assert 0.0 <= metrics["test/acc"] <= 1.0
     features_dim = model.head[-1].in_features
     assert batches.train and all(shape[1:] == (features_dim,) for shape, _ in batches.train + batches.val)
@@ -178,8 +179,8 @@ def test_head_only_training_uses_cached_backbone_features(tmp_path, caplog):
 def test_augmentation_on_the_device_gets_stored_squares_and_hands_on_image_size(tmp_path):
     cfg = compose_config([*TINY_DEMO, "data.augment_on=device", "+trainer.fast_dev_run=true"], tmp_path)
     batches = _Batches()
-    _, objects = train(cfg, extra_callbacks=[batches])
-    datamodule = objects["datamodule"]
+    result = train(cfg, extra_callbacks=[batches])
+    datamodule = result.datamodule
     assert datamodule.augment_on_device and datamodule.datasets["train"].transform is None
     raw = next(iter(datamodule.train_dataloader()))[0]
     assert raw.shape[-2:] == (stored_side(32), stored_side(32))  # the loader hands over stored squares
@@ -201,11 +202,12 @@ def test_on_a_cpu_augmentation_runs_in_the_loader_and_cache_readers_need_no_proc
 def test_mixed_precision_and_channels_last_train_on_cpu(tmp_path, precision, channels_last):
     overrides = [f"trainer.precision={precision}", f"model.channels_last={str(channels_last).lower()}"]
     cfg = compose_config([*TINY_DEMO, *overrides, "+trainer.fast_dev_run=true"], tmp_path)
-    metrics, objects = train(cfg)
+    result = train(cfg)
+    metrics = result.metrics
     expected = automatic_precision(on_gpu=False) if precision == "auto" else precision
-    assert str(objects["trainer"].precision) == expected
+    assert str(result.trainer.precision) == expected
     assert np.isfinite(metrics["test/loss"])
-    conv = objects["model"].backbone.conv1.weight
+    conv = result.model.backbone.conv1.weight
     assert conv.is_contiguous(memory_format=torch.channels_last) == channels_last
 
 

@@ -28,8 +28,9 @@ def test_short_real_run_on_five_gem_classes_beats_chance_by_far(tmp_path):
         ],
         tmp_path,
     )
-    metrics, objects = train(cfg)
-    datamodule = objects["datamodule"]
+    result = train(cfg)
+    metrics = result.metrics
+    datamodule = result.datamodule
     assert datamodule.class_names == ("Alexandrite", "Almandine", "Amazonite", "Amber", "Amethyst")
     counts = datamodule.split_counts()
     assert sum(counts["test"].values()) == pytest.approx(0.15 * (38 + 35 + 36 + 35 + 39), abs=3)

@@ -36,8 +36,8 @@ def test_warmup_cosine_steps_every_batch_and_the_backbone_learns_slower(tmp_path
             groups = {g["name"]: g["lr"] for g in trainer.optimizers[0].param_groups}
             seen.append((groups["backbone"], groups["head"]))
 
-    _, objects = train(compose_config([*TINY_DEMO, *overrides], tmp_path), extra_callbacks=[RecordRates()])
-    trainer = objects["trainer"]
+    result = train(compose_config([*TINY_DEMO, *overrides], tmp_path), extra_callbacks=[RecordRates()])
+    trainer = result.trainer
     assert trainer.lr_scheduler_configs[0].interval == "step"
     steps = int(trainer.estimated_stepping_batches)
     assert len(seen) == steps >= 8
@@ -65,21 +65,22 @@ def test_a_run_with_mixup_and_cutmix_trains_on_mixed_batches(tmp_path):
     cfg = compose_config([*TINY_DEMO, "model.mixup_alpha=0.4", "model.cutmix_alpha=1.0", "evaluate=false"], tmp_path)
     model = hydra.utils.instantiate(cfg.model, class_names=list("abcd"))
     assert model.batch_mixer is not None
-    metrics, _ = train(cfg)
+    metrics = train(cfg).metrics
     assert torch.isfinite(torch.tensor(metrics["train/loss"])) and 0 <= metrics["test/acc"] <= 1
 
 
 def test_ema_weights_are_what_best_ckpt_holds_and_what_test_and_the_report_measure(tmp_path):
     overrides = ["callbacks=ema", "callbacks.ema.update_starting_at_step=0", "trainer.max_epochs=2"]
     cfg = compose_config([*TINY_DEMO, *overrides], tmp_path)
-    metrics, objects = train(cfg)
-    checkpoint = torch.load(objects["best_checkpoint"], weights_only=True)
+    result = train(cfg)
+    metrics = result.metrics
+    checkpoint = torch.load(result.best_checkpoint, weights_only=True)
     averaged, raw = checkpoint["state_dict"], checkpoint["current_model_state"]
     assert any(not torch.equal(averaged[k], raw[k]) for k in averaged if k.startswith("head."))
     summary = json.loads((tmp_path / "run" / "evaluation" / "test" / "evaluation.json").read_text())["summary"]
     assert summary["top1"] == pytest.approx(metrics["test/acc"], abs=1e-6)
     assert summary["nll_before"] == pytest.approx(metrics["test/loss"], abs=1e-5)
-    loaded = GemClassifier.from_checkpoint(objects["best_checkpoint"])
+    loaded = GemClassifier.from_checkpoint(result.best_checkpoint)
     assert torch.equal(loaded.head[-1].weight, averaged["head.1.weight"])
 
 
@@ -116,8 +117,8 @@ def test_frozen_stages_keep_the_stem_and_first_stages_as_they_were_for_the_whole
         def on_fit_start(self, trainer, module):
             before.update({k: v.clone() for k, v in module.state_dict().items()})
 
-    _, objects = train(compose_config([*TINY_DEMO, *overrides], tmp_path), extra_callbacks=[RecordStart()])
-    model, trainer = objects["model"], objects["trainer"]
+    result = train(compose_config([*TINY_DEMO, *overrides], tmp_path), extra_callbacks=[RecordStart()])
+    model, trainer = result.model, result.trainer
     # The last epoch's weights: the best may be the warm-up epoch, when no stage trained.
     after = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     # The stem (conv1, bn1) and layer1..2 of ResNet-18: weights and BatchNorm statistics untouched.

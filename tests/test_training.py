@@ -23,18 +23,20 @@ def _scalar_tags(log_dir: Path) -> dict[str, list]:
 
 def test_fast_dev_run_on_demo_data(tmp_path):
     cfg = compose_config([*TINY_DEMO, "+trainer.fast_dev_run=true"], tmp_path)
-    metrics, objects = train(cfg)
-    assert objects["trainer"].state.finished
-    assert objects["trainer"].num_training_batches == 1 and torch.isfinite(torch.tensor(metrics["test/loss"]))
-    assert objects["best_checkpoint"] == ""  # fast_dev_run saves nothing
+    result = train(cfg)
+    metrics = result.metrics
+    assert result.trainer.state.finished
+    assert result.trainer.num_training_batches == 1 and torch.isfinite(torch.tensor(metrics["test/loss"]))
+    assert result.best_checkpoint == ""  # fast_dev_run saves nothing
 
 
 def test_two_epochs_write_checkpoints_events_and_a_self_describing_checkpoint(tmp_path):
     cfg = compose_config([*TINY_DEMO, "trainer.max_epochs=2"], tmp_path)
-    metrics, objects = train(cfg)
+    result = train(cfg)
+    metrics = result.metrics
     run_dir = tmp_path / "run"
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
-    assert Path(objects["best_checkpoint"]).is_file()
+    assert Path(result.best_checkpoint).is_file()
     assert (run_dir / "split_manifest.csv").is_file()
     for name in ("val/acc_best", "test/acc", "test/acc_top5", "test/f1_macro", "test/loss"):
         assert name in metrics
@@ -51,7 +53,7 @@ def test_two_epochs_write_checkpoints_events_and_a_self_describing_checkpoint(tm
 
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     described = checkpoint[CHECKPOINT_KEY]
-    assert described["class_names"] == list(objects["datamodule"].class_names)
+    assert described["class_names"] == list(result.datamodule.class_names)
     assert described["image_size"] == 32 and described["backbone"] == "resnet18"
     assert described["augment_policy"] == "colour_preserving"
     assert described["mean"] == [0.485, 0.456, 0.406]
@@ -59,7 +61,7 @@ def test_two_epochs_write_checkpoints_events_and_a_self_describing_checkpoint(tm
 
     # Inference needs the checkpoint alone and reproduces the trained model's outputs.
     restored = GemClassifier.from_checkpoint(run_dir / "checkpoints" / "last.ckpt")
-    trained = objects["model"].eval()
+    trained = result.model.eval()
     batch = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
     trained.load_state_dict(checkpoint["state_dict"])
     with torch.no_grad():
@@ -89,8 +91,8 @@ def test_resume_continues_from_the_saved_epoch(tmp_path):
     saved = torch.load(last, map_location="cpu", weights_only=True)
     resumed = compose_config([*TINY_DEMO, "trainer.max_epochs=3", f"ckpt_path={last}"], tmp_path / "second")
     at_start = _StateAtTrainStart()
-    _, objects = train(resumed, extra_callbacks=[at_start])
-    trainer = objects["trainer"]
+    result = train(resumed, extra_callbacks=[at_start])
+    trainer = result.trainer
     assert trainer.current_epoch == 3
     # The optimiser continues with its moments and step counts, not from a fresh Adam.
     expected = saved["optimizer_states"][0]["state"]
@@ -115,11 +117,11 @@ def test_resume_continues_from_the_saved_epoch(tmp_path):
 
 def test_frozen_warm_up_trains_only_the_head(tmp_path):
     cfg = compose_config([*TINY_DEMO, "model.freeze_backbone_epochs=1", "test=false"], tmp_path)
-    _, objects = train(cfg)
-    trained = objects["model"]
+    result = train(cfg)
+    trained = result.model
     # train() seeds before building the model, so the same seed rebuilds its starting weights.
     pl.seed_everything(cfg.seed)
-    initial = hydra.utils.instantiate(cfg.model, class_names=list(objects["datamodule"].class_names))
+    initial = hydra.utils.instantiate(cfg.model, class_names=list(result.datamodule.class_names))
     pairs = zip(initial.backbone.state_dict().values(), trained.backbone.state_dict().values(), strict=True)
     for before, after in pairs:
         assert torch.equal(before, after)  # weights and BatchNorm statistics untouched while frozen
