@@ -29,10 +29,10 @@ from omegaconf import DictConfig
 from torch import nn
 
 from gem_lightning.atomic_files import write_text_atomically
+from gem_lightning.checkpoint_evaluation import run_dir_of
 from gem_lightning.classifier import GemClassifier
 from gem_lightning.command_line import run_command
 from gem_lightning.errors import GemLightningError
-from gem_lightning.evaluate import run_dir_of
 from gem_lightning.image_dataset import evaluation_dataset
 from gem_lightning.predictor import TTA_VIEWS, Predictor, find_images, usable_images
 
