@@ -8,12 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from gem_lightning.config_schema import register_config_schemas
+from gem_lightning.train_config import compose_train_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO_ROOT / "conf"
@@ -59,18 +58,13 @@ def needs_shared(path: Path):
 
 def compose_config(overrides: list[str], workdir: Path) -> DictConfig:
     """The config train.py would get for ``overrides``, with every path inside ``workdir``."""
-    GlobalHydra.instance().clear()
     paths = [
         f"paths.root_dir={workdir}",
         f"paths.output_dir={workdir / 'run'}",
         f"paths.cache_dir={workdir / 'cache'}",
         f"paths.log_dir={workdir / 'outputs'}",
     ]
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[*overrides, *paths], return_hydra_config=True)
-    # Interpolations such as ${hydra:runtime.output_dir} need the Hydra config set, as in a real run.
-    HydraConfig.instance().set_config(cfg)
-    return cfg
+    return compose_train_config(CONFIG_DIR, [*overrides, *paths])
 
 
 @pytest.fixture(autouse=True)
