@@ -35,7 +35,7 @@ def run_command(config_name: str, description: str, run: Callable[[DictConfig], 
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. ckpt=outputs/.../best.ckpt")
     parser.add_argument("--config-dir", type=Path, default=DEFAULT_CONFIG_DIR, help="Hydra config folder")
     args = parser.parse_args(argv)
-    keep_freed_memory()  # CPU inference at 2.4x the images/s (gem_lightning.memory_allocator says why)
+    keep_freed_memory()  # CPU inference stops page-faulting (gem_lightning.memory_allocator says why)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     silence_library_noise()
     try:

@@ -5,9 +5,8 @@ scale), shorter side to ``side``, centre square. ``build_image_array`` writes it
 ``<cache_dir>/image_arrays/<side>px-<count>-<key>.npy``, a plain ``.npy`` of shape (N, side, side, 3) that
 loaders memory-map: the page cache holds it once for every loader process and every run on the machine.
 Rows are stored channels-last, the layout the model's convolutions take (and torchvision's fastest for
-resizing uint8 images, as the augmentation's crops do: 7,000 against 4,200 images/s for 256 -> 224 px
-here). A data module keeps two arrays: squares at the model's input size for evaluation, and larger ones
-for augmentation to cut into.
+resizing uint8 images, as the augmentation's crops do). A data module keeps two arrays: squares at the
+model's input size for evaluation, and larger ones for augmentation to cut into.
 
 ``build_mask_array`` keeps, beside the training array, the rembg mask of each of its squares
 (``<same name>-mask-<model>.npy``, (N, side, side)) for ``background_swap``; it is built the same way.
@@ -52,10 +51,10 @@ ROWS_PER_RECORD = 256
 def stored_side(image_size: int) -> int:
     """Side of the squares training augments, for a model input of ``image_size``: 9/7 of it (288 for 224).
 
-    Random crops then are not enlarged: the policies' RandomResizedCrop keeps at least 60 % of the area, a
-    side of at least 0.775 x 288 = 223 px, so training images are as sharp as evaluation ones (at 8/7 crops
-    were enlarged up to 1.13x). Evaluation reads squares of ``image_size`` itself, made in one resize.
+    Evaluation reads squares of ``image_size`` itself, made in one resize.
     """
+    # At 9/7 random crops are not enlarged: the policies' RandomResizedCrop keeps at least 60 % of the area, a
+    # side of at least sqrt(0.6) x 9/7, about image_size, so training images are as sharp as evaluation ones.
     return round(image_size * 9 / 7)
 
 

@@ -2,12 +2,9 @@
 
 Why: glibc serves every allocation above its mmap threshold (dynamic, at most 32 MiB) with a fresh ``mmap``
 and hands it back with ``munmap`` as soon as it is freed. A CPU forward pass is made of exactly such blocks
-(one ResNet-18 activation at batch 48 and 224 px is 154 MB), so each step maps, zero-fills page by page and
-unmaps hundreds of megabytes, and the kernel time can exceed the compute. Measured on this project's 2-core
-CPU, batch 48 at 224 px, 2 threads (before -> after; kernel time of the timed steps):
-
-* EfficientNet-Lite0 inference: 23.1 -> 56.1 images/s (system time 11.1 s -> 0.2 s);
-* ResNet-18 training: 12.6 -> 15.9 images/s (4.7 s -> 0.1 s); peak RSS 2.2 -> 2.8 GB.
+(activations at batch 48 and 224 px are tens to hundreds of MB), so each step maps, zero-fills page by page
+and unmaps hundreds of megabytes, and the kernel time can exceed the compute (README.md, "The CPU allocator",
+has the measured gain).
 
 The cure is to serve large blocks from the heap (``M_MMAP_MAX`` = 0) and never trim it (``M_TRIM_THRESHOLD``
 at its maximum): freed activations are reused by the next step. The price is that the process keeps its peak
