@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from gem_lightning.atomic_files import write_bytes_atomically
 from gem_lightning.file_locks import exclusive_lock
 from gem_lightning.image_arrays import array_file
-from gem_lightning.image_dataset import GemImageDataset, collate_batch
+from gem_lightning.image_dataset import GemImageDataset
+from gem_lightning.inference_loop import run_over_dataset
 
 if TYPE_CHECKING:
     from gem_lightning.classifier import GemClassifier
@@ -84,20 +84,15 @@ def backbone_features(
         log.info("computing %s features of %d images once into %s", model.hparams.backbone, len(images), target)
         was_training = model.training
         model.eval()
-        rows = []
-        # Its own generator, so a cache miss leaves the global RNG (shuffling, dropout) as a hit would.
-        loader = DataLoader(
+        features = run_over_dataset(
+            lambda batch: model.features(batch).float(),
             images,
+            model.device,
             batch_size=batch_size,
             num_workers=num_workers,
-            collate_fn=collate_batch,
-            generator=torch.Generator(),
-        )
-        with torch.inference_mode(), forward_context():
-            for batch in loader:
-                rows.append(model.features(batch[0].to(model.device)).float().cpu())
+            forward_context=forward_context,
+        ).outputs
         model.train(was_training)
-        features = torch.cat(rows)
         buffer = io.BytesIO()
         np.save(buffer, features.numpy())
         write_bytes_atomically(target, buffer.getvalue())

@@ -20,15 +20,14 @@ import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from torch.utils.data import DataLoader
 
 from gem_lightning import auto_settings
 from gem_lightning.classifier import GemClassifier
 from gem_lightning.errors import GemLightningError
 from gem_lightning.file_hashing import file_sha256
-from gem_lightning.image_dataset import GemImageDataset, collate_batch, evaluation_dataset
+from gem_lightning.image_dataset import GemImageDataset, evaluation_dataset
 from gem_lightning.image_files import UnusableImage, has_image_extension, inspect_image
+from gem_lightning.inference_loop import run_over_dataset
 from gem_lightning.prepared_images import BackgroundRemoval, SourceImage
 
 log = logging.getLogger(__name__)
@@ -99,29 +98,18 @@ def collect_logits(
     """Run ``model`` (in eval mode, on its own device, in float32) over ``dataset`` in batches, with a progress
     bar. With test-time views (``tta``) the logits are (N, V, C), one row per view; else (N, C)."""
     views = tta_views(tta)
-    device = next(model.parameters()).device
-    loader = DataLoader(
+    model.eval()
+    passed = run_over_dataset(
+        lambda images: view_logits(model, images, views),
         dataset,
+        next(model.parameters()).device,
         batch_size=batch_size,
         num_workers=num_workers,
-        pin_memory=device.type == "cuda",
-        collate_fn=collate_batch,
+        progress=progress,
+        description=description,
     )
-    logits, targets, leaked = [], [], []
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    model.eval()
-    with Progress(*columns, disable=not progress, transient=True) as bar, torch.inference_mode():
-        task = bar.add_task(description, total=len(dataset))
-        for batch in loader:
-            images = batch[0].to(device, non_blocking=True)
-            per_view = view_logits(model, images, views).cpu()
-            logits.append(per_view if tta != "none" else per_view[:, 0])
-            targets.append(torch.as_tensor(batch[1]))
-            leaked.append(torch.as_tensor(batch[2]).bool() if len(batch) == 3 else torch.zeros(len(images), dtype=bool))
-            bar.advance(task, len(images))
-    if not logits:
-        raise GemLightningError("no images to run the model on")
-    return Logits(torch.cat(logits), torch.cat(targets).long(), torch.cat(leaked))
+    logits = passed.outputs if tta != "none" else passed.outputs[:, 0]
+    return Logits(logits, passed.targets, passed.leaked)
 
 
 def averaged_probabilities(results: list[Logits], temperatures: list[float]) -> Logits:
