@@ -9,11 +9,15 @@ import shutil
 from pathlib import Path
 
 import jsonschema
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from gem_lightning import predict, train_config
+from gem_lightning.classifier import GemClassifier
 from gem_lightning.errors import GemLightningError
+from gem_lightning.image_dataset import evaluation_dataset
 from gem_lightning.predictor import Predictor, collect_logits
 from tests.conftest import GEMSTONES_DIR, needs_shared
 
@@ -233,3 +237,19 @@ def test_each_commands_predictor_settings_reach_the_predictor(command):
     assert set(Predictor.COMMAND_SETTINGS) <= arguments
     cfg = train_config.compose_config(command, ["ckpt=model.ckpt"])
     assert set(cfg) & arguments <= set(Predictor.COMMAND_SETTINGS)
+
+
+def test_a_pass_over_a_dataset_leaves_the_global_random_state_alone(tmp_path):
+    # Evaluation inside a run (and a head-only run's feature cache, hit or miss) must not shift the shuffling
+    # and dropout that follow it.
+    items = []
+    for index in range(3):
+        path = tmp_path / f"{index}.png"
+        Image.fromarray(np.full((20, 20, 3), 60 * index, dtype=np.uint8)).save(path)
+        items.append((path, index % 2))
+    model = GemClassifier(["a", "b"], backbone="resnet18", pretrained=False)
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    logits = collect_logits(model, evaluation_dataset(items, 32), batch_size=2, progress=False)
+    assert logits.logits.shape == (3, 2) and logits.targets.tolist() == [0, 1, 0]
+    assert torch.equal(torch.get_rng_state(), before)
