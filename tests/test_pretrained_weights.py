@@ -14,7 +14,6 @@ from torchvision.transforms import v2
 from gem_lightning import backbones
 from gem_lightning.backbones import (
     BACKBONE_NAMES,
-    EFFICIENTNET_LITES,
     create_backbone,
     imagenet_network,
     normalisation,
@@ -42,7 +41,7 @@ def _top_k_hits(network: torch.nn.Module, name: str, images: torch.Tensor, label
 
 
 @needs_shared(IMAGENET_SAMPLES_DIR)
-@pytest.mark.parametrize("name", sorted(EFFICIENTNET_LITES))
+@pytest.mark.parametrize("name", sorted(n for n in BACKBONE_NAMES if n.startswith("efficientnet_lite")))
 def test_efficientnet_lites_are_really_imagenet_pretrained(name):
     images, labels = _imagenet_samples()
     top1, top5 = _top_k_hits(imagenet_network(name, pretrained=True), name, images, labels)
@@ -114,3 +113,25 @@ def test_a_correctly_named_file_of_the_wrong_architecture_is_refused(offline_tor
     monkeypatch.setitem(backbones.RESNET_WEIGHTS_URLS, "resnet18", f"https://example.invalid/resnet18-{prefix}.pth")
     with pytest.raises(GemLightningError, match="do not fit the network"):
         create_backbone("resnet18", pretrained=True, allow_download=False)
+
+
+def test_a_registered_backbone_is_built_weighted_and_normalised_from_its_one_entry(tmp_path, monkeypatch):
+    # A new backbone is one register_backbone call: the factory, the weights lookup and the preprocessing all
+    # read that entry. A ResNet-18 under another name, with weights saved here, stands for one.
+    weights = tmp_path / "tiny.pth"
+    torch.save(models.resnet18(weights=None).state_dict(), weights)
+    entry = backbones.BackboneEntry(
+        "tiny_resnet",
+        (0.1, 0.2, 0.3),
+        (0.4, 0.5, 0.6),
+        build=lambda: models.resnet18(weights=None),
+        weights_file=lambda allow_download: weights,
+        load_weights=lambda network, path: network.load_state_dict(torch.load(path, weights_only=True)),
+    )
+    monkeypatch.setitem(backbones.BACKBONES, "tiny_resnet", entry)
+    built = backbones.create_backbone("tiny_resnet", pretrained=True)
+    assert (built.mean, built.std, built.num_features) == ((0.1, 0.2, 0.3), (0.4, 0.5, 0.6), 512)
+    assert torch.equal(built.network.conv1.weight, torch.load(weights, weights_only=True)["conv1.weight"])
+    assert backbones.pretrained_weights_file("tiny_resnet") == weights
+    with pytest.raises(GemLightningError, match="model.backbone='nope' is unknown; choose one of resnet18, "):
+        backbones.create_backbone("nope")
