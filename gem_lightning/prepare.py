@@ -12,15 +12,13 @@ run then finds everything cached. ``--check`` only says whether everything neede
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
 import hydra
 
+from gem_lightning.command_line import run_entry_point
 from gem_lightning.data_report import CONTACT_SHEET_NAME, print_report
-from gem_lightning.errors import exit_status_for
-from gem_lightning.library_noise import silence_library_noise
 from gem_lightning.train_config import DEFAULT_CONFIG_DIR, compose_train_config
 
 
@@ -71,13 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
-    silence_library_noise()
-    try:
-        return run(args)
-    except Exception as error:
-        return exit_status_for(error)
+    return run_entry_point(_parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -26,10 +26,9 @@ import torch
 
 from gem_lightning import auto_settings
 from gem_lightning.child_processes import die_with_parent
+from gem_lightning.command_line import run_entry_point
 from gem_lightning.config_schema import PROJECT_ROOT
-from gem_lightning.errors import GemLightningError, exit_status_for
-from gem_lightning.library_noise import silence_library_noise
-from gem_lightning.memory_allocator import keep_freed_memory
+from gem_lightning.errors import GemLightningError
 from gem_lightning.search_space import override_value
 from gem_lightning.study_storage import shown
 from gem_lightning.sweep_plan import SweepPlan
@@ -162,17 +161,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    keep_freed_memory()  # every worker process runs this too (gem_lightning.memory_allocator says why)
-    args = _parser().parse_intermixed_args(argv)
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
-    silence_library_noise()
-    try:
-        return run(args)
-    except KeyboardInterrupt:
-        print("interrupted: the running trial is queued again; run the same command to resume", file=sys.stderr)
-        return 130
-    except Exception as error:
-        return exit_status_for(error)
+    # Every worker process runs this too (its own main), so each sets itself up alike.
+    interrupted = "interrupted: the running trial is queued again; run the same command to resume"
+    return run_entry_point(_parser(), run, argv, intermixed=True, interrupted=interrupted)
 
 
 if __name__ == "__main__":
