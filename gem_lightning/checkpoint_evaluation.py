@@ -23,7 +23,8 @@ from gem_lightning.errors import GemLightningError
 from gem_lightning.evaluation import Evaluation, evaluate_logits
 from gem_lightning.evaluation_report import write_evaluation_report
 from gem_lightning.image_dataset import GemImageDataset, evaluation_dataset
-from gem_lightning.predictor import Predictor, collect_logits
+from gem_lightning.model_logits import collect_logits
+from gem_lightning.predictor import Predictor
 from gem_lightning.shifted_photos import build_shifted_folder, shift_named
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from gem_lightning.calibration import (
     negative_log_likelihood,
     reliability_bins,
 )
-from gem_lightning.predictor import Logits
+from gem_lightning.model_logits import Logits
 
 
 @dataclass(frozen=True)

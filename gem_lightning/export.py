@@ -34,7 +34,9 @@ from gem_lightning.classifier import GemClassifier
 from gem_lightning.command_line import run_command
 from gem_lightning.errors import GemLightningError
 from gem_lightning.image_dataset import evaluation_dataset
-from gem_lightning.predictor import TTA_VIEWS, Predictor, find_images, usable_images
+from gem_lightning.model_logits import TTA_VIEWS
+from gem_lightning.predictor import Predictor
+from gem_lightning.user_photos import find_images, usable_images
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +62,7 @@ class ExportableClassifier(nn.Module):
 
 class ExportableEnsemble(nn.Module):
     """Several classifiers and/or test-time views as one network: the mean of every member's calibrated
-    probabilities over every view, as ``predictor.averaged_probabilities`` computes it; logits are its log."""
+    probabilities over every view, as ``model_logits.averaged_probabilities`` computes it; logits are its log."""
 
     def __init__(self, models: list[GemClassifier], tta: str):
         super().__init__()

@@ -19,7 +19,8 @@ from rich.table import Table
 from gem_lightning.atomic_files import write_text_atomically
 from gem_lightning.command_line import run_command
 from gem_lightning.errors import GemLightningError
-from gem_lightning.predictor import ImagePrediction, Predictor, SkippedImage, find_images, top_k
+from gem_lightning.predictor import ImagePrediction, Predictor, top_k
+from gem_lightning.user_photos import SkippedImage, find_images
 
 OUTPUT_FORMATS = (".json", ".csv")
 

@@ -9,9 +9,8 @@ the image size, centre crop. Files that cannot be used are reported and skipped;
 
 from __future__ import annotations
 
-import glob
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,9 +25,16 @@ from gem_lightning.classifier import GemClassifier
 from gem_lightning.errors import GemLightningError
 from gem_lightning.file_hashing import file_sha256
 from gem_lightning.image_dataset import GemImageDataset, evaluation_dataset
-from gem_lightning.image_files import UnusableImage, has_image_extension, inspect_image
-from gem_lightning.inference_loop import run_over_dataset
+from gem_lightning.model_logits import (
+    TTA_VIEWS,
+    Logits,
+    averaged_probabilities,
+    collect_logits,
+    tta_views,
+    view_logits,
+)
 from gem_lightning.prepared_images import BackgroundRemoval, SourceImage
+from gem_lightning.user_photos import SkippedImage, usable_images
 
 log = logging.getLogger(__name__)
 
@@ -40,133 +46,6 @@ class ImagePrediction:
     source: Path  # the user's file
     model_input: Path  # the file the model decoded: the cut-out in the cache, or the photo itself
     probabilities: torch.Tensor  # (num_classes,), calibrated unless asked otherwise
-
-
-@dataclass(frozen=True)
-class SkippedImage:
-    source: Path
-    reason: str
-
-
-@dataclass(frozen=True)
-class Logits:
-    """One pass of a model over a dataset: raw logits and, for labelled data, targets and leak flags."""
-
-    logits: torch.Tensor  # (N, C) float32, before temperature
-    targets: torch.Tensor  # (N,) int64; -1 where unlabelled
-    leaked: torch.Tensor  # (N,) bool; all false when the dataset has no flags
-
-
-def _dihedral(turns: int, flip: bool) -> Callable[[torch.Tensor], torch.Tensor]:
-    def view(images: torch.Tensor) -> torch.Tensor:
-        turned = torch.rot90(images, turns, dims=(-2, -1))
-        return turned.flip(-1) if flip else turned
-
-    return view
-
-
-# Test-time views of a square batch. A loose stone has no upright, so every quarter turn and mirror image is
-# a photo of the same stone; the one list of choices for predict, evaluate and the web page.
-TTA_VIEWS: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], ...]] = {
-    "none": (_dihedral(0, False),),
-    "flip": (_dihedral(0, False), _dihedral(0, True)),
-    "quarter_turns": tuple(_dihedral(turns, False) for turns in range(4)),
-    "dihedral": tuple(_dihedral(turns, flip) for flip in (False, True) for turns in range(4)),
-}
-
-
-def tta_views(tta: str) -> tuple[Callable[[torch.Tensor], torch.Tensor], ...]:
-    if tta not in TTA_VIEWS:
-        raise GemLightningError(f"tta={tta!r}: use one of {', '.join(TTA_VIEWS)}")
-    return TTA_VIEWS[tta]
-
-
-def view_logits(model: GemClassifier, images: torch.Tensor, views: Sequence[Callable]) -> torch.Tensor:
-    """(N, V, C) float32 logits of a batch on the model's device, one column per test-time view."""
-    return torch.stack([model(view(images)).float() for view in views], dim=1)
-
-
-def collect_logits(
-    model: GemClassifier,
-    dataset: GemImageDataset,
-    batch_size: int = 32,
-    num_workers: int = 0,
-    progress: bool = True,
-    description: str = "predicting",
-    tta: str = "none",
-) -> Logits:
-    """Run ``model`` (in eval mode, on its own device, in float32) over ``dataset`` in batches, with a progress
-    bar. With test-time views (``tta``) the logits are (N, V, C), one row per view; else (N, C)."""
-    views = tta_views(tta)
-    model.eval()
-    passed = run_over_dataset(
-        lambda images: view_logits(model, images, views),
-        dataset,
-        next(model.parameters()).device,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        progress=progress,
-        description=description,
-    )
-    logits = passed.outputs if tta != "none" else passed.outputs[:, 0]
-    return Logits(logits, passed.targets, passed.leaked)
-
-
-def averaged_probabilities(results: list[Logits], temperatures: list[float]) -> Logits:
-    """One prediction from several models' (and views') logits: each divided by its own model's temperature,
-    made probabilities, and averaged. Returned as logits, log(mean), so softmax gives the mean back and the one
-    evaluation path takes it with temperature 1."""
-    probabilities = [
-        (result.logits / temperature).softmax(-1).reshape(len(result.logits), -1, result.logits.shape[-1])
-        for result, temperature in zip(results, temperatures, strict=True)
-    ]
-    mean = torch.cat(probabilities, dim=1).mean(dim=1)
-    first = results[0]
-    return Logits(mean.clamp_min(torch.finfo(mean.dtype).tiny).log(), first.targets, first.leaked)
-
-
-def find_images(spec: str | Path) -> list[Path]:
-    """The files ``spec`` names: one file, or every non-hidden image file under a folder (recursively) or matching
-    a glob. Files whose extension is no image format's (``notes.txt``) are not photos and are left out silently;
-    a file named on its own is always taken, so it gets a reason if it is not an image."""
-    path = Path(spec).expanduser()
-    if path.is_file():
-        return [path]
-    if path.is_dir():
-        # Hidden below the folder only: the folder itself may sit inside a hidden one (~/.cache/...).
-        files = [
-            p
-            for p in path.rglob("*")
-            if p.is_file() and has_image_extension(p) and not any(s.startswith(".") for s in p.relative_to(path).parts)
-        ]
-    else:
-        files = [
-            Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file() and has_image_extension(Path(p))
-        ]
-    if not files:
-        raise GemLightningError(f"input={spec}: no such file, folder, or files matching that pattern")
-    return sorted(files)
-
-
-def usable_images(
-    files: list[Path], max_pixels: int, limit: int | None = None
-) -> tuple[list[Path], list[SkippedImage]]:
-    """The files that decode as images (checked as the training scan checks them), and the rest with why.
-
-    With ``limit``, stops once that many usable files are found.
-    """
-    usable, skipped = [], []
-    for path in files:
-        if limit is not None and len(usable) == limit:
-            break
-        try:
-            inspect_image(path, max_pixels)
-            usable.append(path)
-        except UnusableImage as error:
-            skipped.append(SkippedImage(path, str(error)))
-        except OSError as error:  # unreadable (permissions, vanished)
-            skipped.append(SkippedImage(path, f"cannot read: {error}"))
-    return usable, skipped
 
 
 class Predictor:

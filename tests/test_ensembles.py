@@ -9,7 +9,8 @@ import torch
 
 from gem_lightning import evaluate, predict
 from gem_lightning.errors import GemLightningError
-from gem_lightning.predictor import TTA_VIEWS, Predictor
+from gem_lightning.model_logits import TTA_VIEWS
+from gem_lightning.predictor import Predictor
 
 
 def _test_batch(run) -> torch.Tensor:

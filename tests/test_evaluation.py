@@ -22,7 +22,7 @@ from gem_lightning.calibration import (
 from gem_lightning.classifier import GemClassifier
 from gem_lightning.evaluation import evaluate_logits
 from gem_lightning.evaluation_report import confusion_figure
-from gem_lightning.predictor import Logits
+from gem_lightning.model_logits import Logits
 
 
 def _labels_drawn_from(logits: torch.Tensor, temperature: float, seed: int = 0) -> torch.Tensor:

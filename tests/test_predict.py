@@ -18,7 +18,8 @@ from gem_lightning import predict, train_config
 from gem_lightning.classifier import GemClassifier
 from gem_lightning.errors import GemLightningError
 from gem_lightning.image_dataset import evaluation_dataset
-from gem_lightning.predictor import Predictor, collect_logits
+from gem_lightning.model_logits import collect_logits
+from gem_lightning.predictor import Predictor
 from tests.conftest import GEMSTONES_DIR, needs_shared
 
 # What output=*.json promises its readers.
