@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torchmetrics.functional.classification import multiclass_calibration_error
 
 from gem_lightning.atomic_files import write_bytes_atomically
-from gem_lightning.classifier import CHECKPOINT_KEY
+from gem_lightning.checkpoint_format import CHECKPOINT_KEY
 from gem_lightning.errors import GemLightningError
 
 log = logging.getLogger(__name__)

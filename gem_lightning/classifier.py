@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,34 +11,15 @@ import torch
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
-from torchvision.transforms import v2
 
 from gem_lightning.backbones import create_backbone
+from gem_lightning.batch_mixing import batch_mixer
+from gem_lightning.checkpoint_format import CHECKPOINT_FORMAT, CHECKPOINT_KEY, read_checkpoint
 from gem_lightning.config_schema import enum_value
 from gem_lightning.errors import GemLightningError
 from gem_lightning.lr_schedules import STEP_SCHEDULE_ARGUMENT, steps_per_batch
 
-CHECKPOINT_KEY = "gem_lightning"  # where a checkpoint describes itself for inference
-CHECKPOINT_FORMAT = 1
 STAGES = ("train", "val", "test")
-
-
-def batch_mixer(mixup_alpha: float, cutmix_alpha: float, num_classes: int) -> v2.Transform | None:
-    """torchvision's MixUp and/or CutMix on (images, int labels) -> (mixed images, soft labels); None if both off.
-
-    With both on, each batch gets one of them at random (timm's and torchvision's reference recipe).
-    """
-    for name, alpha in (("model.mixup_alpha", mixup_alpha), ("model.cutmix_alpha", cutmix_alpha)):
-        if alpha < 0:
-            raise GemLightningError(f"{name}={alpha} must be 0 (off) or positive (the Beta distribution's alpha)")
-    mixers = [
-        mixer(alpha=alpha, num_classes=num_classes)
-        for mixer, alpha in ((v2.MixUp, mixup_alpha), (v2.CutMix, cutmix_alpha))
-        if alpha > 0
-    ]
-    if not mixers:
-        return None
-    return mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
 
 
 def _stage_metrics(stage: str, num_classes: int) -> MetricCollection:
@@ -61,19 +40,14 @@ def _stage_metrics(stage: str, num_classes: int) -> MetricCollection:
 class GemClassifier(pl.LightningModule):
     """Classifies uint8 (or 0-1 float) RGB batches; normalisation by the backbone's own mean/std is inside.
 
-    ``optimizer`` and ``scheduler`` are factories (Hydra ``_partial_`` configs) taking the parameters and
-    the optimiser respectively. ``freeze_backbone_epochs`` trains only the head for that many epochs first
-    (BatchNorm statistics frozen too), which protects pretrained features from a random head's gradients.
-    ``frozen_stages`` keeps the backbone's stem and first N stages as pretrained for the whole run (weights and
-    BatchNorm statistics, as mmdetection's ``frozen_stages``): nothing flows back through them, so a training
-    step costs less (about half for EfficientNet-Lite0 with 3 on a CPU), and generic edge and colour filters
-    are not refitted to a few dozen photos per class.
-    ``head_only`` never trains the backbone: the data module then serves the backbone's features, computed
-    once and cached on disk, instead of images (gem_lightning.backbone_features), so an epoch is a few
-    matrix products. ``channels_last`` stores activations NHWC, the layout oneDNN and tensor cores are
-    fastest with; ``compile`` runs the backbone through ``torch.compile`` when fitting.
+    The arguments are conf/model/*.yaml's keys (documented there); ``optimizer`` and ``scheduler`` are
+    ``_partial_`` factories taking the parameters and the optimiser. A checkpoint describes itself
+    (``description``), so ``from_checkpoint`` rebuilds the model from the file alone.
     """
 
+    # frozen_stages follows mmdetection's: nothing flows back through the kept stages, so a step is cheaper, and
+    # generic edge and colour filters are not refitted to a few dozen photos per class. head_only trains on
+    # backbone features the data module computes once and caches (gem_lightning.backbone_features).
     def __init__(
         self,
         class_names: list[str],
@@ -323,39 +297,3 @@ class GemClassifier(pl.LightningModule):
         # The checkpoint's own weights replace the pretrained ones, so never look for those.
         model = cls.load_from_checkpoint(path, map_location=map_location, pretrained=False, weights_only=True)
         return model.eval()
-
-
-def read_checkpoint(path: str | Path, setting: str = "ckpt") -> dict:
-    """The checkpoint at ``path`` as a dict, or one GemLightningError saying what is wrong with the file.
-
-    The one check for every command that takes a checkpoint (predict, evaluate, export, the page, and
-    train.py's ``ckpt_path=`` before any data work). It loads with ``weights_only=True`` and never advises
-    otherwise: a file holding arbitrary Python objects is not ours, and unpickling it could run its code.
-    """
-    path = Path(path)
-    where = f"{setting}={path}"
-    hint = "give the best.ckpt or last.ckpt in a run's checkpoints/ folder (train.py prints 'best checkpoint: ...')"
-    if path.is_dir():
-        raise GemLightningError(f"{where} is a folder, not a checkpoint file: {hint}")
-    if not path.is_file():
-        raise GemLightningError(f"checkpoint not found: {where}: {hint}")
-    size = path.stat().st_size
-    unreadable = f"cannot read checkpoint {where}: not a PyTorch checkpoint, or cut short ({size:,} bytes); {hint}"
-    if size == 0:
-        raise GemLightningError(f"cannot read checkpoint {where}: it is an empty file (0 bytes); {hint}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        if not zipfile.is_zipfile(path):  # torch.save writes a zip; random or cut-short bytes fail here too
-            raise GemLightningError(unreadable) from None
-        raise GemLightningError(
-            f"cannot read checkpoint {where}: it holds Python objects that gem-lightning checkpoints never contain "
-            f"(it is not loaded: unpickling them could run code); {hint}"
-        ) from None
-    except Exception:  # a truncated zip, random bytes, another format: torch raises several types
-        raise GemLightningError(unreadable) from None
-    if not isinstance(checkpoint, dict) or CHECKPOINT_KEY not in checkpoint:
-        raise GemLightningError(
-            f"{where} is not a gem-lightning checkpoint (no '{CHECKPOINT_KEY}' entry): train one with train.py"
-        )
-    return checkpoint

@@ -23,7 +23,8 @@ from rich.table import Table
 from gem_lightning.atomic_files import write_text_atomically
 from gem_lightning.backbones import pretrained_weights_file
 from gem_lightning.checkpoint_evaluation import evaluate_checkpoint
-from gem_lightning.classifier import CHECKPOINT_KEY, GemClassifier, read_checkpoint
+from gem_lightning.checkpoint_format import CHECKPOINT_KEY, read_checkpoint
+from gem_lightning.classifier import GemClassifier
 from gem_lightning.config_schema import enum_value
 from gem_lightning.data_report import CONTACT_SHEET_NAME, REPORT_NAME
 from gem_lightning.datamodule import GemDataModule

@@ -11,7 +11,8 @@ import pytest
 import torch
 from lightning.pytorch import Callback
 
-from gem_lightning.classifier import GemClassifier, batch_mixer
+from gem_lightning.batch_mixing import batch_mixer
+from gem_lightning.classifier import GemClassifier
 from gem_lightning.errors import GemLightningError, find_user_error
 from gem_lightning.training import train
 from tests.conftest import TINY_DEMO, compose_config
