@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from torch.utils.data import TensorDataset
 
 from gem_lightning.atomic_files import write_bytes_atomically
 from gem_lightning.file_locks import exclusive_lock
@@ -97,3 +98,42 @@ def backbone_features(
         np.save(buffer, features.numpy())
         write_bytes_atomically(target, buffer.getvalue())
     return features
+
+
+def feature_datasets(
+    model: GemClassifier,
+    image_files: list[Path],
+    side: int,
+    eval_array: Path | None,
+    datasets: dict[str, GemImageDataset],
+    cache_dir: Path,
+    batch_size: int,
+    num_workers: int,
+) -> dict[str, TensorDataset]:
+    """Each split's (features, labels[, leak flags]) in place of its images: one cached pass of the backbone over
+    every image (``image_files`` at ``side`` px, row i of ``eval_array``), indexed by each dataset's rows."""
+    every_image = GemImageDataset(
+        [(path, 0) for path in image_files],
+        None,
+        side,
+        array=eval_array,
+        rows=list(range(len(image_files))),
+    )
+    features = backbone_features(
+        model,
+        every_image,
+        cache_dir,
+        # Float32 whatever trainer.precision says: they are computed once, and the test split's features must
+        # give the logits the evaluation report computes (in float32), or the run logs two test accuracies.
+        precision="32-true",
+        forward_context=lambda: torch.autocast(model.device.type, enabled=False),
+        batch_size=batch_size,
+        num_workers=num_workers,
+    )
+    served = {}
+    for name, dataset in datasets.items():
+        columns = [features[dataset.rows], torch.tensor([label for _, label in dataset.items], dtype=torch.long)]
+        if dataset.leaked is not None:
+            columns.append(torch.tensor(dataset.leaked, dtype=torch.bool))
+        served[name] = TensorDataset(*columns)
+    return served

@@ -11,8 +11,8 @@ import io
 import json
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -25,20 +25,12 @@ from gem_lightning.dataset_scan import DatasetScan
 from gem_lightning.duplicate_groups import DuplicateGroup, DuplicateReport
 from gem_lightning.splits import SplitPlan
 
+if TYPE_CHECKING:
+    from gem_lightning.training_items import TrainingItem
+
 REPORT_NAME = "data_report.json"
 CONTACT_SHEET_NAME = "contact_sheet.png"
 SPLITS = ("train", "val", "test")
-
-
-@dataclass(frozen=True)
-class TrainingItem:
-    """One image as the data module serves it."""
-
-    source: str  # path relative to the data root
-    label: str
-    split: str
-    image_file: Path  # what is decoded: the prepared cut-out, or the original photo
-    leaked: bool  # a test image that duplicates a train image
 
 
 def _where(group: DuplicateGroup, layout: str) -> str:
@@ -212,3 +204,13 @@ def write_report(report: dict, folder: Path, samples: dict[str, list[Path]], tit
         draw_contact_sheet(samples, sheet_path, title)
     write_text_atomically(report_path, json.dumps(report, indent=1))
     return report_path
+
+
+def contact_sheet_samples(items: list[TrainingItem], class_names: tuple[str, ...], per_class: int = 4) -> dict:
+    """The first few images of each class (train split first), as the model will see them."""
+    order = {"train": 0, "val": 1, "test": 2}
+    samples: dict[str, list[Path]] = {name: [] for name in class_names}
+    for item in sorted(items, key=lambda i: (order[i.split], i.source)):
+        if len(samples[item.label]) < per_class:
+            samples[item.label].append(item.image_file)
+    return samples

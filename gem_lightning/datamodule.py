@@ -25,33 +25,24 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from gem_lightning import auto_settings
 from gem_lightning.atomic_files import folder_is_writable
-from gem_lightning.backbone_features import backbone_features
+from gem_lightning.backbone_features import feature_datasets
 from gem_lightning.background_swap import BackgroundSwap
 from gem_lightning.config_schema import enum_value
-from gem_lightning.data_report import REPORT_NAME, TrainingItem, build_report, write_report
+from gem_lightning.data_report import build_report, contact_sheet_samples, write_report
 from gem_lightning.dataset_scan import DatasetScan, discover_classes, scan_dataset
 from gem_lightning.demo_data import DemoGemSet
 from gem_lightning.duplicate_groups import DEFAULT_THRESHOLD, find_duplicate_groups
 from gem_lightning.errors import GemLightningError
 from gem_lightning.image_arrays import build_image_array, build_mask_array, stored_side
 from gem_lightning.image_dataset import GemImageDataset, collate_batch
-from gem_lightning.prepared_images import BackgroundRemoval, SourceImage
+from gem_lightning.prepared_images import BackgroundRemoval
 from gem_lightning.splits import SplitPlan, manifest_path, plan_splits, render_manifest, write_manifest
+from gem_lightning.training_items import TrainingItem, training_items
 
 if TYPE_CHECKING:
     from gem_lightning.classifier import GemClassifier
 
 log = logging.getLogger(__name__)
-
-
-def _contact_sheet_samples(items: list[TrainingItem], class_names: tuple[str, ...], per_class: int = 4) -> dict:
-    """The first few images of each class (train split first), as the model will see them."""
-    order = {"train": 0, "val": 1, "test": 2}
-    samples: dict[str, list[Path]] = {name: [] for name in class_names}
-    for item in sorted(items, key=lambda i: (order[i.split], i.source)):
-        if len(samples[item.label]) < per_class:
-            samples[item.label].append(item.image_file)
-    return samples
 
 
 class GemDataModule(pl.LightningDataModule):
@@ -202,7 +193,7 @@ class GemDataModule(pl.LightningDataModule):
             conflict_policy=self.label_conflicts,
         )
         write_manifest(manifest_file, render_manifest(scan, plan))
-        items, background_report = self._image_files(scan, plan)
+        items, background_report = training_items(scan, plan, self.background, self.cache_dir)
         files = [item.image_file for item in items]
         if self.cache_images:
             self.eval_array = build_image_array(files, self.image_size, self.cache_dir, self.num_workers)
@@ -222,56 +213,11 @@ class GemDataModule(pl.LightningDataModule):
         self.report_file = write_report(
             report,
             self.cache_dir / "reports" / f"{manifest_file.stem}-{variant}",
-            _contact_sheet_samples(items, scan.class_names),
+            contact_sheet_samples(items, scan.class_names),
             f"{scan.root.name}: {background_report['method'] if background_report else 'original photos'}",
         )
         self.scan, self.plan, self.items, self.report, self.manifest_file = scan, plan, items, report, manifest_file
         return items
-
-    def _image_files(self, scan: DatasetScan, plan: SplitPlan) -> tuple[list[TrainingItem], dict | None]:
-        """Which file each split image is decoded from, and the background-removal part of the report."""
-        chosen = [item for item in scan.usable if item.path in plan.assignment]
-        if self.background is None:
-            files = {item.path: scan.root / item.path for item in chosen}
-            background_report = None
-        else:
-            sources = [SourceImage(item.sha256, scan.root / item.path) for item in chosen]
-            records, summary = self.background.prepare(sources, self.cache_dir, skipped=len(scan.skipped))
-            variant = self.background.variant_dir(self.cache_dir)
-            files, fallbacks = {}, []
-            for item in chosen:
-                record = records.get(item.sha256)
-                if record is not None and record["file"] is not None:
-                    files[item.path] = variant / record["file"]
-                if record is not None and record["flag"]:
-                    fallbacks.append({"path": item.path, "reason": record["flag"], "action": record["method"]})
-            background_report = {
-                "method": self.background.backend.describe(),
-                "settings": self.background.settings(),
-                "cache": str(variant),
-                "summary": summary.as_dict(),
-                "fallbacks": fallbacks,
-                "not_used": sorted(item.path for item in chosen if item.path not in files),
-            }
-            if background_report["not_used"]:
-                log.warning(
-                    "%d image(s) have no prepared version (dropped by background.fallback=drop or failed) and "
-                    "are left out; see %s",
-                    len(background_report["not_used"]),
-                    REPORT_NAME,
-                )
-        items = [
-            TrainingItem(
-                source=item.path,
-                label=item.label,
-                split=plan.assignment[item.path],
-                image_file=files[item.path],
-                leaked=item.path in plan.leaked,
-            )
-            for item in chosen
-            if item.path in files
-        ]
-        return items, background_report
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
@@ -374,30 +320,17 @@ class GemDataModule(pl.LightningDataModule):
             log.warning(
                 "model.head_only=true trains on features of the photos as they are: background_swap is not applied"
             )
-        every_image = GemImageDataset(
-            [(item.image_file, 0) for item in self.items],
-            None,
-            self.image_size,
-            array=self.eval_array,
-            rows=list(range(len(self.items))),
-        )
-        features = backbone_features(
+        files = [item.image_file for item in self.items]
+        self.feature_datasets = feature_datasets(
             model,
-            every_image,
+            files,
+            self.image_size,
+            self.eval_array,
+            self.datasets,
             self.cache_dir,
-            # Float32 whatever trainer.precision says: they are computed once, and the test split's features
-            # must give the logits the evaluation report computes (in float32), or the run logs two test accuracies.
-            precision="32-true",
-            forward_context=lambda: torch.autocast(model.device.type, enabled=False),
-            batch_size=self.batch_size,
-            num_workers=self.num_workers,
+            self.batch_size,
+            self.num_workers,
         )
-        self.feature_datasets = {}
-        for name, dataset in self.datasets.items():
-            columns = [features[dataset.rows], torch.tensor([label for _, label in dataset.items], dtype=torch.long)]
-            if dataset.leaked is not None:
-                columns.append(torch.tensor(dataset.leaked, dtype=torch.bool))
-            self.feature_datasets[name] = TensorDataset(*columns)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """With augmentation on the device: each stored square of a training batch through the policy,
