@@ -18,20 +18,20 @@ from gem_lightning.errors import GemLightningError
 MAX_LOADER_WORKERS = 8  # more decoders than a laptop-sized batch needs only cost memory
 
 
+def _core_ids() -> list[int] | None:
+    """The cores in this process's affinity mask, in order; None where the OS has no such mask."""
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+
+
 def usable_cores() -> int:
     """The cores this process may use: its affinity mask where the OS has one, else every core."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0)) or 1
-    return os.cpu_count() or 1
+    cores = _core_ids()
+    return len(cores) if cores else os.cpu_count() or 1
 
 
 def loader_workers(value: int | str, key: str = "data.num_workers") -> int:
     """``auto``: one loader process per usable core, at most ``MAX_LOADER_WORKERS``; else a whole number >= 0."""
-    if value == "auto":
-        return min(MAX_LOADER_WORKERS, usable_cores())
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    raise GemLightningError(f"{key}={value!r}: use a whole number >= 0 or 'auto'")
+    return _count(value, key, min(MAX_LOADER_WORKERS, usable_cores()), minimum=0)
 
 
 def loader_processes(value: int | str, reads_only: bool, model_on_gpu: bool) -> int:
@@ -59,10 +59,8 @@ def augment_on_device(value: str, model_on_gpu: bool) -> bool:
 
 def core_shares(jobs: int) -> list[str | None]:
     """The usable cores split into ``jobs`` disjoint shares ("0,1", "2,3"); ``None`` each where they cannot be."""
-    if not hasattr(os, "sched_getaffinity"):
-        return [None] * jobs
-    cores = sorted(os.sched_getaffinity(0))
-    if len(cores) < jobs:
+    cores = _core_ids()
+    if cores is None or len(cores) < jobs:
         return [None] * jobs
     share = len(cores) // jobs
     return [",".join(str(c) for c in cores[i * share : (i + 1) * share]) for i in range(jobs)]
@@ -70,12 +68,12 @@ def core_shares(jobs: int) -> list[str | None]:
 
 def process_count(value: int | str, key: str) -> int:
     """``auto``: one process per usable core; else a whole number >= 1 (background removal's ``workers``)."""
-    return _at_least_one(value, key, usable_cores())
+    return _count(value, key, usable_cores(), minimum=1)
 
 
 def threads_per_process(value: int | str, key: str, processes: int) -> int:
     """``auto``: the usable cores shared out between ``processes`` processes, at least one thread each."""
-    return _at_least_one(value, key, max(1, usable_cores() // max(1, processes)))
+    return _count(value, key, max(1, usable_cores() // max(1, processes)), minimum=1)
 
 
 def thread_pool_size() -> int:
@@ -83,12 +81,13 @@ def thread_pool_size() -> int:
     return usable_cores()
 
 
-def _at_least_one(value: int | str, key: str, auto: int) -> int:
+def _count(value: int | str, key: str, auto: int, minimum: int) -> int:
+    """``auto`` -> ``auto``; a whole number >= ``minimum`` as it is; anything else one line naming ``key``."""
     if value == "auto":
         return auto
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= minimum:
         return value
-    raise GemLightningError(f"{key}={value!r}: use a whole number >= 1 or 'auto'")
+    raise GemLightningError(f"{key}={value!r}: use a whole number >= {minimum} or 'auto'")
 
 
 def pin_memory(value: bool | str) -> bool:
