@@ -207,6 +207,13 @@ def test_a_small_categorical_space_is_not_trained_twice(tmp_path):
 # -- resuming and sharing a study ---------------------------------------------------------------------------------
 
 
+def _log_excerpt(log_file: Path) -> str:
+    """A sweep log's error lines (any worker's) and its end: the end alone shows the worker that went on."""
+    lines = log_file.read_text().splitlines()
+    errors = [line for line in lines if "Error" in line or "Traceback" in line or "error:" in line]
+    return "\n".join(["error lines:", *errors[:40], "end of the log:", *lines[-25:]])
+
+
 def _wait_for(process: subprocess.Popen, path: Path) -> None:
     deadline = time.monotonic() + 300
     while not path.is_file():
@@ -275,15 +282,16 @@ def test_two_jobs_side_by_side_share_one_sqlite_study(tmp_path):
 def test_sigterm_to_the_jobs_supervisor_reaches_every_worker_and_the_sweep_resumes(tmp_path):
     args = _sweep_args(tmp_path, "jobs-killed", 4, "--jobs", "2", "trainer.max_epochs=8")
     supervisor = _sweep_process(args, tmp_path / "first.log")
+    trials_dir = tmp_path / "outputs" / "sweeps" / "jobs-killed" / "trials"
     deadline = time.monotonic() + 300
     while True:  # both workers in the middle of a trial
-        assert supervisor.poll() is None and time.monotonic() < deadline, (tmp_path / "first.log").read_text()[-2000:]
-        try:
+        assert supervisor.poll() is None and time.monotonic() < deadline, _log_excerpt(tmp_path / "first.log")
+        # Read the study only once trials have saved epochs: a reader opening the file while the workers
+        # create Optuna's tables would create them too, outside the workers' lock.
+        if any(trials_dir.glob("*/checkpoints/last.ckpt")):
             running = [t for t in _study(tmp_path, "jobs-killed").trials if t.state == TrialState.RUNNING]
-        except Exception:  # the study (or its folder) is not created yet
-            running = []
-        if len(running) == 2 and all(t.intermediate_values for t in running):
-            break
+            if len(running) == 2 and all(t.intermediate_values for t in running):
+                break
         time.sleep(0.2)
     supervisor.send_signal(signal.SIGTERM)
     assert supervisor.wait(timeout=120) != 0
