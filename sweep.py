@@ -2,7 +2,7 @@
 
 import sys
 
-from gem_lightning.sweep_cli import main
+from gem_lightning.cli.sweep import main
 
 if __name__ == "__main__":
     sys.exit(main())

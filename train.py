@@ -8,15 +8,15 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from gem_lightning.config_schema import register_config_schemas
+from gem_lightning.cli.library_noise import silence_library_noise
+from gem_lightning.config.schema import register_config_schemas
 from gem_lightning.errors import exit_status_for, find_user_error
-from gem_lightning.library_noise import silence_library_noise
-from gem_lightning.memory_allocator import keep_freed_memory
-from gem_lightning.multirun_summary import record_failed_job
-from gem_lightning.training import train
+from gem_lightning.machine.memory_allocator import keep_freed_memory
+from gem_lightning.training.multirun_summary import record_failed_job
+from gem_lightning.training.run import train
 
 register_config_schemas()
-# Reuse freed CPU memory instead of page-faulting it afresh every step (gem_lightning.memory_allocator says why).
+# Reuse freed CPU memory instead of page-faulting it afresh every step (machine/memory_allocator.py says why).
 keep_freed_memory()
 silence_library_noise()
 

@@ -11,8 +11,8 @@ import pytest
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
-from gem_lightning.config_schema import register_config_schemas
-from gem_lightning.train_config import compose_train_config
+from gem_lightning.config.composition import compose_train_config
+from gem_lightning.config.schema import register_config_schemas
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO_ROOT / "conf"
@@ -95,7 +95,7 @@ class TrainedRun:
 
 @pytest.fixture(scope="session")
 def trained_demo_run(tmp_path_factory) -> TrainedRun:
-    from gem_lightning.training import train
+    from gem_lightning.training.run import train
 
     workdir = tmp_path_factory.mktemp("trained_demo")
     # Two epochs on 16 images per class: good enough to be better than chance, bad enough to make mistakes.
@@ -115,7 +115,7 @@ U2NET_DIR = SHARED_DIR / "models" / "u2net"
 @pytest.fixture(scope="session")
 def trained_rembg_run(tmp_path_factory) -> Iterator[TrainedRun]:
     """A tiny demo run trained on rembg u2netp cut-outs (needs ../shared); U2NET_HOME stays set for its users."""
-    from gem_lightning.training import train
+    from gem_lightning.training.run import train
 
     if not (U2NET_DIR / "u2netp.onnx").is_file():
         if os.environ.get("CI"):

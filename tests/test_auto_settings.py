@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gem_lightning import auto_settings, dataset_scan, duplicate_groups
+from gem_lightning.data.background.cut_outs import BackgroundRemoval
 from gem_lightning.errors import GemLightningError
-from gem_lightning.prepared_images import BackgroundRemoval
+from gem_lightning.machine import auto_settings, dataset_scan, duplicate_groups
 
 
 @pytest.fixture

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gem_lightning.background_removal import GrabCutBackend, RembgBackend
+from gem_lightning.data.background.backends import GrabCutBackend, RembgBackend
+from gem_lightning.data.background.cut_outs import BackgroundRemoval, SourceImage, load_downscaled
 from gem_lightning.errors import GemLightningError
-from gem_lightning.file_hashing import file_sha256
-from gem_lightning.prepared_images import BackgroundRemoval, SourceImage, load_downscaled
+from gem_lightning.files.hashing import file_sha256
 from tests.conftest import GEMSTONES_DIR, REPO_ROOT, SHARED_DIR, checkout_env, needs_shared
 
 U2NET_DIR = SHARED_DIR / "models" / "u2net"
@@ -172,7 +172,7 @@ def _prepare_command(tmp_path: Path, *extra: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "gem_lightning.prepare",
+        "gem_lightning.cli.prepare",
         "data=demo",
         f"data.root={tmp_path / 'gems'}",
         f"data.demo.images_per_class={DEMO_PER_CLASS}",

@@ -10,10 +10,10 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image
 
-from gem_lightning.background_swap import BACKGROUND_KINDS, BackgroundSwap
+from gem_lightning.data.background.swap import BACKGROUND_KINDS, BackgroundSwap
+from gem_lightning.data.image_arrays import stored_image
+from gem_lightning.data.image_dataset import GemImageDataset
 from gem_lightning.errors import find_user_error
-from gem_lightning.image_arrays import stored_image
-from gem_lightning.image_dataset import GemImageDataset
 from tests.conftest import TINY_DEMO, U2NET_DIR, compose_config, needs_shared
 from tests.test_train_cli import _run_train, _the_one_error_line
 
@@ -87,7 +87,7 @@ def test_a_missing_mask_model_stops_train_py_with_one_line(tmp_path):
 
 @needs_shared(U2NET_DIR / "u2netp.onnx")
 def test_training_swaps_backgrounds_with_cached_masks_of_its_own_squares(tmp_path, monkeypatch):
-    from gem_lightning.training import train
+    from gem_lightning.training.run import train
 
     monkeypatch.setenv("U2NET_HOME", str(U2NET_DIR))
     cfg = compose_config([*TINY_DEMO, "background_swap=random"], tmp_path)
@@ -141,9 +141,9 @@ def test_training_swaps_backgrounds_with_cached_masks_of_its_own_squares(tmp_pat
 
 @needs_shared(U2NET_DIR / "u2netp.onnx")
 def test_a_photo_the_mask_model_cannot_read_is_one_line_naming_the_mask(tmp_path, monkeypatch):
-    from gem_lightning.background_removal import RembgBackend
+    from gem_lightning.data.background.backends import RembgBackend
+    from gem_lightning.data.image_arrays import build_mask_array
     from gem_lightning.errors import GemLightningError
-    from gem_lightning.image_arrays import build_mask_array
 
     monkeypatch.setenv("U2NET_HOME", str(U2NET_DIR))
     broken = tmp_path / "broken.jpg"
@@ -155,7 +155,7 @@ def test_a_photo_the_mask_model_cannot_read_is_one_line_naming_the_mask(tmp_path
 
 @needs_shared(U2NET_DIR / "u2netp.onnx")
 def test_a_head_only_run_computes_no_masks_it_would_not_read(tmp_path, monkeypatch, caplog):
-    from gem_lightning.training import train
+    from gem_lightning.training.run import train
 
     monkeypatch.setenv("U2NET_HOME", str(U2NET_DIR))
     cfg = compose_config([*TINY_DEMO, "background_swap=random", "model.head_only=true"], tmp_path)

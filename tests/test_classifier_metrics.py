@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from gem_lightning.classifier import GemClassifier
+from gem_lightning.models.classifier import GemClassifier
 
 NUM_CLASSES = 87
 

@@ -9,11 +9,11 @@ from hydra.errors import ConfigCompositionException
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.loggers import Logger
 
-from gem_lightning.datamodule import GemDataModule
+from gem_lightning.data.datamodule import GemDataModule
 from gem_lightning.errors import GemLightningError
-from gem_lightning.lr_schedules import steps_per_batch
-from gem_lightning.trainer_factory import build_trainer
-from gem_lightning.training import _instantiate_each
+from gem_lightning.models.lr_schedules import steps_per_batch
+from gem_lightning.training.run import _instantiate_each
+from gem_lightning.training.trainer_factory import build_trainer
 from tests.conftest import CONFIG_DIR, compose_config
 
 

@@ -12,11 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
-from gem_lightning.datamodule import GemDataModule
-from gem_lightning.dataset_scan import scan_dataset
+from gem_lightning.data.datamodule import GemDataModule
+from gem_lightning.data.image_files import load_rgb
+from gem_lightning.data.scan import scan_dataset
+from gem_lightning.data.splits import plan_splits, read_manifest
 from gem_lightning.errors import GemLightningError
-from gem_lightning.image_files import load_rgb
-from gem_lightning.splits import plan_splits, read_manifest
 from tests.conftest import GEMSTONES_DIR, needs_shared
 
 

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gem_lightning.data_report import CONTACT_SHEET_NAME
-from gem_lightning.datamodule import GemDataModule
-from gem_lightning.dataset_scan import scan_dataset
-from gem_lightning.duplicate_groups import find_duplicate_groups
+from gem_lightning.data.datamodule import GemDataModule
+from gem_lightning.data.duplicates import find_duplicate_groups
+from gem_lightning.data.report import CONTACT_SHEET_NAME
+from gem_lightning.data.scan import scan_dataset
+from gem_lightning.data.splits import plan_splits, read_manifest
 from gem_lightning.errors import GemLightningError
-from gem_lightning.splits import plan_splits, read_manifest
-from gem_lightning.training import train
+from gem_lightning.training.run import train
 from tests.conftest import GEMSTONES_DIR, TINY_DEMO, compose_config, needs_shared
 
 

@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from gem_lightning import evaluate, predict
+from gem_lightning.cli import evaluate, predict
 from gem_lightning.errors import GemLightningError
-from gem_lightning.model_logits import TTA_VIEWS
-from gem_lightning.predictor import Predictor
+from gem_lightning.inference.logits import TTA_VIEWS
+from gem_lightning.inference.predictor import Predictor
 
 
 def _test_batch(run) -> torch.Tensor:

@@ -11,18 +11,18 @@ import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from gem_lightning import evaluate
-from gem_lightning.calibration import (
+from gem_lightning.cli import evaluate
+from gem_lightning.evaluation.calibration import (
     calibrate,
     expected_calibration_error,
     fit_temperature,
     negative_log_likelihood,
     reliability_bins,
 )
-from gem_lightning.classifier import GemClassifier
-from gem_lightning.evaluation import evaluate_logits
-from gem_lightning.evaluation_report import confusion_figure
-from gem_lightning.model_logits import Logits
+from gem_lightning.evaluation.metrics import evaluate_logits
+from gem_lightning.evaluation.report import confusion_figure
+from gem_lightning.inference.logits import Logits
+from gem_lightning.models.classifier import GemClassifier
 
 
 def _labels_drawn_from(logits: torch.Tensor, temperature: float, seed: int = 0) -> torch.Tensor:

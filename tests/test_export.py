@@ -8,18 +8,18 @@ import onnx
 import pytest
 import torch
 
-from gem_lightning import export
-from gem_lightning.classifier import GemClassifier
+from gem_lightning.cli import export as export_command
 from gem_lightning.errors import GemLightningError
-from gem_lightning.export import check_images, onnx_probabilities, torchscript_probabilities
-from gem_lightning.predictor import Predictor
+from gem_lightning.export.formats import check_images, export_checkpoint, onnx_probabilities, torchscript_probabilities
+from gem_lightning.inference.predictor import Predictor
+from gem_lightning.models.classifier import GemClassifier
 
 
 def test_exports_match_pytorch_on_real_images_at_any_batch_size(trained_demo_run, tmp_path, capsys):
     run = trained_demo_run
     photos = [path for path, _ in run.datamodule.datasets["test"].items]
     out = tmp_path / "export"
-    assert export.main([f"ckpt={run.checkpoint}", f"output_dir={out}", f"input={photos[0].parent}"]) == 0
+    assert export_command.main([f"ckpt={run.checkpoint}", f"output_dir={out}", f"input={photos[0].parent}"]) == 0
     printed = capsys.readouterr().out
     assert printed.count("probabilities match PyTorch") == 2
 
@@ -49,7 +49,7 @@ def test_exports_match_pytorch_on_real_images_at_any_batch_size(trained_demo_run
 
 def test_an_unknown_format_is_refused(trained_demo_run, tmp_path):
     with pytest.raises(GemLightningError, match="choose from onnx, torchscript"):
-        export.export_checkpoint(trained_demo_run.checkpoint, tmp_path, formats=("tflite",))
+        export_checkpoint(trained_demo_run.checkpoint, tmp_path, formats=("tflite",))
 
 
 def _other_member(checkpoint, path, **hyper_parameters):
@@ -67,7 +67,7 @@ def _other_member(checkpoint, path, **hyper_parameters):
 def test_an_ensemble_with_test_time_views_exports_as_the_predictor_predicts(trained_demo_run, tmp_path, capsys):
     run = trained_demo_run
     members = [str(run.checkpoint), str(_other_member(run.checkpoint, tmp_path / "other.ckpt"))]
-    assert export.main([f"ckpt=[{','.join(members)}]", "tta=dihedral", "formats=[onnx]"]) == 0
+    assert export_command.main([f"ckpt=[{','.join(members)}]", "tta=dihedral", "formats=[onnx]"]) == 0
     assert "probabilities match PyTorch" in capsys.readouterr().out
     out = run.run_dir / "export-ensemble2-tta-dihedral"  # beside the single model's export/, not over it
 
@@ -85,7 +85,7 @@ def test_an_ensemble_with_test_time_views_exports_as_the_predictor_predicts(trai
 def test_members_of_two_image_sizes_are_one_error(trained_demo_run, tmp_path):
     other = _other_member(trained_demo_run.checkpoint, tmp_path / "larger.ckpt", image_size=48)
     with pytest.raises(GemLightningError, match="the members take 32 and 48 px images; one exported file takes one"):
-        export.export_checkpoint([trained_demo_run.checkpoint, other], tmp_path / "out")
+        export_checkpoint([trained_demo_run.checkpoint, other], tmp_path / "out")
 
 
 def _batch(run, count: int) -> torch.Tensor:

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from gem_lightning.dataset_scan import scan_dataset
+from gem_lightning.data.scan import scan_dataset
 from gem_lightning.errors import GemLightningError
-from gem_lightning.training import check_run_settings, train
+from gem_lightning.training.run import check_run_settings, train
 from tests.conftest import REPO_ROOT, SHARED_DIR, TINY_DEMO, compose_config, needs_shared
 
 U2NET_DIR = SHARED_DIR / "models" / "u2net"
@@ -221,7 +221,7 @@ def test_killing_prepare_ends_its_workers_and_the_rerun_does_only_the_rest(tmp_p
     command = [
         sys.executable,
         "-m",
-        "gem_lightning.prepare",
+        "gem_lightning.cli.prepare",
         *TINY_DEMO,
         "background=rembg",
         "background.backend.model=u2netp",

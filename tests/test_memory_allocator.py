@@ -15,7 +15,7 @@ import pytest
 PROBE = """
 import resource, sys
 import torch, torchvision
-from gem_lightning.memory_allocator import keep_freed_memory
+from gem_lightning.machine.memory_allocator import keep_freed_memory
 changed = keep_freed_memory() if sys.argv[1] == "keep" else False
 torch.set_num_threads(2)
 network, images = torchvision.models.resnet18().eval(), torch.rand(48, 3, 224, 224)

@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 
-from gem_lightning.multirun_summary import collect_rows
+from gem_lightning.training.multirun_summary import collect_rows
 from tests.conftest import REPO_ROOT, TINY_DEMO
 
 

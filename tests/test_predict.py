@@ -14,12 +14,12 @@ import pytest
 import torch
 from PIL import Image
 
-from gem_lightning import predict, train_config
-from gem_lightning.classifier import GemClassifier
+from gem_lightning.cli import predict, train_config
+from gem_lightning.data.image_dataset import evaluation_dataset
 from gem_lightning.errors import GemLightningError
-from gem_lightning.image_dataset import evaluation_dataset
-from gem_lightning.model_logits import collect_logits
-from gem_lightning.predictor import Predictor
+from gem_lightning.inference.logits import collect_logits
+from gem_lightning.inference.predictor import Predictor
+from gem_lightning.models.classifier import GemClassifier
 from tests.conftest import GEMSTONES_DIR, needs_shared
 
 # What output=*.json promises its readers.

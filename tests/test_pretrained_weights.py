@@ -11,15 +11,15 @@ import torch
 from torchvision import models
 from torchvision.transforms import v2
 
-from gem_lightning import backbones
-from gem_lightning.backbones import (
+from gem_lightning.data.image_dataset import evaluation_dataset
+from gem_lightning.errors import GemLightningError
+from gem_lightning.models import backbones
+from gem_lightning.models.backbones import (
     BACKBONE_NAMES,
     create_backbone,
     imagenet_network,
     normalisation,
 )
-from gem_lightning.errors import GemLightningError
-from gem_lightning.image_dataset import evaluation_dataset
 from tests.conftest import IMAGENET_SAMPLES_DIR, needs_shared
 
 
@@ -60,7 +60,7 @@ def test_lite_backbones_drop_the_imagenet_head(name, features):
 
 def test_every_registered_backbone_is_a_model_choice_and_a_config():
     """The registry is the one list: the config schema's choices and conf/model/ follow it."""
-    from gem_lightning.config_schema import PROJECT_ROOT, BackboneName
+    from gem_lightning.config.schema import PROJECT_ROOT, BackboneName
 
     assert [b.value for b in BackboneName] == list(BACKBONE_NAMES)
     assert {p.stem for p in (PROJECT_ROOT / "conf" / "model").glob("*.yaml")} == set(BACKBONE_NAMES)

@@ -29,8 +29,8 @@ import numpy as np
 import pytest
 import torch
 
-from gem_lightning.classifier import GemClassifier
-from gem_lightning.file_hashing import file_sha256
+from gem_lightning.files.hashing import file_sha256
+from gem_lightning.models.classifier import GemClassifier
 from tests.conftest import GEMSTONES_DIR, REPO_ROOT, SHARED_DIR, needs_shared
 
 README = REPO_ROOT / "README.md"
@@ -59,8 +59,10 @@ COMMAND_TESTS = {
     'pip install -e ".[test]"': "set-up: .ci/run installs the project exactly so",
     "python train.py experiment=demo": "test_demo_trains_and_prints_what_readme_shows",
     "python -m pytest": "set-up: .ci/run runs exactly this command",
-    "python -m gem_lightning.predict ckpt=<best checkpoint> input=cache/demo_gems/Ruby": "test_predict_the_demo_rubies",
-    "python -m gem_lightning.web ckpt=<best checkpoint>": "test_web_page_serves",
+    "python -m gem_lightning.cli.predict ckpt=<best checkpoint> input=cache/demo_gems/Ruby": (
+        "test_predict_the_demo_rubies"
+    ),
+    "python -m gem_lightning.cli.web ckpt=<best checkpoint>": "test_web_page_serves",
     "python train.py model=efficientnet_lite0": "test_kaggle_pooled",
     "python train.py model=efficientnet_lite0 data.split=predefined": "test_kaggle_predefined",
     "python train.py model=efficientnet_lite0 data.root=/path/to/gemstones": "test_kaggle_elsewhere",
@@ -68,13 +70,13 @@ COMMAND_TESTS = {
     "python train.py experiment=seed_report": "test_seed_report_names_the_missing_weights",
     "python train.py model=resnet18 trainer.gpus=1": "test_gpus_1_says_what_is_missing",
     "export U2NET_HOME=../shared/models/u2net": "set-up: the environment of the three commands below it",
-    "python -m gem_lightning.prepare --check background=rembg background.backend.model=u2netp": "test_prepare",
-    "python -m gem_lightning.prepare background=rembg background.backend.model=u2netp": "test_prepare",
+    "python -m gem_lightning.cli.prepare --check background=rembg background.backend.model=u2netp": "test_prepare",
+    "python -m gem_lightning.cli.prepare background=rembg background.backend.model=u2netp": "test_prepare",
     "python train.py model=efficientnet_lite0 background=rembg background.backend.model=u2netp": "test_prepare",
     "python train.py experiment=best_cpu background_swap=random": "test_best_cpu_with_background_swap",
     "python train.py experiment=robust_cpu": "test_robust_cpu",
-    "python -m gem_lightning.bench data_dir=data/gemstones": "test_bench_tiny",
-    "python -m gem_lightning.bench data_dir=data/gemstones && python train.py experiment=gpu_check "
+    "python -m gem_lightning.cli.bench data_dir=data/gemstones": "test_bench_tiny",
+    "python -m gem_lightning.cli.bench data_dir=data/gemstones && python train.py experiment=gpu_check "
     "data.root=data/gemstones": "test_gpu_check",
     "python train.py -m experiment=demo optim.lr=1e-3,3e-4 augment=seed,colour_preserving": "test_multirun",
     "python sweep.py experiment=demo --n-trials 20": "test_sweep_demo",
@@ -90,22 +92,23 @@ COMMAND_TESTS = {
     "python train.py <the same overrides> ckpt_path=outputs/<task>/runs/<time>/checkpoints/last.ckpt": (
         "test_resume_a_killed_run"
     ),
-    "python -m gem_lightning.predict ckpt=<best checkpoint> input=my_photos/ output=predictions.json": (
+    "python -m gem_lightning.cli.predict ckpt=<best checkpoint> input=my_photos/ output=predictions.json": (
         "test_predict_a_folder_to_json"
     ),
-    "python -m gem_lightning.predict ckpt=<best checkpoint> input='my_photos/*.jpg' top_k=3 output=predictions.csv": (
-        "test_predict_a_glob_to_csv"
+    "python -m gem_lightning.cli.predict ckpt=<best checkpoint> input='my_photos/*.jpg' top_k=3 "
+    "output=predictions.csv": ("test_predict_a_glob_to_csv"),
+    "python -m gem_lightning.cli.evaluate ckpt=<checkpoint>": "test_evaluate_the_runs_test_split",
+    "python -m gem_lightning.cli.evaluate ckpt=<checkpoint> input=other_gems/ calibrate=false": (
+        "test_evaluate_a_folder"
     ),
-    "python -m gem_lightning.evaluate ckpt=<checkpoint>": "test_evaluate_the_runs_test_split",
-    "python -m gem_lightning.evaluate ckpt=<checkpoint> input=other_gems/ calibrate=false": "test_evaluate_a_folder",
-    "python -m gem_lightning.evaluate ckpt=<checkpoint> tta=dihedral": "test_evaluate_with_views_or_shifted_photos",
-    "python -m gem_lightning.evaluate ckpt=<checkpoint> shift=small": "test_evaluate_with_views_or_shifted_photos",
-    "python -m gem_lightning.predict ckpt=[<checkpoint>,<other checkpoint>] input=my_photos/": (
+    "python -m gem_lightning.cli.evaluate ckpt=<checkpoint> tta=dihedral": "test_evaluate_with_views_or_shifted_photos",
+    "python -m gem_lightning.cli.evaluate ckpt=<checkpoint> shift=small": "test_evaluate_with_views_or_shifted_photos",
+    "python -m gem_lightning.cli.predict ckpt=[<checkpoint>,<other checkpoint>] input=my_photos/": (
         "test_predict_with_an_ensemble"
     ),
-    "python -m gem_lightning.export ckpt=<checkpoint> input=my_photos/": "test_export",
+    "python -m gem_lightning.cli.export ckpt=<checkpoint> input=my_photos/": "test_export",
     'pip install -e ".[web]"': "set-up: the web extra is part of the test extra .ci/run installs",
-    "python -m gem_lightning.web ckpt=<checkpoint>": "test_web_page_serves",
+    "python -m gem_lightning.cli.web ckpt=<checkpoint>": "test_web_page_serves",
 }
 
 
@@ -303,7 +306,7 @@ def test_demo_trains_and_prints_what_readme_shows(clone, demo):
 
 def test_predict_the_demo_rubies(clone, demo):
     result = clone.run(
-        "python -m gem_lightning.predict ckpt=<best checkpoint> input=cache/demo_gems/Ruby",
+        "python -m gem_lightning.cli.predict ckpt=<best checkpoint> input=cache/demo_gems/Ruby",
         placeholders={"<best checkpoint>": demo.checkpoint},
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -314,13 +317,13 @@ def test_predict_the_demo_rubies(clone, demo):
 
 def test_web_page_serves(clone, demo):
     for command in (
-        "python -m gem_lightning.web ckpt=<best checkpoint>",
-        "python -m gem_lightning.web ckpt=<checkpoint>",
+        "python -m gem_lightning.cli.web ckpt=<best checkpoint>",
+        "python -m gem_lightning.cli.web ckpt=<checkpoint>",
     ):
         assert command in COMMAND_TESTS
     port = _free_port()
     server = clone.start(
-        "python -m gem_lightning.web ckpt=<best checkpoint>",
+        "python -m gem_lightning.cli.web ckpt=<best checkpoint>",
         f"port={port}",
         placeholders={"<best checkpoint>": demo.checkpoint},
     )
@@ -441,7 +444,7 @@ def test_best_cpu(clone):
     assert run["report"]["split"]["mode"] == "predefined"
     checkpoint = torch.load(clone.root / run["best_checkpoint"], map_location="cpu", weights_only=True)
     config = checkpoint["gem_lightning"]["config"]
-    assert config["scheduler"]["_target_"] == "gem_lightning.lr_schedules.warmup_cosine"
+    assert config["scheduler"]["_target_"] == "gem_lightning.models.lr_schedules.warmup_cosine"
     assert (config["model"]["backbone"], config["augment"]["name"]) == ("efficientnet_lite0", "colour_preserving")
     groups = checkpoint["optimizer_states"][0]["param_groups"]
     assert {group["name"] for group in groups} == {"backbone", "head"}
@@ -472,7 +475,7 @@ def test_gpus_1_says_what_is_missing(clone):
 
 def test_gpu_check(clone):
     command = (
-        "python -m gem_lightning.bench data_dir=data/gemstones && python train.py experiment=gpu_check "
+        "python -m gem_lightning.cli.bench data_dir=data/gemstones && python train.py experiment=gpu_check "
         "data.root=data/gemstones"
     )
     bench, train = (part.strip() for part in command.split("&&"))
@@ -532,7 +535,7 @@ def test_robust_cpu(clone):
     assert config["background_swap"]["probability"] == 0.5
     # Everything else is best_cpu's.
     assert config["model"]["frozen_stages"] == 3 and config["data"]["split"] == "predefined"
-    assert config["scheduler"]["_target_"] == "gem_lightning.lr_schedules.warmup_cosine"
+    assert config["scheduler"]["_target_"] == "gem_lightning.models.lr_schedules.warmup_cosine"
     assert "background swap: 50% of training photos" in run["output"]
 
 
@@ -556,7 +559,7 @@ def test_best_cpu_with_background_swap(clone):
 
 
 def test_bench_tiny(clone):
-    result = clone.run("python -m gem_lightning.bench data_dir=data/gemstones", "tiny=true")
+    result = clone.run("python -m gem_lightning.cli.bench data_dir=data/gemstones", "tiny=true")
     assert result.returncode == 0, result.stderr[-3000:]
     written = sorted((clone.root / "outputs" / "bench").glob("*/bench.json"))
     assert len(written) == 1
@@ -721,7 +724,7 @@ def my_photos(clone, demo) -> Path:
 
 def test_predict_a_folder_to_json(clone, demo, my_photos):
     result = clone.run(
-        "python -m gem_lightning.predict ckpt=<best checkpoint> input=my_photos/ output=predictions.json",
+        "python -m gem_lightning.cli.predict ckpt=<best checkpoint> input=my_photos/ output=predictions.json",
         placeholders={"<best checkpoint>": demo.checkpoint},
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -735,7 +738,8 @@ def test_predict_a_folder_to_json(clone, demo, my_photos):
 
 def test_predict_a_glob_to_csv(clone, demo, my_photos):
     result = clone.run(
-        "python -m gem_lightning.predict ckpt=<best checkpoint> input='my_photos/*.jpg' top_k=3 output=predictions.csv",
+        "python -m gem_lightning.cli.predict ckpt=<best checkpoint> input='my_photos/*.jpg' top_k=3 "
+        "output=predictions.csv",
         placeholders={"<best checkpoint>": demo.checkpoint},
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -745,7 +749,7 @@ def test_predict_a_glob_to_csv(clone, demo, my_photos):
 
 def test_evaluate_the_runs_test_split(clone, demo):
     result = clone.run(
-        "python -m gem_lightning.evaluate ckpt=<checkpoint>", placeholders={"<checkpoint>": demo.checkpoint}
+        "python -m gem_lightning.cli.evaluate ckpt=<checkpoint>", placeholders={"<checkpoint>": demo.checkpoint}
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = clone.root / _value(result.stdout, "report")
@@ -757,7 +761,7 @@ def test_evaluate_the_runs_test_split(clone, demo):
 
 def test_evaluate_a_folder(clone, demo, my_photos):
     result = clone.run(
-        "python -m gem_lightning.evaluate ckpt=<checkpoint> input=other_gems/ calibrate=false",
+        "python -m gem_lightning.cli.evaluate ckpt=<checkpoint> input=other_gems/ calibrate=false",
         placeholders={"<checkpoint>": demo.checkpoint},
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -770,7 +774,8 @@ def test_evaluate_a_folder(clone, demo, my_photos):
 )
 def test_evaluate_with_views_or_shifted_photos(clone, demo, option, report_folder):
     result = clone.run(
-        f"python -m gem_lightning.evaluate ckpt=<checkpoint> {option}", placeholders={"<checkpoint>": demo.checkpoint}
+        f"python -m gem_lightning.cli.evaluate ckpt=<checkpoint> {option}",
+        placeholders={"<checkpoint>": demo.checkpoint},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert clone.root / _value(result.stdout, "report") == demo.run_dir / "evaluation" / report_folder / "report.md"
@@ -781,7 +786,7 @@ def test_evaluate_with_views_or_shifted_photos(clone, demo, option, report_folde
 
 def test_predict_with_an_ensemble(clone, demo, my_photos):
     result = clone.run(
-        "python -m gem_lightning.predict ckpt=[<checkpoint>,<other checkpoint>] input=my_photos/",
+        "python -m gem_lightning.cli.predict ckpt=[<checkpoint>,<other checkpoint>] input=my_photos/",
         placeholders={"<checkpoint>": demo.checkpoint, "<other checkpoint>": demo.checkpoint.replace("best", "last")},
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -790,7 +795,7 @@ def test_predict_with_an_ensemble(clone, demo, my_photos):
 
 def test_export(clone, demo, my_photos):
     result = clone.run(
-        "python -m gem_lightning.export ckpt=<checkpoint> input=my_photos/",
+        "python -m gem_lightning.cli.export ckpt=<checkpoint> input=my_photos/",
         placeholders={"<checkpoint>": demo.checkpoint},
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gem_lightning.training import train
+from gem_lightning.training.run import train
 from tests.conftest import GEMSTONES_DIR, compose_config, needs_shared
 
 

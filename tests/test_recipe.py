@@ -11,10 +11,10 @@ import pytest
 import torch
 from lightning.pytorch import Callback
 
-from gem_lightning.batch_mixing import batch_mixer
-from gem_lightning.classifier import GemClassifier
 from gem_lightning.errors import GemLightningError, find_user_error
-from gem_lightning.training import train
+from gem_lightning.models.batch_mixing import batch_mixer
+from gem_lightning.models.classifier import GemClassifier
+from gem_lightning.training.run import train
 from tests.conftest import TINY_DEMO, compose_config
 
 

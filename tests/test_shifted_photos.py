@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from gem_lightning import evaluate
-from gem_lightning.background_removal import RembgBackend
+from gem_lightning.cli import evaluate
+from gem_lightning.data.background.backends import RembgBackend
+from gem_lightning.data.shifted_photos import SHIFTS, build_shifted_folder, shifted_photo
 from gem_lightning.errors import GemLightningError
-from gem_lightning.shifted_photos import SHIFTS, build_shifted_folder, shifted_photo
 from tests.conftest import U2NET_DIR, needs_shared
 
 

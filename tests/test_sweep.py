@@ -23,10 +23,10 @@ from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
+from gem_lightning.cli.sweep import main as sweep_main
 from gem_lightning.errors import GemLightningError
-from gem_lightning.search_space import SearchSpace
-from gem_lightning.study_storage import load_study, open_storage, storage_url
-from gem_lightning.sweep_cli import main as sweep_main
+from gem_lightning.sweeps.search_space import SearchSpace
+from gem_lightning.sweeps.storage import load_study, open_storage, storage_url
 from tests.conftest import CONFIG_DIR, REPO_ROOT, TINY_DEMO
 from tests.postgres_server import find_postgres_bin, postgres_server
 
@@ -312,8 +312,8 @@ def test_sigterm_to_the_jobs_supervisor_reaches_every_worker_and_the_sweep_resum
 
 @pytest.mark.parametrize("pruner", ["median", "hyperband", "threshold", "none"])
 def test_every_pruner_config_builds_with_the_train_config(pruner, tmp_path):
-    from gem_lightning.sweep_plan import SweepPlan
-    from gem_lightning.train_config import compose_train_config
+    from gem_lightning.config.composition import compose_train_config
+    from gem_lightning.sweeps.plan import SweepPlan
 
     overrides = [*TRIAL_SIZE, *_paths(tmp_path)]
     cfg = compose_train_config(CONFIG_DIR, [*overrides, "sweep=backbones", f"sweep/pruner={pruner}"])
@@ -386,7 +386,7 @@ def test_a_table_creation_race_is_opened_again(tmp_path, monkeypatch):
     """The "table ... already exists" a second worker met once on a fresh SQLite file: it opens again."""
     from sqlalchemy.exc import OperationalError
 
-    from gem_lightning import study_storage
+    from gem_lightning.sweeps import storage as study_storage
 
     real, calls = study_storage.RDBStorage, []
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from gem_lightning.checkpoint_format import CHECKPOINT_KEY
-from gem_lightning.classifier import GemClassifier
-from gem_lightning.training import train
+from gem_lightning.models.checkpoint_format import CHECKPOINT_KEY
+from gem_lightning.models.classifier import GemClassifier
+from gem_lightning.training.run import train
 from tests.conftest import TINY_DEMO, compose_config
 
 

@@ -85,7 +85,7 @@ def test_upload_a_gem_photo_and_see_the_cut_out_and_top_5(request, tmp_path):
     photo = kaggle if with_shared or os.environ.get("CI") else run.datamodule.items[0].image_file
     port = _free_port()
     log = tmp_path / "web.log"
-    command = [sys.executable, "-m", "gem_lightning.web", f"ckpt={run.checkpoint}", f"port={port}"]
+    command = [sys.executable, "-m", "gem_lightning.cli.web", f"ckpt={run.checkpoint}", f"port={port}"]
     command.append(f"cache_dir={tmp_path / 'cache'}")
     with log.open("w") as output:
         server = subprocess.Popen(command, cwd=REPO_ROOT, stdout=output, stderr=subprocess.STDOUT)
@@ -138,7 +138,7 @@ def test_bad_uploads_say_why_and_a_busy_port_is_one_line(trained_demo_run, tmp_p
 
     port = _free_port()
     log = tmp_path / "web.log"
-    command = [sys.executable, "-m", "gem_lightning.web", f"ckpt={trained_demo_run.checkpoint}", f"port={port}"]
+    command = [sys.executable, "-m", "gem_lightning.cli.web", f"ckpt={trained_demo_run.checkpoint}", f"port={port}"]
     command += [f"cache_dir={tmp_path / 'cache'}", "max_upload_mb=1"]
     with log.open("w") as output:
         server = subprocess.Popen(command, cwd=REPO_ROOT, stdout=output, stderr=subprocess.STDOUT)

@@ -1,0 +1,115 @@
+"""``python -m gem_lightning.cli.predict ckpt=... input=<file|folder|glob>`` (or ``gem-predict``): identify photos.
+
+Prints the top-k classes of every photo with their (calibrated) probabilities; ``output=x.json`` or
+``output=x.csv`` also writes them. Unusable files are listed and skipped; the others go on.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
+
+from gem_lightning.cli.front_end import run_command
+from gem_lightning.errors import GemLightningError
+from gem_lightning.files.atomic_writes import write_text_atomically
+from gem_lightning.inference.predictor import ImagePrediction, Predictor, top_k
+from gem_lightning.inference.user_photos import SkippedImage, find_images
+
+OUTPUT_FORMATS = (".json", ".csv")
+
+
+def predictions_document(
+    predictor: Predictor, predictions: list[ImagePrediction], skipped: list[SkippedImage], k: int
+) -> dict:
+    """The JSON written by ``output=*.json`` (tests/test_predict.py holds its schema)."""
+    return {
+        "checkpoint": str(predictor.checkpoint),
+        "checkpoints": [str(path) for path in predictor.checkpoints],
+        "model": predictor.describe_model(),
+        "tta": predictor.tta,
+        "class_count": len(predictor.class_names),
+        "image_size": predictor.image_size,
+        "background": predictor.describe_background(),
+        "temperature": predictor.temperature,
+        "predictions": [
+            {
+                "file": str(item.source),
+                "model_input": str(item.model_input),
+                "top_k": [
+                    {"class": name, "probability": probability}
+                    for name, probability in top_k(item.probabilities, predictor.class_names, k)
+                ],
+            }
+            for item in predictions
+        ],
+        "skipped": [{"file": str(item.source), "reason": item.reason} for item in skipped],
+    }
+
+
+def predictions_csv(document: dict, k: int) -> str:
+    """One row per photo: file, class_1, probability_1, ... class_k, probability_k, skipped (the reason)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    ranks = range(1, k + 1)
+    writer.writerow(["file", *(f"{kind}_{rank}" for rank in ranks for kind in ("class", "probability")), "skipped"])
+    for row in document["predictions"]:
+        cells = []
+        for entry in row["top_k"]:
+            cells += [entry["class"], f"{entry['probability']:.6f}"]
+        cells += [""] * (2 * k - len(cells))
+        writer.writerow([row["file"], *cells, ""])
+    for row in document["skipped"]:
+        writer.writerow([row["file"], *([""] * (2 * k)), row["reason"]])
+    return buffer.getvalue()
+
+
+def _print_table(document: dict) -> None:
+    table = Table(title=f"{len(document['predictions'])} photo(s), temperature {document['temperature']:.3f}")
+    table.add_column("file", overflow="fold")
+    table.add_column("top class")
+    table.add_column("probability", justify="right")
+    table.add_column("next")
+    for row in document["predictions"]:
+        first, *rest = row["top_k"]
+        others = ", ".join(f"{entry['class']} {entry['probability']:.3f}" for entry in rest)
+        table.add_row(row["file"], first["class"], f"{first['probability']:.3f}", others)
+    Console().print(table)
+    for row in document["skipped"]:
+        print(f"skipped {row['file']}: {row['reason']}")
+
+
+def run(cfg: DictConfig) -> int:
+    output = Path(cfg.output) if cfg.output else None
+    if output is not None and output.suffix.lower() not in OUTPUT_FORMATS:
+        raise GemLightningError(f"output={cfg.output}: the file name must end in .json or .csv")
+    if cfg.top_k < 1:
+        raise GemLightningError(f"top_k={cfg.top_k} must be at least 1")
+    files = find_images(cfg.input)  # before loading the model: a typo in input= fails at once
+    predictor = Predictor.from_command_config(cfg)
+    k = min(cfg.top_k, len(predictor.class_names))
+    predictions, skipped = predictor.predict_files(files)
+    document = predictions_document(predictor, predictions, skipped, k)
+    _print_table(document)
+    if output is not None:
+        text = json.dumps(document, indent=1) if output.suffix.lower() == ".json" else predictions_csv(document, k)
+        write_text_atomically(output, text)
+        print(f"wrote {output}")
+    if not predictions:
+        raise GemLightningError(f"none of the {len(files)} file(s) under input={cfg.input} could be used")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    description = "Identify gem photos with a trained checkpoint: top-k classes with probabilities."
+    return run_command("predict", description, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

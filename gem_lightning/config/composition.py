@@ -1,0 +1,48 @@
+"""Compose the project's Hydra configs outside ``@hydra.main``: train.py's for the prepare command and sweep
+trials, and the inference commands' own (``conf/predict.yaml``, ``evaluate.yaml``, ``export.yaml``, ``web.yaml``).
+
+The prepare command and sweep trials take train.py's overrides, so ``python -m gem_lightning.cli.prepare
+<overrides>`` prepares, and a sweep trial with ``<overrides> <sampled values>`` trains, exactly what
+``python train.py <overrides>`` would.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from gem_lightning.config.schema import PROJECT_ROOT, register_config_schemas
+from gem_lightning.errors import GemLightningError
+
+# The repository's conf/ beside this package (an editable install, as the README sets up).
+DEFAULT_CONFIG_DIR = PROJECT_ROOT / "conf"
+
+
+def compose_config(
+    config_name: str,
+    overrides: list[str],
+    config_dir: Path = DEFAULT_CONFIG_DIR,
+    return_hydra_config: bool = False,
+) -> DictConfig:
+    """``conf/<config_name>.yaml`` with ``overrides`` applied, as Hydra's compose API builds it."""
+    config_dir = Path(config_dir)
+    if not (config_dir / f"{config_name}.yaml").is_file():
+        raise GemLightningError(
+            f"no {config_name}.yaml in {config_dir}: pass --config-dir with the project's conf/ folder"
+        )
+    register_config_schemas()
+    GlobalHydra.instance().clear()  # a second command in one process (tests, the web page) starts afresh
+    with initialize_config_dir(config_dir=str(config_dir.resolve()), version_base="1.3"):
+        return compose(config_name, overrides=list(overrides), return_hydra_config=return_hydra_config)
+
+
+def compose_train_config(config_dir: Path, overrides: list[str]) -> DictConfig:
+    """The config train.py would compose for ``overrides`` (without starting a run), Hydra's node included."""
+    cfg = compose_config("train", overrides, config_dir, return_hydra_config=True)
+    # ${hydra:runtime.output_dir} in conf/paths needs the Hydra config set, as inside a real run.
+    HydraConfig.instance().set_config(cfg)
+    return cfg

@@ -1,0 +1,94 @@
+"""Typed schemas for the config groups whose values users type most: Hydra checks them while composing.
+
+A typo'd key (``data.batchsize=32``) or a bad value (``data.split=random``, ``data.batch_size=abc``,
+``model.backbone=resnet101``) then fails with Hydra's own message before any run folder is made, instead
+of half-way into a run. The YAML files in ``conf/data`` and ``conf/model`` list ``/schema/<group>/typed`` first in
+their defaults; ``register_config_schemas()`` must run before composing (train.py, ``compose_config`` and the tests
+do). It also registers ``${project_root:}``, the folder that ``conf/paths`` puts data, caches and outputs in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+
+from gem_lightning.data.splits import ConflictPolicy, SplitMode
+from gem_lightning.machine.auto_settings import AugmentPlace
+from gem_lightning.models.backbones import BACKBONE_NAMES
+
+# The project folder: the one holding conf/, train.py and this package (a clone, installed editable). Not the
+# working directory: Hydra resolves the multirun folder before it knows that (`${hydra:runtime.cwd}` fails
+# there), and a run started from another folder must still find data/, cache/ and outputs/.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+# Each list of choices is kept where its rule lives; Hydra checks the keys against them.
+BackboneName = Enum("BackboneName", {name: name for name in BACKBONE_NAMES}, type=str)
+
+
+@dataclass
+class DataSchema:
+    _target_: str = "gem_lightning.data.datamodule.GemDataModule"
+    root: str = "???"
+    cache_dir: str = "???"
+    split: SplitMode = SplitMode.pooled
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    split_seed: int = 42
+    image_size: int = 224
+    batch_size: int = 48
+    num_workers: Any = "auto"  # a whole number or "auto"
+    pin_memory: Any = "auto"  # true, false or "auto"
+    max_image_pixels: int = 50_000_000
+    max_classes: int | None = None
+    min_images_per_class: int = 1
+    train_transform: Any = None
+    augment_policy: str = "none"
+    demo: Any = None
+    background: Any = None
+    background_swap: Any = None
+    near_duplicate_threshold: float | None = 0.01
+    label_conflicts: ConflictPolicy = ConflictPolicy.drop
+    cache_images: bool = True
+    augment_on: AugmentPlace = AugmentPlace.auto
+
+
+@dataclass
+class ModelSchema:
+    _target_: str = "gem_lightning.models.classifier.GemClassifier"
+    backbone: BackboneName = BackboneName.resnet18
+    pretrained: bool = True
+    allow_download: bool = False
+    label_smoothing: float = 0.0
+    dropout: float = 0.0
+    backbone_lr_scale: float = 1.0
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    freeze_backbone_epochs: int = 0
+    frozen_stages: int = 0
+    head_only: bool = False
+    channels_last: bool = True
+    compile: bool = False
+    image_size: int = 224
+    augment_policy: str = "none"
+    optimizer: Any = None  # a _partial_ optimiser node (conf/optim/)
+    scheduler: Any = None  # a _partial_ schedule node (conf/scheduler/); empty for none
+
+
+def enum_value(value: Any) -> Any:
+    """A config enum's plain value (``BackboneName.resnet18`` -> ``"resnet18"``); anything else as it is."""
+    return value.value if isinstance(value, Enum) else value
+
+
+def register_config_schemas() -> None:
+    if not OmegaConf.has_resolver("project_root"):
+        OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
+    store = ConfigStore.instance()
+    # In groups of their own, so `train.py --help` does not offer "schema" as a choice of data/ or model/.
+    store.store(group="schema/data", name="typed", node=DataSchema)
+    store.store(group="schema/model", name="typed", node=ModelSchema)

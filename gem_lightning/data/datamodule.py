@@ -1,0 +1,381 @@
+"""The LightningDataModule: prepares a gemstone folder and serves augmented uint8 batches.
+
+Preparation (``prepare_data``): scan every file once, group exact and near-duplicates, split so that no
+duplicate group straddles two splits, cut backgrounds out if ``background`` says so (cached by content),
+write the split manifest and the data report, and decode every image once into uint8 arrays
+(``image_arrays``) that the loaders memory-map, with ``background_swap`` each photo's rembg mask too.
+Nothing under the data root is ever written to.
+
+Batches stay uint8 (N, 3, H, W) all the way to the model, which converts and normalises them itself with
+its backbone's mean and std: a quarter of the bytes to copy to a GPU, and normalisation that can never
+disagree with the backbone because the checkpoint carries it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from gem_lightning.config.schema import enum_value
+from gem_lightning.data.background.cut_outs import BackgroundRemoval
+from gem_lightning.data.background.swap import BackgroundSwap
+from gem_lightning.data.demo import DemoGemSet
+from gem_lightning.data.duplicates import DEFAULT_THRESHOLD, find_duplicate_groups
+from gem_lightning.data.image_arrays import build_image_array, build_mask_array, stored_side
+from gem_lightning.data.image_dataset import GemImageDataset, collate_batch
+from gem_lightning.data.report import build_report, contact_sheet_samples, write_report
+from gem_lightning.data.scan import DatasetScan, discover_classes, scan_dataset
+from gem_lightning.data.splits import SplitPlan, manifest_path, plan_splits, render_manifest, write_manifest
+from gem_lightning.data.training_items import TrainingItem, training_items
+from gem_lightning.errors import GemLightningError
+from gem_lightning.files.atomic_writes import folder_is_writable
+from gem_lightning.machine import auto_settings
+from gem_lightning.models.backbone_features import feature_datasets
+
+if TYPE_CHECKING:
+    from gem_lightning.models.classifier import GemClassifier
+
+log = logging.getLogger(__name__)
+
+
+class GemDataModule(pl.LightningDataModule):
+    def __init__(
+        self,
+        root: str,
+        cache_dir: str,
+        split: str = "pooled",
+        val_fraction: float = 0.15,
+        test_fraction: float = 0.15,
+        split_seed: int = 42,
+        image_size: int = 224,
+        batch_size: int = 48,
+        num_workers: int | str = "auto",
+        pin_memory: bool | str = "auto",
+        max_image_pixels: int = 50_000_000,
+        train_transform: Callable | None = None,
+        augment_policy: str = "none",
+        demo: DemoGemSet | None = None,
+        max_classes: int | None = None,
+        min_images_per_class: int = 1,
+        background: BackgroundRemoval | None = None,
+        background_swap: BackgroundSwap | None = None,
+        near_duplicate_threshold: float | None = DEFAULT_THRESHOLD,
+        label_conflicts: str = "drop",
+        cache_images: bool = True,
+        augment_on: str = "auto",
+    ):
+        super().__init__()
+        if image_size < 16:
+            raise GemLightningError(f"data.image_size={image_size} is too small; use 16 or more")
+        if batch_size < 1:
+            raise GemLightningError(f"data.batch_size={batch_size} must be at least 1")
+        augment_on = enum_value(augment_on)
+        places = [place.value for place in auto_settings.AugmentPlace]
+        if augment_on not in places:
+            raise GemLightningError(f"data.augment_on={augment_on!r}: use one of {', '.join(places)}")
+        self.root = Path(root)
+        self.cache_dir = Path(cache_dir)
+        self.split = enum_value(split)  # a config enum becomes its plain name
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.split_seed = split_seed
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.num_workers_setting = num_workers
+        self.num_workers = auto_settings.loader_workers(num_workers)
+        self.pin_memory = auto_settings.pin_memory(pin_memory)
+        self.max_image_pixels = max_image_pixels
+        # augment=none gives no transform: training then reads the evaluation squares as they are.
+        self.augmented = train_transform is not None
+        self.train_transform = train_transform
+        self.augment_policy = augment_policy
+        self.demo = demo
+        self.max_classes = max_classes
+        self.min_images_per_class = min_images_per_class
+        self.background = background if background is not None and background.enabled else None
+        self.background_swap = background_swap if background_swap is not None and background_swap.enabled else None
+        self.near_duplicate_threshold = near_duplicate_threshold
+        self.label_conflicts = enum_value(label_conflicts)
+        self.cache_images = cache_images
+        self.augment_on = augment_on
+        # Every split image's square, row i = self.items[i]: at image_size for evaluation (and training
+        # without augmentation), and at 9/7 of it for augmentation to crop and rotate.
+        self.eval_array: Path | None = None
+        self.train_array: Path | None = None
+        # Row i: the rembg mask of self.items[i]'s training square, when background_swap is on.
+        self.mask_array: Path | None = None
+        self.augment_on_device = False
+        self.feature_datasets: dict[str, TensorDataset] | None = None  # head-only training (model.head_only)
+        self.scan: DatasetScan | None = None
+        self.plan: SplitPlan | None = None  # where every file goes, fixed for this module's life
+        self.items: list[TrainingItem] | None = None
+        self.report: dict | None = None
+        self.manifest_file: Path | None = None
+        self.report_file: Path | None = None
+        self.datasets: dict[str, GemImageDataset] = {}
+        self._cache_checked = False
+
+    # -- preparation -------------------------------------------------------------------------------------
+
+    def _check_cache_folder(self) -> None:
+        """One line for a cache folder that cannot be made; one warning (once) for a read-only one."""
+        if self._cache_checked:
+            return
+        self._cache_checked = True
+        if not folder_is_writable(self.cache_dir, "paths.cache_dir"):
+            log.warning(
+                "the cache folder %s is read-only: only what is already cached in it can be used "
+                "(anything missing stops the run with the file's name)",
+                self.cache_dir,
+            )
+
+    def prepare_data(self) -> None:
+        """Render the demo set if asked; scan, split, cut out backgrounds, write manifest and report."""
+        self._check_cache_folder()
+        if self.demo is not None:
+            self.demo.render(self.root)
+        self._prepare()
+
+    def check(self) -> None:
+        """Fail now, before any work, if something preparation needs is missing (data folder, model file)."""
+        self._check_cache_folder()
+        if self.demo is None:
+            discover_classes(self.root)
+        if self.background is not None:
+            self.background.check()
+        if self.background_swap is not None:
+            self.background_swap.mask_backend.check()
+
+    def _prepare(self) -> list[TrainingItem]:
+        """Everything before training, once per data module.
+
+        train() and Lightning's fit and test each call prepare_data/setup; reusing the first result skips
+        repeated scans and guarantees that testing sees the split that training saw. Under DDP every rank
+        runs this; the per-variant lock in the background cache makes all but one find the work done.
+        """
+        if self.items is not None:
+            return self.items
+        self.check()
+        scan = scan_dataset(self.root, self.cache_dir, self.max_image_pixels)
+        manifest_file = manifest_path(
+            self.cache_dir,
+            scan,
+            self.split,
+            self.split_seed,
+            self.val_fraction,
+            self.test_fraction,
+            extra=f"{self.near_duplicate_threshold}|{self.label_conflicts}",
+        )
+        if self.max_classes is not None:
+            scan = scan.first_classes(self.max_classes)
+            # Its own manifest, so switching between the subset and the whole set is not a "changed folder".
+            manifest_file = manifest_file.with_name(f"{manifest_file.stem}-first{self.max_classes}.csv")
+        scan = scan.classes_with_images(
+            self.min_images_per_class, needed_per_class=2 if self.split == "predefined" else 3
+        )
+        if self.min_images_per_class > 1:
+            manifest_file = manifest_file.with_name(f"{manifest_file.stem}-min{self.min_images_per_class}.csv")
+        duplicates = find_duplicate_groups(scan, self.cache_dir, self.near_duplicate_threshold)
+        plan = plan_splits(
+            scan,
+            self.split,
+            self.split_seed,
+            self.val_fraction,
+            self.test_fraction,
+            duplicates=duplicates,
+            conflict_policy=self.label_conflicts,
+        )
+        write_manifest(manifest_file, render_manifest(scan, plan))
+        items, background_report = training_items(scan, plan, self.background, self.cache_dir)
+        files = [item.image_file for item in items]
+        if self.cache_images:
+            self.eval_array = build_image_array(files, self.image_size, self.cache_dir, self.num_workers)
+            if self.augmented:
+                self.train_array = build_image_array(files, self.training_side, self.cache_dir, self.num_workers)
+
+        settings = {
+            "mode": self.split,
+            "seed": self.split_seed,
+            "val_fraction": self.val_fraction,
+            "test_fraction": self.test_fraction,
+            "label_conflicts": self.label_conflicts,
+            "manifest": str(manifest_file),
+        }
+        report = build_report(scan, plan, duplicates, items, settings, background_report)
+        variant = Path(background_report["cache"]).name if background_report else "original"
+        self.report_file = write_report(
+            report,
+            self.cache_dir / "reports" / f"{manifest_file.stem}-{variant}",
+            contact_sheet_samples(items, scan.class_names),
+            f"{scan.root.name}: {background_report['method'] if background_report else 'original photos'}",
+        )
+        self.scan, self.plan, self.items, self.report, self.manifest_file = scan, plan, items, report, manifest_file
+        return items
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        items = self._prepare()
+        self.scan.log_skipped()
+        index_of = {name: i for i, name in enumerate(self.class_names)}
+        by_split: dict[str, list[tuple[int, TrainingItem]]] = {"train": [], "val": [], "test": []}
+        for row, item in enumerate(items):
+            by_split[item.split].append((row, item))
+        empty = [name for name in ("train", "val") if not by_split[name]]
+        if empty:
+            raise GemLightningError(
+                f"the {' and '.join(empty)} split of {self.root} is empty: add images or change "
+                "data.val_fraction / data.test_fraction"
+            )
+        if self.background_swap is not None and self.mask_array is None and self._head_only_model() is None:
+            # Here rather than in _prepare: a head-only run trains on features of the photos as they are, so
+            # it would never read the masks, the slowest thing preparation computes.
+            files = [item.image_file for item in items]
+            backend = self.background_swap.mask_backend
+            self.mask_array = build_mask_array(files, self.training_side, self.cache_dir, backend)
+        self.augment_on_device = self.augmented and auto_settings.augment_on_device(
+            self.augment_on, self._model_on_gpu()
+        )
+        for name in ("train", "val", "test"):
+            chosen = by_split[name]
+            if name == "train" and self.augmented:
+                # On the device, the loader hands over the squares and on_after_batch_transfer augments them.
+                transform = None if self.augment_on_device else self.train_transform
+                side, array = self.training_side, self.train_array
+            else:
+                transform, side, array = None, self.image_size, self.eval_array
+            swap = self.background_swap if name == "train" and self.mask_array is not None else None
+            self.datasets[name] = GemImageDataset(
+                [(item.image_file, index_of[item.label]) for _, item in chosen],
+                transform,
+                side,
+                leaked=[item.leaked for _, item in chosen] if name == "test" else None,
+                array=array,
+                rows=[row for row, _ in chosen],
+                masks=self.mask_array if swap is not None else None,
+                background_swap=swap,
+            )
+        if self.mask_array is not None:
+            log.info("background swap: %s", self.background_swap.describe())
+        log.info(
+            "%d classes; train %d, val %d, test %d images (%d test image(s) marked leaked; split=%s, seed %d, "
+            "%s); manifest %s; report %s",
+            len(self.class_names),
+            len(by_split["train"]),
+            len(by_split["val"]),
+            len(by_split["test"]),
+            sum(item.leaked for _, item in by_split["test"]),
+            self.split,
+            self.split_seed,
+            self.background.backend.describe() if self.background else "original photos",
+            self.manifest_file,
+            self.report_file,
+        )
+
+    @property
+    def training_side(self) -> int:
+        """Side of the squares the training split is read at: larger ones for augmentation to cut into."""
+        return stored_side(self.image_size) if self.augmented else self.image_size
+
+    # -- what the model needs to know ----------------------------------------------------------------------
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        if self.scan is not None:
+            return self.scan.class_names
+        _, names = discover_classes(self.root)
+        return names[: self.max_classes] if self.max_classes is not None else names
+
+    def split_counts(self) -> dict[str, Counter]:
+        """Images per class for each split, for reports and tests."""
+        return {
+            name: Counter(self.class_names[label] for _, label in dataset.items)
+            for name, dataset in self.datasets.items()
+        }
+
+    # -- loaders -------------------------------------------------------------------------------------------
+
+    def _head_only_model(self) -> GemClassifier | None:
+        model = self.trainer.lightning_module if self.trainer is not None else None
+        return model if model is not None and model.hparams.get("head_only") else None
+
+    def _serve_features(self, model: GemClassifier) -> None:
+        """Replace every split's images by the frozen backbone's features of them (cached on disk).
+
+        Called when the first loader is asked for, when Lightning has moved the model to its device.
+        """
+        if self.augment_policy != "none":
+            log.warning(
+                "model.head_only=true trains on features of the unaugmented images: augment=%s is not applied",
+                self.augment_policy,
+            )
+        if self.background_swap is not None:
+            log.warning(
+                "model.head_only=true trains on features of the photos as they are: background_swap is not applied"
+            )
+        files = [item.image_file for item in self.items]
+        self.feature_datasets = feature_datasets(
+            model,
+            files,
+            self.image_size,
+            self.eval_array,
+            self.datasets,
+            self.cache_dir,
+            self.batch_size,
+            self.num_workers,
+        )
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """With augmentation on the device: each stored square of a training batch through the policy,
+        sample by sample (every image draws its own angle, crop and flips), where the batch now lives."""
+        on_device = self.augment_on_device and self.trainer is not None
+        if on_device and self.trainer.training and batch[0].ndim == 4:
+            batch = [torch.stack([self.train_transform(image) for image in batch[0]]), *batch[1:]]
+        return batch
+
+    def _model_on_gpu(self) -> bool:
+        return self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
+
+    def loader_processes(self, dataset: GemImageDataset | TensorDataset) -> int:
+        """Loader processes for ``dataset``: none for feature rows (in memory already), else
+        ``data.num_workers`` as ``auto_settings.loader_processes`` resolves it for this loader."""
+        if isinstance(dataset, TensorDataset):
+            return 0
+        reads_only = dataset.array is not None and dataset.transform is None
+        return auto_settings.loader_processes(self.num_workers_setting, reads_only, self._model_on_gpu())
+
+    def _loader(self, name: str, training: bool = False) -> DataLoader:
+        if self.feature_datasets is None and (model := self._head_only_model()) is not None:
+            self._serve_features(model)
+        dataset = self.feature_datasets[name] if self.feature_datasets is not None else self.datasets[name]
+        workers = self.loader_processes(dataset)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=training,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=self.pin_memory,
+            collate_fn=collate_batch,
+            # A last training batch of one image breaks BatchNorm; dropping a remainder is harmless when
+            # the order is reshuffled every epoch.
+            drop_last=training and len(dataset) > self.batch_size,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", training=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        if not self.datasets["test"].items:
+            raise GemLightningError(f"the test split of {self.root} is empty; set data.test_fraction above 0")
+        return self._loader("test")

@@ -1,0 +1,180 @@
+"""Calibrate a checkpoint and evaluate it on a labelled split or folder, into one report folder.
+
+``calibrate_checkpoint`` fits the temperature on the validation split of the checkpoint's own run (its data
+module rebuilt from the config stored in it) and stores it; ``evaluate_checkpoint`` evaluates the run's test or
+validation split, a labelled folder, or a shifted copy of the test split, and writes the report. The
+``evaluate`` command and ``train.py`` (for its best checkpoint) both use it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import hydra
+from omegaconf import OmegaConf
+
+from gem_lightning.data.datamodule import GemDataModule
+from gem_lightning.data.image_dataset import GemImageDataset, evaluation_dataset
+from gem_lightning.data.scan import scan_dataset
+from gem_lightning.data.shifted_photos import build_shifted_folder, shift_named
+from gem_lightning.errors import GemLightningError
+from gem_lightning.evaluation.calibration import CalibrationResult, calibrate, store_calibration
+from gem_lightning.evaluation.metrics import Evaluation, evaluate_logits
+from gem_lightning.evaluation.report import write_evaluation_report
+from gem_lightning.inference.logits import collect_logits
+from gem_lightning.inference.predictor import Predictor
+from gem_lightning.models.classifier import GemClassifier
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("test", "val")
+
+
+@dataclass(frozen=True)
+class EvaluationRun:
+    report: Path
+    evaluation: Evaluation
+    calibration: CalibrationResult | None
+
+
+def run_dir_of(checkpoint: Path) -> Path:
+    """The run folder a checkpoint belongs to (``<run>/checkpoints/x.ckpt`` -> ``<run>``)."""
+    checkpoint = Path(checkpoint).resolve()
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+
+
+def datamodule_of(model: GemClassifier, checkpoint: Path) -> GemDataModule:
+    """The checkpoint's training data module, rebuilt from the composed config stored in the checkpoint."""
+    settings = (model.run_config or {}).get("data")
+    if not settings:
+        raise GemLightningError(
+            f"{checkpoint} holds no training config, so its validation and test splits are unknown; "
+            "evaluate a labelled folder with input=<folder> calibrate=false"
+        )
+    datamodule = hydra.utils.instantiate(OmegaConf.create(settings))
+    datamodule.prepare_data()
+    datamodule.setup()
+    if list(datamodule.class_names) != model.class_names:
+        raise GemLightningError(
+            f"the classes under {datamodule.root} are no longer those {checkpoint} was trained on; "
+            "evaluate a labelled folder with input=<folder> instead"
+        )
+    return datamodule
+
+
+def calibrate_checkpoint(
+    model: GemClassifier, checkpoint: Path, datamodule: GemDataModule, options: dict
+) -> CalibrationResult:
+    """Fit ``model``'s temperature on its run's validation split (one view: a property of the checkpoint, which
+    test-time views and ensembles then average), store it in the checkpoint and in the model."""
+    validation = collect_logits(model, datamodule.datasets["val"], description="validation logits", **options)
+    calibration = calibrate(validation.logits, validation.targets, split="val")
+    store_calibration(checkpoint, calibration)
+    model.temperature.fill_(calibration.temperature)
+    log.info(
+        "temperature %.3f fitted on %d validation images (NLL %.4f -> %.4f, ECE %.4f -> %.4f), stored in %s",
+        calibration.temperature,
+        calibration.images,
+        calibration.nll_before,
+        calibration.nll_after,
+        calibration.ece_before,
+        calibration.ece_after,
+        checkpoint,
+    )
+    return calibration
+
+
+def _labelled_folder(predictor: Predictor, folder: Path, cache_dir: Path) -> tuple[GemImageDataset, list[str]]:
+    """The usable images of ``<folder>/<class>/`` (classes the checkpoint knows), cut out as in training."""
+    scan = scan_dataset(folder, cache_dir, predictor.max_image_pixels)
+    scan.log_skipped()
+    unknown = sorted(set(scan.class_names) - set(predictor.class_names))
+    if unknown:
+        raise GemLightningError(
+            f"input={folder} has class folders the checkpoint does not know: {', '.join(unknown)}. "
+            f"Its classes are: {', '.join(predictor.class_names)}"
+        )
+    files = [scan.root / item.path for item in scan.usable]
+    label_of = {scan.root / item.path: predictor.class_names.index(item.label) for item in scan.usable}
+    # The scan has checked every file and hashed it already.
+    pairs, skipped = predictor.model_inputs(files, [item.sha256 for item in scan.usable])
+    for item in skipped:
+        log.warning("skipped %s: %s", item.source, item.reason)
+    if not pairs:
+        raise GemLightningError(f"input={folder}: no usable image to evaluate")
+    size = predictor.image_size
+    dataset = evaluation_dataset([(inp, label_of[src]) for src, inp in pairs], size)
+    return dataset, [str(src.relative_to(scan.root)) for src, _ in pairs]
+
+
+def evaluate_checkpoint(
+    predictor: Predictor,
+    split: str = "test",
+    input_folder: str | Path | None = None,
+    calibrate_first: bool = True,
+    output_dir: str | Path | None = None,
+    datamodule: GemDataModule | None = None,
+    shift: str | None = None,
+    shift_mask_model: str = "u2netp",
+) -> EvaluationRun:
+    """Calibrate (optionally), evaluate and write the report; ``datamodule`` reuses a live one (train.py).
+
+    ``shift`` evaluates shifted copies of the split's photos instead (gem_lightning.data.shifted_photos).
+    """
+    if split not in SPLITS:
+        raise GemLightningError(f"split={split!r}: use one of {', '.join(SPLITS)} (or input=<labelled folder>)")
+    if shift is not None and input_folder is not None:
+        raise GemLightningError("shift= shifts the run's own split; give it without input=")
+    if shift is not None:
+        shift_named(shift)  # before the data module is rebuilt: a typo costs no preparation
+    model, checkpoint = predictor.model, predictor.checkpoint
+    if datamodule is None and (calibrate_first or input_folder is None):
+        datamodule = datamodule_of(model, checkpoint)
+    if shift is not None:
+        photos = [(Path(datamodule.root) / item.source, item.label) for item in datamodule.items if item.split == split]
+        input_folder = build_shifted_folder(photos, shift, predictor.cache_dir, shift_mask_model)
+    options = {"batch_size": predictor.batch_size, "num_workers": predictor.num_workers, "progress": predictor.progress}
+
+    calibration = None
+    if calibrate_first:
+        # Every member on its own run's validation split; the first one's data module is at hand.
+        members = zip(predictor.models, predictor.checkpoints, strict=True)
+        fitted = [
+            calibrate_checkpoint(member, path, datamodule if index == 0 else datamodule_of(member, path), options)
+            for index, (member, path) in enumerate(members)
+        ]
+        calibration = fitted[0]
+    elif model.calibration:
+        calibration = CalibrationResult(**model.calibration)
+    if predictor.averaging:
+        calibration = None  # each member's temperature was applied before averaging; the report's is 1
+
+    if input_folder is None:
+        dataset = datamodule.datasets[split]
+        if not dataset.items:
+            raise GemLightningError(f"the {split} split of {datamodule.root} is empty: nothing to evaluate")
+        # setup() builds each split's dataset from the data module's items in order, so they line up.
+        sources = [item.source for item in datamodule.items if item.split == split]
+        name, data = split, f"{split} split of {datamodule.root}"
+    else:
+        folder = Path(input_folder)
+        dataset, sources = _labelled_folder(predictor, folder, predictor.cache_dir)
+        name, data = folder.resolve().name, f"labelled folder {folder}"
+        if shift is not None:
+            name, data = f"{split}-shift-{shift}", f"the {split} split of {datamodule.root}, shift={shift}"
+    result, temperature = predictor.logits(predictor.member_datasets(dataset), description=f"evaluating {name}")
+    evaluation = evaluate_logits(result, predictor.class_names, temperature)
+    name += predictor.folder_suffix
+    folder = Path(output_dir) if output_dir else run_dir_of(checkpoint) / "evaluation" / name
+    context = {
+        "title": f"{predictor.describe_model()} on {data}",
+        "checkpoint": ", ".join(str(path) for path in predictor.checkpoints),
+        "data": data,
+        "background": predictor.describe_background(),
+    }
+    report = write_evaluation_report(
+        folder, evaluation, context, [path for path, _ in dataset.items], sources, predictor.image_size, calibration
+    )
+    return EvaluationRun(report, evaluation, calibration)

@@ -1,0 +1,95 @@
+"""A model's logits over a dataset: test-time views, one pass per model, and an ensemble's average.
+
+``collect_logits`` runs one model over a dataset through the inference loop, each batch under every view of
+``tta`` (flips, quarter turns; ``TTA_VIEWS`` is the one list of choices); ``averaged_probabilities`` turns
+several such passes into one prediction, each at its own model's temperature.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from gem_lightning.data.image_dataset import GemImageDataset
+from gem_lightning.errors import GemLightningError
+from gem_lightning.inference.loop import run_over_dataset
+from gem_lightning.models.classifier import GemClassifier
+
+
+@dataclass(frozen=True)
+class Logits:
+    """One pass of a model over a dataset: raw logits and, for labelled data, targets and leak flags."""
+
+    logits: torch.Tensor  # (N, C) float32, before temperature
+    targets: torch.Tensor  # (N,) int64; -1 where unlabelled
+    leaked: torch.Tensor  # (N,) bool; all false when the dataset has no flags
+
+
+def _dihedral(turns: int, flip: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    def view(images: torch.Tensor) -> torch.Tensor:
+        turned = torch.rot90(images, turns, dims=(-2, -1))
+        return turned.flip(-1) if flip else turned
+
+    return view
+
+
+# Test-time views of a square batch. A loose stone has no upright, so every quarter turn and mirror image is
+# a photo of the same stone; the one list of choices for predict, evaluate and the web page.
+TTA_VIEWS: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], ...]] = {
+    "none": (_dihedral(0, False),),
+    "flip": (_dihedral(0, False), _dihedral(0, True)),
+    "quarter_turns": tuple(_dihedral(turns, False) for turns in range(4)),
+    "dihedral": tuple(_dihedral(turns, flip) for flip in (False, True) for turns in range(4)),
+}
+
+
+def tta_views(tta: str) -> tuple[Callable[[torch.Tensor], torch.Tensor], ...]:
+    if tta not in TTA_VIEWS:
+        raise GemLightningError(f"tta={tta!r}: use one of {', '.join(TTA_VIEWS)}")
+    return TTA_VIEWS[tta]
+
+
+def view_logits(model: GemClassifier, images: torch.Tensor, views: Sequence[Callable]) -> torch.Tensor:
+    """(N, V, C) float32 logits of a batch on the model's device, one column per test-time view."""
+    return torch.stack([model(view(images)).float() for view in views], dim=1)
+
+
+def collect_logits(
+    model: GemClassifier,
+    dataset: GemImageDataset,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    progress: bool = True,
+    description: str = "predicting",
+    tta: str = "none",
+) -> Logits:
+    """Run ``model`` (in eval mode, on its own device, in float32) over ``dataset`` in batches, with a progress
+    bar. With test-time views (``tta``) the logits are (N, V, C), one row per view; else (N, C)."""
+    views = tta_views(tta)
+    model.eval()
+    passed = run_over_dataset(
+        lambda images: view_logits(model, images, views),
+        dataset,
+        next(model.parameters()).device,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        progress=progress,
+        description=description,
+    )
+    logits = passed.outputs if tta != "none" else passed.outputs[:, 0]
+    return Logits(logits, passed.targets, passed.leaked)
+
+
+def averaged_probabilities(results: list[Logits], temperatures: list[float]) -> Logits:
+    """One prediction from several models' (and views') logits: each divided by its own model's temperature,
+    made probabilities, and averaged. Returned as logits, log(mean), so softmax gives the mean back and the one
+    evaluation path takes it with temperature 1."""
+    probabilities = [
+        (result.logits / temperature).softmax(-1).reshape(len(result.logits), -1, result.logits.shape[-1])
+        for result, temperature in zip(results, temperatures, strict=True)
+    ]
+    mean = torch.cat(probabilities, dim=1).mean(dim=1)
+    first = results[0]
+    return Logits(mean.clamp_min(torch.finfo(mean.dtype).tiny).log(), first.targets, first.leaked)

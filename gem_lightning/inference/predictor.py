@@ -1,0 +1,266 @@
+"""A trained checkpoint applied to new photos, exactly as its training run saw its validation images.
+
+The checkpoint is all it needs: its ``gem_lightning`` entry names the classes, the image size and the
+background removal the run trained on (``background`` of its composed config). A photo goes through the same
+steps as in training: decoded upright as RGB, cut out onto black by the same backend and settings through
+the same content-keyed cache (a photo seen before costs nothing), decoded at reduced scale, shorter side to
+the image size, centre crop. Files that cannot be used are reported and skipped; the rest go on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from gem_lightning.data.background.cut_outs import BackgroundRemoval, SourceImage
+from gem_lightning.data.image_dataset import GemImageDataset, evaluation_dataset
+from gem_lightning.errors import GemLightningError
+from gem_lightning.files.hashing import file_sha256
+from gem_lightning.inference.logits import (
+    TTA_VIEWS,
+    Logits,
+    averaged_probabilities,
+    collect_logits,
+    tta_views,
+    view_logits,
+)
+from gem_lightning.inference.user_photos import SkippedImage, usable_images
+from gem_lightning.machine import auto_settings
+from gem_lightning.models.classifier import GemClassifier
+
+log = logging.getLogger(__name__)
+
+BACKGROUND_CHOICES = ("checkpoint", "none")
+
+
+@dataclass(frozen=True)
+class ImagePrediction:
+    source: Path  # the user's file
+    model_input: Path  # the file the model decoded: the cut-out in the cache, or the photo itself
+    probabilities: torch.Tensor  # (num_classes,), calibrated unless asked otherwise
+
+
+class Predictor:
+    """Class probabilities for photo files or uint8 batches, from one checkpoint or an ensemble of several.
+
+    ``checkpoint`` is one path or a list. With one checkpoint and ``tta="none"`` a prediction is that model's
+    softmax at its own temperature. Otherwise (test-time views, several checkpoints) it is the mean over every
+    model and view of each model's calibrated probabilities (``averaged_probabilities``). Members must know the
+    same classes and cut backgrounds out alike; their image sizes may differ. The first describes the whole.
+    """
+
+    # The settings a command's config may hold under the same names (conf/predict|evaluate|web.yaml).
+    COMMAND_SETTINGS = (
+        "cache_dir", "background", "device", "calibrated", "batch_size", "num_workers", "max_image_pixels",
+        "progress", "tta",
+    )  # fmt: skip
+
+    @classmethod
+    def from_command_config(cls, cfg: DictConfig, **fixed: Any) -> Predictor:
+        """The predictor a command's config describes: ``ckpt`` and whichever ``COMMAND_SETTINGS`` it holds;
+        ``fixed`` overrides them (the web page shows no progress bar). The one place commands build it."""
+        settings = {key: cfg[key] for key in cls.COMMAND_SETTINGS if key in cfg}
+        return cls(cfg.ckpt, **{**settings, **fixed})
+
+    def __init__(
+        self,
+        checkpoint: str | Path | Sequence[str | Path],
+        cache_dir: str | Path = "cache",
+        background: str = "checkpoint",
+        device: str = "auto",
+        calibrated: bool = True,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        max_image_pixels: int = 50_000_000,
+        progress: bool = True,
+        tta: str = "none",
+    ):
+        if background not in BACKGROUND_CHOICES:
+            raise GemLightningError(f"background={background!r}: use one of {', '.join(BACKGROUND_CHOICES)}")
+        if batch_size < 1:
+            raise GemLightningError(f"batch_size={batch_size} must be at least 1")
+        tta_views(tta)
+        paths = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
+        if not paths:
+            raise GemLightningError("ckpt=[]: give a checkpoint, or a list of them for an ensemble")
+        self.checkpoints = [Path(path) for path in paths]
+        self.checkpoint = self.checkpoints[0]
+        self.device = auto_settings.inference_device(device)
+        self.models = [GemClassifier.from_checkpoint(path, map_location=self.device) for path in self.checkpoints]
+        self.model = self.models[0]
+        self._check_members_agree()
+        self.tta = tta
+        self.cache_dir = Path(cache_dir)
+        self.calibrated = calibrated
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.max_image_pixels = max_image_pixels
+        self.progress = progress
+        self.background = self._background_removal() if background == "checkpoint" else None
+
+    def _check_members_agree(self) -> None:
+        first, settings = self.model, (self.model.run_config or {}).get("background")
+        for path, member in zip(self.checkpoints[1:], self.models[1:], strict=True):
+            if member.class_names != first.class_names:
+                raise GemLightningError(
+                    f"ckpt: {path} knows other classes than {self.checkpoint} ({len(member.class_names)} vs "
+                    f"{len(first.class_names)}, or another order); an ensemble's members must share them"
+                )
+            if (member.run_config or {}).get("background") != settings:
+                raise GemLightningError(
+                    f"ckpt: {path} was trained on other background removal than {self.checkpoint}; an ensemble's "
+                    "members must see photos prepared alike"
+                )
+
+    # -- what the checkpoints say --------------------------------------------------------------------------
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.model.class_names
+
+    @property
+    def image_size(self) -> int:
+        """The first member's image size: what model_view shows."""
+        return int(self.model.hparams.image_size)
+
+    @property
+    def averaging(self) -> bool:
+        """Whether predictions average several models or views (else: one model's own softmax)."""
+        return len(self.models) > 1 or self.tta != "none"
+
+    @property
+    def folder_suffix(self) -> str:
+        """``-ensemble3-tta-dihedral``: what a report or export folder adds so that an averaged prediction sits
+        beside the single checkpoint's, not over it ("" for one checkpoint without views)."""
+        members = f"-ensemble{len(self.models)}" if len(self.models) > 1 else ""
+        return members + (f"-tta-{self.tta}" if self.tta != "none" else "")
+
+    @property
+    def temperature(self) -> float:
+        """The temperature applied to the final logits: the model's own, or 1 where each member's was applied
+        before averaging."""
+        return float(self.model.temperature) if self.calibrated and not self.averaging else 1.0
+
+    def describe_model(self) -> str:
+        """``best.ckpt``, or ``an ensemble of 3 checkpoints, tta=dihedral (8 views)``."""
+        if not self.averaging:
+            return self.checkpoint.name
+        members = f"an ensemble of {len(self.models)} checkpoints" if len(self.models) > 1 else self.checkpoint.name
+        views = f", tta={self.tta} ({len(TTA_VIEWS[self.tta])} views)" if self.tta != "none" else ""
+        return f"{members}{views}, calibrated probabilities averaged"
+
+    def logits(self, datasets: Sequence[GemImageDataset], description: str = "predicting") -> tuple[Logits, float]:
+        """(logits, temperature to divide them by) for one dataset per member, each at that member's image size."""
+        options = {"batch_size": self.batch_size, "num_workers": self.num_workers, "progress": self.progress}
+        results = [
+            collect_logits(model, dataset, description=description, tta=self.tta, **options)
+            for model, dataset in zip(self.models, datasets, strict=True)
+        ]
+        return self._combined(results)
+
+    def _combined(self, results: list[Logits]) -> tuple[Logits, float]:
+        if not self.averaging:
+            return results[0], self.temperature
+        temperatures = [float(model.temperature) if self.calibrated else 1.0 for model in self.models]
+        return averaged_probabilities(results, temperatures), 1.0
+
+    def member_datasets(self, dataset: GemImageDataset) -> list[GemImageDataset]:
+        """``dataset`` (at the first member's size) for every member, rebuilt at the size of those that differ."""
+        return [
+            dataset
+            if int(model.hparams.image_size) == dataset.side
+            else evaluation_dataset(dataset.items, int(model.hparams.image_size), dataset.leaked)
+            for model in self.models
+        ]
+
+    def _background_removal(self) -> BackgroundRemoval | None:
+        settings = (self.model.run_config or {}).get("background")
+        if not settings or settings.get("backend") is None:
+            return None
+        removal = hydra.utils.instantiate(OmegaConf.create(settings))
+        removal.progress = self.progress
+        removal.check()  # a missing rembg model file stops here, before any photo is read
+        return removal
+
+    def describe_background(self) -> str:
+        return self.background.backend.describe() if self.background is not None else "none (photos as they are)"
+
+    # -- photos --------------------------------------------------------------------------------------------
+
+    def model_inputs(
+        self, files: list[Path], sha256s: list[str] | None = None
+    ) -> tuple[list[tuple[Path, Path]], list[SkippedImage]]:
+        """(source, file the model decodes) for usable ``files``, and those background removal left out.
+
+        ``sha256s`` are the files' hashes when already known (a dataset scan has them); they key the cache.
+        """
+        if self.background is None or not files:
+            return [(path, path) for path in files], []
+        sha256s = sha256s or [file_sha256(path) for path in files]
+        sources = [SourceImage(sha256, path.resolve()) for sha256, path in zip(sha256s, files, strict=True)]
+        records, summary = self.background.prepare(sources, self.cache_dir)
+        variant = self.background.variant_dir(self.cache_dir)
+        pairs, skipped = [], []
+        for path, source in zip(files, sources, strict=True):
+            record = records.get(source.sha256)
+            if record is None:
+                reason = summary.failures.get(str(source.path), "background removal failed")
+                skipped.append(SkippedImage(path, reason))
+            elif record["file"] is None:
+                skipped.append(SkippedImage(path, f"no gem found ({record['flag']}); background.fallback=drop"))
+            else:
+                pairs.append((path, variant / record["file"]))
+        return pairs, skipped
+
+    def predict_files(self, files: list[Path]) -> tuple[list[ImagePrediction], list[SkippedImage]]:
+        usable, skipped = usable_images([Path(f) for f in files], self.max_image_pixels)
+        pairs, left_out = self.model_inputs(usable)
+        skipped += left_out  # the caller says each once (predict's table, the page's message)
+        if not pairs:
+            return [], skipped
+        dataset = evaluation_dataset([(model_input, -1) for _, model_input in pairs], self.image_size)
+        result, temperature = self.logits(self.member_datasets(dataset))
+        probabilities = (result.logits / temperature).softmax(-1)
+        predictions = [
+            ImagePrediction(source, model_input, row)
+            for (source, model_input), row in zip(pairs, probabilities, strict=True)
+        ]
+        return predictions, skipped
+
+    def model_view(self, model_input: Path) -> np.ndarray:
+        """(S, S, 3) uint8: the image exactly as the model takes it (after any cut-out, resize and crop)."""
+        image, _ = evaluation_dataset([(model_input, -1)], self.image_size)[0]
+        return image.permute(1, 2, 0).numpy()
+
+    # -- tensors -------------------------------------------------------------------------------------------
+
+    def predict_tensor(self, images: torch.Tensor) -> torch.Tensor:
+        """Probabilities for a (N, 3, S, S) uint8 batch at the checkpoints' image size S (0-255 RGB)."""
+        expected = (3, self.image_size, self.image_size)
+        sizes = {int(model.hparams.image_size) for model in self.models}
+        if images.dtype != torch.uint8 or images.dim() != 4 or tuple(images.shape[1:]) != expected or len(sizes) > 1:
+            raise GemLightningError(
+                f"this model takes uint8 RGB batches of shape (N, {', '.join(map(str, expected))}); got "
+                f"{images.dtype} {tuple(images.shape)}. Use predict_files for photos of any size or mode "
+                "(and for an ensemble of several image sizes)."
+            )
+        views = tta_views(self.tta)
+        no_labels = torch.empty(0)
+        with torch.inference_mode():
+            per_model = [view_logits(model.eval(), images.to(self.device), views).cpu() for model in self.models]
+        results = [Logits(logits if self.tta != "none" else logits[:, 0], no_labels, no_labels) for logits in per_model]
+        combined, temperature = self._combined(results)
+        return (combined.logits / temperature).softmax(-1)
+
+
+def top_k(probabilities: torch.Tensor, class_names: list[str], k: int) -> list[tuple[str, float]]:
+    """The ``k`` most probable (class, probability) pairs of one image, most probable first."""
+    values, indices = probabilities.topk(min(k, len(class_names)))
+    return [(class_names[int(i)], float(v)) for v, i in zip(values, indices, strict=True)]

@@ -1,0 +1,95 @@
+"""The checkpoint format: where a checkpoint describes itself, and the one check of a checkpoint file.
+
+Every checkpoint holds, under ``CHECKPOINT_KEY``, what inference needs besides the weights (classes, image size,
+normalisation, temperature, the run's config), tagged with ``CHECKPOINT_FORMAT``. ``read_checkpoint`` is the
+one place a command opens a checkpoint file, with one line for each way a file can be wrong; ``upgrade_checkpoint``
+brings an older format's description up to date on every load.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from gem_lightning.errors import GemLightningError
+
+CHECKPOINT_KEY = "gem_lightning"  # where a checkpoint describes itself for inference
+# 2: the package tree (gem_lightning.data, .models, ...); 1 named the flat modules of 23652ba and earlier.
+CHECKPOINT_FORMAT = 2
+
+# Every module of format 1 whose objects a stored config names (``_target_``), with its place since format 2.
+FORMAT_1_MODULES = {
+    "gem_lightning.datamodule": "gem_lightning.data.datamodule",
+    "gem_lightning.demo_data": "gem_lightning.data.demo",
+    "gem_lightning.prepared_images": "gem_lightning.data.background.cut_outs",
+    "gem_lightning.background_removal": "gem_lightning.data.background.backends",
+    "gem_lightning.background_swap": "gem_lightning.data.background.swap",
+    "gem_lightning.classifier": "gem_lightning.models.classifier",
+    "gem_lightning.lr_schedules": "gem_lightning.models.lr_schedules",
+    "gem_lightning.multirun_summary": "gem_lightning.training.multirun_summary",
+    "gem_lightning.tensorboard_layout": "gem_lightning.training.tensorboard_layout",
+    "gem_lightning.weight_averaging": "gem_lightning.training.weight_averaging",
+}
+
+
+def read_checkpoint(path: str | Path, setting: str = "ckpt") -> dict:
+    """The checkpoint at ``path`` as a dict, or one GemLightningError saying what is wrong with the file.
+
+    The one check for every command that takes a checkpoint (predict, evaluate, export, the page, and
+    train.py's ``ckpt_path=`` before any data work). It loads with ``weights_only=True`` and never advises
+    otherwise: a file holding arbitrary Python objects is not ours, and unpickling it could run its code.
+    """
+    path = Path(path)
+    where = f"{setting}={path}"
+    hint = "give the best.ckpt or last.ckpt in a run's checkpoints/ folder (train.py prints 'best checkpoint: ...')"
+    if path.is_dir():
+        raise GemLightningError(f"{where} is a folder, not a checkpoint file: {hint}")
+    if not path.is_file():
+        raise GemLightningError(f"checkpoint not found: {where}: {hint}")
+    size = path.stat().st_size
+    unreadable = f"cannot read checkpoint {where}: not a PyTorch checkpoint, or cut short ({size:,} bytes); {hint}"
+    if size == 0:
+        raise GemLightningError(f"cannot read checkpoint {where}: it is an empty file (0 bytes); {hint}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        if not zipfile.is_zipfile(path):  # torch.save writes a zip; random or cut-short bytes fail here too
+            raise GemLightningError(unreadable) from None
+        raise GemLightningError(
+            f"cannot read checkpoint {where}: it holds Python objects that gem-lightning checkpoints never contain "
+            f"(it is not loaded: unpickling them could run code); {hint}"
+        ) from None
+    except Exception:  # a truncated zip, random bytes, another format: torch raises several types
+        raise GemLightningError(unreadable) from None
+    if not isinstance(checkpoint, dict) or CHECKPOINT_KEY not in checkpoint:
+        raise GemLightningError(
+            f"{where} is not a gem-lightning checkpoint (no '{CHECKPOINT_KEY}' entry): train one with train.py"
+        )
+    return upgrade_checkpoint(checkpoint)
+
+
+def upgrade_checkpoint(checkpoint: dict) -> dict:
+    """Bring ``checkpoint``'s description to ``CHECKPOINT_FORMAT`` in place and return it; current ones pass as
+    they are. Format 1 stored configs whose ``_target_`` names the flat modules; they are renamed here."""
+    description = checkpoint.get(CHECKPOINT_KEY)
+    if not isinstance(description, dict) or description.get("format", 1) >= CHECKPOINT_FORMAT:
+        return checkpoint
+    description["config"] = _renamed_targets(description.get("config"))
+    description["format"] = CHECKPOINT_FORMAT
+    return checkpoint
+
+
+def _renamed_targets(node):
+    if isinstance(node, list):
+        return [_renamed_targets(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    renamed = {key: _renamed_targets(value) for key, value in node.items()}
+    target = renamed.get("_target_")
+    if isinstance(target, str):
+        module, _, name = target.rpartition(".")
+        renamed["_target_"] = f"{FORMAT_1_MODULES.get(module, module)}.{name}"
+    return renamed

@@ -1,0 +1,300 @@
+"""The LightningModule: a pretrained backbone, a new head for the gem classes, the optimiser and metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+from torchmetrics import MaxMetric, MeanMetric, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from gem_lightning.config.schema import enum_value
+from gem_lightning.errors import GemLightningError
+from gem_lightning.models import checkpoint_format
+from gem_lightning.models.backbones import create_backbone
+from gem_lightning.models.batch_mixing import batch_mixer
+from gem_lightning.models.checkpoint_format import CHECKPOINT_FORMAT, CHECKPOINT_KEY
+from gem_lightning.models.lr_schedules import STEP_SCHEDULE_ARGUMENT, steps_per_batch
+
+STAGES = ("train", "val", "test")
+
+
+def _stage_metrics(stage: str, num_classes: int) -> MetricCollection:
+    return MetricCollection(
+        {
+            "acc": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
+            "acc_top5": MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro"),
+            "f1_macro": MulticlassF1Score(num_classes, average="macro"),
+        },
+        prefix=f"{stage}/",
+        # Compute groups share state between metrics whose states looked equal after the first update;
+        # after a first validation batch of few classes that merged top-5 accuracy with macro F1 and
+        # logged a wrong F1 (tests/test_classifier_metrics.py). Three metrics cost nothing to keep apart.
+        compute_groups=False,
+    )
+
+
+class GemClassifier(pl.LightningModule):
+    """Classifies uint8 (or 0-1 float) RGB batches; normalisation by the backbone's own mean/std is inside.
+
+    The arguments are conf/model/*.yaml's keys (documented there); ``optimizer`` and ``scheduler`` are
+    ``_partial_`` factories taking the parameters and the optimiser. A checkpoint describes itself
+    (``description``), so ``from_checkpoint`` rebuilds the model from the file alone.
+    """
+
+    # frozen_stages follows mmdetection's: nothing flows back through the kept stages, so a step is cheaper, and
+    # generic edge and colour filters are not refitted to a few dozen photos per class. head_only trains on
+    # backbone features the data module computes once and caches (gem_lightning.models.backbone_features).
+    def __init__(
+        self,
+        class_names: list[str],
+        backbone: str = "resnet18",
+        pretrained: bool = True,
+        allow_download: bool = False,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Callable[..., Any] | None = None,
+        label_smoothing: float = 0.0,
+        dropout: float = 0.0,
+        backbone_lr_scale: float = 1.0,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        freeze_backbone_epochs: int = 0,
+        frozen_stages: int = 0,
+        image_size: int = 224,
+        augment_policy: str = "none",
+        head_only: bool = False,
+        channels_last: bool = True,
+        compile: bool = False,
+    ):
+        super().__init__()
+        # Plain Python types only, so checkpoints load with torch.load(weights_only=True).
+        backbone = enum_value(backbone)  # a config enum becomes its plain name
+        class_names = [str(name) for name in class_names]  # not an OmegaConf ListConfig
+        # train() logs the composed run config itself; hparams hold what rebuilding the network needs.
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
+        self.class_names = class_names
+        num_classes = len(self.class_names)
+        built = create_backbone(backbone, pretrained=pretrained, allow_download=allow_download)
+        self.backbone = built.network
+        last_stage = len(built.stages) - 1
+        if not 0 <= frozen_stages <= last_stage:
+            raise GemLightningError(
+                f"model.frozen_stages={frozen_stages}: {backbone} has a stem and {last_stage} stages; "
+                f"use 0 (train all) to {last_stage}"
+            )
+        # A plain list, not a registered module: the stages' weights are already in the backbone's state dict.
+        self._fixed_stages = built.stages[: frozen_stages + 1] if frozen_stages else []
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(built.num_features, num_classes))
+        self.mean, self.std = built.mean, built.std
+        self.register_buffer("_mean", torch.tensor(built.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("_std", torch.tensor(built.std).view(1, 3, 1, 1), persistent=False)
+        # Temperature scaling (gem_lightning.evaluation.calibration): fitted on the validation split after training and
+        # saved in the state dict, so every copy of the checkpoint predicts with it. 1.0 = uncalibrated.
+        self.register_buffer("temperature", torch.ones(()))
+        self.calibration: dict | None = None  # how the temperature was fitted (NLL and ECE before/after)
+        self.optimizer_factory = optimizer
+        # scheduler=none composes an empty node: no schedule.
+        self.scheduler_factory = scheduler or None
+        # The composed Hydra config of the run that trained this model, saved into every checkpoint.
+        self.run_config: dict | None = None
+        # One photo as the loaders serve it: the model summary then shows real FLOPs and layer sizes
+        # instead of a FLOPs column of zeros.
+        self.example_input_array = torch.zeros(1, 3, image_size, image_size, dtype=torch.uint8)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.batch_mixer = batch_mixer(mixup_alpha, cutmix_alpha, num_classes)
+        if backbone_lr_scale < 0:
+            raise GemLightningError(f"model.backbone_lr_scale={backbone_lr_scale} must be 0 (frozen) or positive")
+        # Keyed "<stage>_..." because ModuleDict keys may not shadow Module methods such as train().
+        self.metrics = nn.ModuleDict({f"{s}_metrics": _stage_metrics(s, num_classes) for s in STAGES})
+        self.losses = nn.ModuleDict({f"{s}_loss": MeanMetric() for s in STAGES})
+        self.val_acc_best = MaxMetric()
+        # Saved in checkpoints, so a resumed run's val/acc_best continues the interrupted run's maximum.
+        self.val_acc_best.persistent(True)
+        # Test images that duplicate a train image (predefined splits) are flagged by the data module;
+        # these metrics skip them, so a run reports both the raw and the leak-free test accuracy.
+        self.leak_free_metrics = _stage_metrics("test_leak_free", num_classes)
+        self._leaked_seen = 0
+        self._backbone_frozen = False
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        # Weights in the activations' layout, so no convolution converts them on every call. Loading a
+        # checkpoint copies into these tensors and keeps their layout.
+        self.backbone.to(memory_format=self.memory_format)
+        self._set_backbone_frozen(head_only)
+
+    # -- forward -------------------------------------------------------------------------------------------
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images))
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The backbone's pooled feature vectors (N, F): what the head classifies."""
+        if images.dtype == torch.uint8:
+            images = images.float().div(255)
+        images = images.contiguous(memory_format=self.memory_format)
+        return self.backbone((images - self._mean) / self._std)
+
+    def probabilities(self, images: torch.Tensor, calibrated: bool = True) -> torch.Tensor:
+        """Class probabilities, divided by the fitted temperature first unless ``calibrated`` is false."""
+        logits = self(images)
+        return (logits / self.temperature if calibrated else logits).softmax(-1)
+
+    # -- frozen warm-up ------------------------------------------------------------------------------------
+
+    def _set_backbone_frozen(self, frozen: bool) -> None:
+        self._backbone_frozen = frozen
+        self.backbone.requires_grad_(not frozen)
+        for stage in self._fixed_stages:  # model.frozen_stages: frozen whatever the warm-up says
+            stage.requires_grad_(False)
+        if frozen:
+            self.backbone.eval()
+        elif self.training:
+            # The end of a frozen warm-up: its BatchNorm statistics learn again from this epoch's first batch,
+            # not only after the epoch's validation switches the module back to training.
+            self.train()
+
+    def train(self, mode: bool = True) -> GemClassifier:
+        # Lightning switches the whole module back to train mode after every validation; keep a frozen
+        # backbone's (or frozen stages') BatchNorm statistics frozen all the same.
+        super().train(mode)
+        if mode:
+            for part in [self.backbone] if self._backbone_frozen else self._fixed_stages:
+                part.eval()
+        return self
+
+    def on_train_epoch_start(self) -> None:
+        if not self.hparams.head_only:
+            self._set_backbone_frozen(self.current_epoch < self.hparams.freeze_backbone_epochs)
+
+    def setup(self, stage: str) -> None:
+        if self.hparams.compile and stage == "fit" and not getattr(self, "_compiled", False):
+            # In place (nn.Module.compile), so state-dict keys and checkpoints stay those of the plain module.
+            self.backbone.compile()
+            self._compiled = True
+
+    # -- steps ---------------------------------------------------------------------------------------------
+
+    def _shared_step(self, batch: tuple, stage: str) -> torch.Tensor:
+        inputs, targets = batch[0], batch[1]
+        # The loss's targets: the labels, or soft labels of a MixUp/CutMix batch (training only).
+        loss_targets = targets
+        if stage == "train" and self.batch_mixer is not None and inputs.ndim == 4:
+            images = inputs.float().div(255) if inputs.dtype == torch.uint8 else inputs
+            inputs, loss_targets = self.batch_mixer(images, targets)
+            # Accuracy against each mixed image's larger share: what a mixed batch can be right about.
+            targets = loss_targets.argmax(-1)
+        # (N, F) rows are cached backbone features (head_only); (N, 3, H, W) are images.
+        logits = self.head(inputs) if inputs.ndim == 2 else self(inputs)
+        loss = self.criterion(logits, loss_targets)
+        mean_loss, metrics = self.losses[f"{stage}_loss"], self.metrics[f"{stage}_metrics"]
+        mean_loss(loss, weight=targets.numel())
+        metrics.update(logits, targets)
+        self.log(f"{stage}/loss", mean_loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train")
+        if stage == "test" and len(batch) == 3:
+            leaked = batch[2].bool()
+            self._leaked_seen += int(leaked.sum())
+            if (~leaked).any():
+                self.leak_free_metrics.update(logits[~leaked], targets[~leaked])
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        # In float32 whatever trainer.precision says: the evaluation report (collect_logits) computes the test
+        # logits in float32, and under bf16-mixed a few images flip, so the logged
+        # test/acc and report.md disagreed. One measurement, one number.
+        with torch.autocast(self.device.type, enabled=False):
+            self._shared_step(batch, "test")
+
+    def on_test_epoch_start(self) -> None:
+        self._leaked_seen = 0
+        self.leak_free_metrics.reset()
+
+    def on_test_epoch_end(self) -> None:
+        # Only worth a second set of numbers when some test image was a leak; otherwise they equal test/.
+        if self._leaked_seen:
+            self.log_dict(self.leak_free_metrics.compute())
+            self.log("test_leak_free/leaked_images_left_out", float(self._leaked_seen))
+
+    def on_train_start(self) -> None:
+        # A fresh fit starts its maximum afresh; a resumed one (epoch > 0) keeps the maximum it loaded.
+        if self.trainer.current_epoch == 0:
+            self.val_acc_best.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        self.val_acc_best(self.metrics["val_metrics"]["acc"].compute())
+        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+
+    # -- optimisation --------------------------------------------------------------------------------------
+
+    def configure_optimizers(self):
+        factory = self.optimizer_factory or (lambda params: torch.optim.Adam(params, lr=3e-4))
+        # A frozen (head_only) backbone has nothing to optimise; weight decay must not touch it either. Two
+        # named groups, so the backbone can learn slower than the new head and TensorBoard plots both rates.
+        groups = [
+            {"name": name, "params": [p for p in part.parameters() if p.requires_grad]}
+            for name, part in (("backbone", self.backbone), ("head", self.head))
+        ]
+        optimizer = factory(params=[group for group in groups if group["params"]])
+        for group in optimizer.param_groups:
+            if group["name"] == "backbone":
+                group["lr"] *= self.hparams.backbone_lr_scale
+        if self.scheduler_factory is None:
+            return optimizer
+        if steps_per_batch(self.scheduler_factory):
+            total_steps = int(self.trainer.estimated_stepping_batches)
+            scheduler = self.scheduler_factory(optimizer=optimizer, **{STEP_SCHEDULE_ARGUMENT: total_steps})
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    # -- a checkpoint that describes itself ----------------------------------------------------------------
+
+    def description(self) -> dict:
+        """Everything inference needs besides the weights."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "class_names": self.class_names,
+            "image_size": self.hparams.image_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "backbone": self.hparams.backbone,
+            "augment_policy": self.hparams.augment_policy,
+            "config": self.run_config,
+            "temperature": float(self.temperature),
+            "calibration": self.calibration,
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[CHECKPOINT_KEY] = self.description()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        description = checkpoint_format.upgrade_checkpoint(checkpoint).get(CHECKPOINT_KEY, {})
+        self.run_config = description.get("config")
+        self.calibration = description.get("calibration")
+        # Checkpoints written before calibration existed have no temperature: they are uncalibrated.
+        checkpoint["state_dict"].setdefault("temperature", torch.ones(()))
+        # Written before val/acc_best was kept in checkpoints: no maximum yet.
+        checkpoint["state_dict"].setdefault("val_acc_best.max_value", torch.tensor(float("-inf")))
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> GemClassifier:
+        """Rebuild a trained classifier from its checkpoint alone (no hub weights, no config files).
+
+        A file that is not a gem-lightning checkpoint raises one GemLightningError (see read_checkpoint).
+        """
+        path = Path(path)
+        checkpoint_format.read_checkpoint(path)
+        # The checkpoint's own weights replace the pretrained ones, so never look for those.
+        model = cls.load_from_checkpoint(path, map_location=map_location, pretrained=False, weights_only=True)
+        return model.eval()

@@ -1,0 +1,65 @@
+"""Checkpoints written before the package tree (format 1) keep loading: their stored config is renamed on load."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+
+from gem_lightning.config.composition import compose_train_config
+from gem_lightning.inference.predictor import Predictor
+from gem_lightning.models.checkpoint_format import CHECKPOINT_FORMAT, CHECKPOINT_KEY, read_checkpoint
+from gem_lightning.models.classifier import GemClassifier
+from tests.conftest import CONFIG_DIR, TINY_DEMO
+
+# Written by 23652ba (flat modules) from a tiny demo run with background=grabcut and scheduler=warmup_cosine:
+# everything such a checkpoint holds but its weights.
+FORMAT_1 = Path(__file__).parent / "fixtures" / "checkpoint_format1_description.json"
+
+
+def _targets(node) -> list[str]:
+    if isinstance(node, list):
+        return [t for item in node for t in _targets(item)]
+    if not isinstance(node, dict):
+        return []
+    own = [node["_target_"]] if isinstance(node.get("_target_"), str) else []
+    return own + [t for value in node.values() for t in _targets(value)]
+
+
+def _format_1_checkpoint(weights_from: Path, path: Path) -> Path:
+    """This run's weights under the format-1 description (same tiny demo: 10 classes, ResNet-18 at 32 px)."""
+    old = json.loads(FORMAT_1.read_text())
+    checkpoint = torch.load(weights_from, map_location="cpu", weights_only=True)
+    assert old[CHECKPOINT_KEY]["class_names"] == checkpoint[CHECKPOINT_KEY]["class_names"]
+    checkpoint["hyper_parameters"] = old["hyper_parameters"]
+    checkpoint[CHECKPOINT_KEY] = old[CHECKPOINT_KEY]
+    torch.save(checkpoint, path)
+    return path
+
+
+def test_a_checkpoint_written_before_the_package_tree_loads_with_todays_module_paths(trained_demo_run, tmp_path):
+    old_config = json.loads(FORMAT_1.read_text())[CHECKPOINT_KEY]["config"]
+    assert "gem_lightning.datamodule.GemDataModule" in _targets(old_config)  # really the flat names
+    path = _format_1_checkpoint(trained_demo_run.checkpoint, tmp_path / "format1.ckpt")
+
+    model = GemClassifier.from_checkpoint(path)
+    assert read_checkpoint(path)[CHECKPOINT_KEY]["format"] == CHECKPOINT_FORMAT
+    # Every stored _target_ names what a run composed today would: same nodes, same objects.
+    composed = compose_train_config(CONFIG_DIR, [*TINY_DEMO, "scheduler=warmup_cosine", "background=grabcut"])
+    for node in ("data", "background", "background_swap", "scheduler", "callbacks"):
+        today = OmegaConf.to_container(composed[node], resolve=True)
+        assert sorted(_targets(model.run_config[node])) == sorted(_targets(today)), node
+    for target in _targets(model.run_config):
+        hydra.utils.get_object(target)
+
+    # And it does its job: the predictor cuts a photo out with the stored GrabCut settings and identifies it.
+    predictor = Predictor(path, cache_dir=tmp_path / "cache", progress=False)
+    assert predictor.describe_background() == "OpenCV GrabCut"
+    photo = next((trained_demo_run.workdir / "cache" / "demo_gems" / "Ruby").iterdir())
+    Image.open(photo).convert("RGB").save(tmp_path / "ruby.jpg")
+    (prediction,), skipped = predictor.predict_files([tmp_path / "ruby.jpg"])
+    assert not skipped and abs(float(prediction.probabilities.sum()) - 1) < 1e-5
