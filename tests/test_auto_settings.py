@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from gem_lightning.data import duplicates as duplicate_groups
+from gem_lightning.data import scan as dataset_scan
 from gem_lightning.data.background.cut_outs import BackgroundRemoval
 from gem_lightning.errors import GemLightningError
-from gem_lightning.machine import auto_settings, dataset_scan, duplicate_groups
+from gem_lightning.machine import auto_settings
 
 
 @pytest.fixture

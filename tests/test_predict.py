@@ -14,7 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from gem_lightning.cli import predict, train_config
+from gem_lightning.cli import predict
+from gem_lightning.config import composition as train_config
 from gem_lightning.data.image_dataset import evaluation_dataset
 from gem_lightning.errors import GemLightningError
 from gem_lightning.inference.logits import collect_logits
