@@ -24,7 +24,7 @@ from gem_lightning.models.backbones import BACKBONE_NAMES
 # The project folder: the one holding conf/, train.py and this package (a clone, installed editable). Not the
 # working directory: Hydra resolves the multirun folder before it knows that (`${hydra:runtime.cwd}` fails
 # there), and a run started from another folder must still find data/, cache/ and outputs/.
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 # Each list of choices is kept where its rule lives; Hydra checks the keys against them.

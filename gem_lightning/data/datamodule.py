@@ -1,14 +1,7 @@
-"""The LightningDataModule: prepares a gemstone folder and serves augmented uint8 batches.
+"""The LightningDataModule: prepares a gemstone folder (``data.preparation``) and serves uint8 batches.
 
-Preparation (``prepare_data``): scan every file once, group exact and near-duplicates, split so that no
-duplicate group straddles two splits, cut backgrounds out if ``background`` says so (cached by content),
-write the split manifest and the data report, and decode every image once into uint8 arrays
-(``image_arrays``) that the loaders memory-map, with ``background_swap`` each photo's rembg mask too.
-Nothing under the data root is ever written to.
-
-Batches stay uint8 (N, 3, H, W) all the way to the model, which converts and normalises them itself with
-its backbone's mean and std: a quarter of the bytes to copy to a GPU, and normalisation that can never
-disagree with the backbone because the checkpoint carries it.
+Batches stay uint8 (N, 3, H, W) all the way to the model, which normalises them with its backbone's mean and
+std: a quarter of the bytes to copy to a GPU, and normalisation the checkpoint carries with the weights.
 """
 
 from __future__ import annotations
@@ -27,13 +20,13 @@ from gem_lightning.config.schema import enum_value
 from gem_lightning.data.background.cut_outs import BackgroundRemoval
 from gem_lightning.data.background.swap import BackgroundSwap
 from gem_lightning.data.demo import DemoGemSet
-from gem_lightning.data.duplicates import DEFAULT_THRESHOLD, find_duplicate_groups
-from gem_lightning.data.image_arrays import build_image_array, build_mask_array, stored_side
+from gem_lightning.data.duplicates import DEFAULT_THRESHOLD
+from gem_lightning.data.image_arrays import build_mask_array, stored_side
 from gem_lightning.data.image_dataset import GemImageDataset, collate_batch
-from gem_lightning.data.report import build_report, contact_sheet_samples, write_report
-from gem_lightning.data.scan import DatasetScan, discover_classes, scan_dataset
-from gem_lightning.data.splits import SplitPlan, manifest_path, plan_splits, render_manifest, write_manifest
-from gem_lightning.data.training_items import TrainingItem, training_items
+from gem_lightning.data.preparation import PreparedFolder, SplitSettings, prepare_folder, rows_by_split, split_datasets
+from gem_lightning.data.scan import DatasetScan, discover_classes
+from gem_lightning.data.splits import SplitPlan
+from gem_lightning.data.training_items import TrainingItem
 from gem_lightning.errors import GemLightningError
 from gem_lightning.files.atomic_writes import folder_is_writable
 from gem_lightning.machine import auto_settings
@@ -81,11 +74,18 @@ class GemDataModule(pl.LightningDataModule):
         if augment_on not in places:
             raise GemLightningError(f"data.augment_on={augment_on!r}: use one of {', '.join(places)}")
         self.root = Path(root)
+        # Config enums become their plain names.
+        self.split_settings = SplitSettings(
+            enum_value(split),
+            split_seed,
+            val_fraction,
+            test_fraction,
+            near_duplicate_threshold,
+            enum_value(label_conflicts),
+            max_classes,
+            min_images_per_class,
+        )
         self.cache_dir = Path(cache_dir)
-        self.split = enum_value(split)  # a config enum becomes its plain name
-        self.val_fraction = val_fraction
-        self.test_fraction = test_fraction
-        self.split_seed = split_seed
         self.image_size = image_size
         self.batch_size = batch_size
         self.num_workers_setting = num_workers
@@ -97,12 +97,8 @@ class GemDataModule(pl.LightningDataModule):
         self.train_transform = train_transform
         self.augment_policy = augment_policy
         self.demo = demo
-        self.max_classes = max_classes
-        self.min_images_per_class = min_images_per_class
         self.background = background if background is not None and background.enabled else None
         self.background_swap = background_swap if background_swap is not None and background_swap.enabled else None
-        self.near_duplicate_threshold = near_duplicate_threshold
-        self.label_conflicts = enum_value(label_conflicts)
         self.cache_images = cache_images
         self.augment_on = augment_on
         # Every split image's square, row i = self.items[i]: at image_size for evaluation (and training
@@ -113,6 +109,7 @@ class GemDataModule(pl.LightningDataModule):
         self.mask_array: Path | None = None
         self.augment_on_device = False
         self.feature_datasets: dict[str, TensorDataset] | None = None  # head-only training (model.head_only)
+        self.prepared: PreparedFolder | None = None  # what _prepare made; its parts below for short access
         self.scan: DatasetScan | None = None
         self.plan: SplitPlan | None = None  # where every file goes, fixed for this module's life
         self.items: list[TrainingItem] | None = None
@@ -154,7 +151,7 @@ class GemDataModule(pl.LightningDataModule):
             self.background_swap.mask_backend.check()
 
     def _prepare(self) -> list[TrainingItem]:
-        """Everything before training, once per data module.
+        """Everything before training (``data.preparation``), once per data module.
 
         train() and Lightning's fit and test each call prepare_data/setup; reusing the first result skips
         repeated scans and guarantees that testing sees the split that training saw. Under DDP every rank
@@ -163,71 +160,30 @@ class GemDataModule(pl.LightningDataModule):
         if self.items is not None:
             return self.items
         self.check()
-        scan = scan_dataset(self.root, self.cache_dir, self.max_image_pixels)
-        manifest_file = manifest_path(
+        sides = (self.image_size, self.training_side) if self.augmented else (self.image_size,)
+        prepared = prepare_folder(
+            self.root,
             self.cache_dir,
-            scan,
-            self.split,
-            self.split_seed,
-            self.val_fraction,
-            self.test_fraction,
-            extra=f"{self.near_duplicate_threshold}|{self.label_conflicts}",
+            self.split_settings,
+            max_image_pixels=self.max_image_pixels,
+            background=self.background,
+            array_sides=sides if self.cache_images else (),
+            num_workers=self.num_workers,
         )
-        if self.max_classes is not None:
-            scan = scan.first_classes(self.max_classes)
-            # Its own manifest, so switching between the subset and the whole set is not a "changed folder".
-            manifest_file = manifest_file.with_name(f"{manifest_file.stem}-first{self.max_classes}.csv")
-        scan = scan.classes_with_images(
-            self.min_images_per_class, needed_per_class=2 if self.split == "predefined" else 3
-        )
-        if self.min_images_per_class > 1:
-            manifest_file = manifest_file.with_name(f"{manifest_file.stem}-min{self.min_images_per_class}.csv")
-        duplicates = find_duplicate_groups(scan, self.cache_dir, self.near_duplicate_threshold)
-        plan = plan_splits(
-            scan,
-            self.split,
-            self.split_seed,
-            self.val_fraction,
-            self.test_fraction,
-            duplicates=duplicates,
-            conflict_policy=self.label_conflicts,
-        )
-        write_manifest(manifest_file, render_manifest(scan, plan))
-        items, background_report = training_items(scan, plan, self.background, self.cache_dir)
-        files = [item.image_file for item in items]
-        if self.cache_images:
-            self.eval_array = build_image_array(files, self.image_size, self.cache_dir, self.num_workers)
-            if self.augmented:
-                self.train_array = build_image_array(files, self.training_side, self.cache_dir, self.num_workers)
-
-        settings = {
-            "mode": self.split,
-            "seed": self.split_seed,
-            "val_fraction": self.val_fraction,
-            "test_fraction": self.test_fraction,
-            "label_conflicts": self.label_conflicts,
-            "manifest": str(manifest_file),
-        }
-        report = build_report(scan, plan, duplicates, items, settings, background_report)
-        variant = Path(background_report["cache"]).name if background_report else "original"
-        self.report_file = write_report(
-            report,
-            self.cache_dir / "reports" / f"{manifest_file.stem}-{variant}",
-            contact_sheet_samples(items, scan.class_names),
-            f"{scan.root.name}: {background_report['method'] if background_report else 'original photos'}",
-        )
-        self.scan, self.plan, self.items, self.report, self.manifest_file = scan, plan, items, report, manifest_file
-        return items
+        self.prepared = prepared
+        self.scan, self.plan, self.items, self.report = prepared.scan, prepared.plan, prepared.items, prepared.report
+        self.manifest_file, self.report_file = prepared.manifest_file, prepared.report_file
+        arrays = prepared.image_arrays
+        self.eval_array = arrays[0] if arrays else None
+        self.train_array = arrays[1] if len(arrays) > 1 else None
+        return self.items
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
         items = self._prepare()
         self.scan.log_skipped()
-        index_of = {name: i for i, name in enumerate(self.class_names)}
-        by_split: dict[str, list[tuple[int, TrainingItem]]] = {"train": [], "val": [], "test": []}
-        for row, item in enumerate(items):
-            by_split[item.split].append((row, item))
+        by_split = rows_by_split(items)
         empty = [name for name in ("train", "val") if not by_split[name]]
         if empty:
             raise GemLightningError(
@@ -243,41 +199,19 @@ class GemDataModule(pl.LightningDataModule):
         self.augment_on_device = self.augmented and auto_settings.augment_on_device(
             self.augment_on, self._model_on_gpu()
         )
-        for name in ("train", "val", "test"):
-            chosen = by_split[name]
-            if name == "train" and self.augmented:
-                # On the device, the loader hands over the squares and on_after_batch_transfer augments them.
-                transform = None if self.augment_on_device else self.train_transform
-                side, array = self.training_side, self.train_array
-            else:
-                transform, side, array = None, self.image_size, self.eval_array
-            swap = self.background_swap if name == "train" and self.mask_array is not None else None
-            self.datasets[name] = GemImageDataset(
-                [(item.image_file, index_of[item.label]) for _, item in chosen],
-                transform,
-                side,
-                leaked=[item.leaked for _, item in chosen] if name == "test" else None,
-                array=array,
-                rows=[row for row, _ in chosen],
-                masks=self.mask_array if swap is not None else None,
-                background_swap=swap,
-            )
+        # On the device, the loader hands over the squares and on_after_batch_transfer augments them.
+        transform = None if self.augment_on_device else self.train_transform
+        swap = self.background_swap if self.mask_array is not None else None
+        self.datasets = split_datasets(
+            by_split,
+            self.class_names,
+            evaluation=(self.image_size, self.eval_array),
+            training=(self.training_side, self.train_array, transform) if self.augmented else None,
+            masks=(self.mask_array, swap) if swap is not None else None,
+        )
         if self.mask_array is not None:
             log.info("background swap: %s", self.background_swap.describe())
-        log.info(
-            "%d classes; train %d, val %d, test %d images (%d test image(s) marked leaked; split=%s, seed %d, "
-            "%s); manifest %s; report %s",
-            len(self.class_names),
-            len(by_split["train"]),
-            len(by_split["val"]),
-            len(by_split["test"]),
-            sum(item.leaked for _, item in by_split["test"]),
-            self.split,
-            self.split_seed,
-            self.background.backend.describe() if self.background else "original photos",
-            self.manifest_file,
-            self.report_file,
-        )
+        log.info(self.prepared.summary())
 
     @property
     def training_side(self) -> int:
@@ -291,7 +225,8 @@ class GemDataModule(pl.LightningDataModule):
         if self.scan is not None:
             return self.scan.class_names
         _, names = discover_classes(self.root)
-        return names[: self.max_classes] if self.max_classes is not None else names
+        first = self.split_settings.max_classes
+        return names[:first] if first is not None else names
 
     def split_counts(self) -> dict[str, Counter]:
         """Images per class for each split, for reports and tests."""
@@ -305,32 +240,6 @@ class GemDataModule(pl.LightningDataModule):
     def _head_only_model(self) -> GemClassifier | None:
         model = self.trainer.lightning_module if self.trainer is not None else None
         return model if model is not None and model.hparams.get("head_only") else None
-
-    def _serve_features(self, model: GemClassifier) -> None:
-        """Replace every split's images by the frozen backbone's features of them (cached on disk).
-
-        Called when the first loader is asked for, when Lightning has moved the model to its device.
-        """
-        if self.augment_policy != "none":
-            log.warning(
-                "model.head_only=true trains on features of the unaugmented images: augment=%s is not applied",
-                self.augment_policy,
-            )
-        if self.background_swap is not None:
-            log.warning(
-                "model.head_only=true trains on features of the photos as they are: background_swap is not applied"
-            )
-        files = [item.image_file for item in self.items]
-        self.feature_datasets = feature_datasets(
-            model,
-            files,
-            self.image_size,
-            self.eval_array,
-            self.datasets,
-            self.cache_dir,
-            self.batch_size,
-            self.num_workers,
-        )
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """With augmentation on the device: each stored square of a training batch through the policy,
@@ -353,7 +262,8 @@ class GemDataModule(pl.LightningDataModule):
 
     def _loader(self, name: str, training: bool = False) -> DataLoader:
         if self.feature_datasets is None and (model := self._head_only_model()) is not None:
-            self._serve_features(model)
+            # Asked for by the first loader, when Lightning has moved the model to its device.
+            self.feature_datasets = feature_datasets(model, self)
         dataset = self.feature_datasets[name] if self.feature_datasets is not None else self.datasets[name]
         workers = self.loader_processes(dataset)
         return DataLoader(

@@ -31,6 +31,7 @@ from gem_lightning.files.locks import exclusive_lock
 from gem_lightning.inference.loop import run_over_dataset
 
 if TYPE_CHECKING:
+    from gem_lightning.data.datamodule import GemDataModule
     from gem_lightning.models.classifier import GemClassifier
 
 log = logging.getLogger(__name__)
@@ -100,38 +101,37 @@ def backbone_features(
     return features
 
 
-def feature_datasets(
-    model: GemClassifier,
-    image_files: list[Path],
-    side: int,
-    eval_array: Path | None,
-    datasets: dict[str, GemImageDataset],
-    cache_dir: Path,
-    batch_size: int,
-    num_workers: int,
-) -> dict[str, TensorDataset]:
-    """Each split's (features, labels[, leak flags]) in place of its images: one cached pass of the backbone over
-    every image (``image_files`` at ``side`` px, row i of ``eval_array``), indexed by each dataset's rows."""
+def feature_datasets(model: GemClassifier, data: GemDataModule) -> dict[str, TensorDataset]:
+    """Each split of ``data`` as (features, labels[, leak flags]) in place of its images: one cached pass of the
+    backbone over every prepared image (its evaluation square), indexed by each dataset's rows."""
+    if data.augment_policy != "none":
+        log.warning(
+            "model.head_only=true trains on features of the unaugmented images: augment=%s is not applied",
+            data.augment_policy,
+        )
+    if data.background_swap is not None:
+        log.warning("model.head_only=true trains on features of the photos as they are: background_swap is not applied")
+    image_files = [item.image_file for item in data.items]
     every_image = GemImageDataset(
         [(path, 0) for path in image_files],
         None,
-        side,
-        array=eval_array,
+        data.image_size,
+        array=data.eval_array,
         rows=list(range(len(image_files))),
     )
     features = backbone_features(
         model,
         every_image,
-        cache_dir,
+        data.cache_dir,
         # Float32 whatever trainer.precision says: they are computed once, and the test split's features must
         # give the logits the evaluation report computes (in float32), or the run logs two test accuracies.
         precision="32-true",
         forward_context=lambda: torch.autocast(model.device.type, enabled=False),
-        batch_size=batch_size,
-        num_workers=num_workers,
+        batch_size=data.batch_size,
+        num_workers=data.num_workers,
     )
     served = {}
-    for name, dataset in datasets.items():
+    for name, dataset in data.datasets.items():
         columns = [features[dataset.rows], torch.tensor([label for _, label in dataset.items], dtype=torch.long)]
         if dataset.leaked is not None:
             columns.append(torch.tensor(dataset.leaked, dtype=torch.bool))
