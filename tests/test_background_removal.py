@@ -17,7 +17,8 @@ import pytest
 from PIL import Image
 
 from gem_lightning.data.background.backends import GrabCutBackend, RembgBackend
-from gem_lightning.data.background.cut_outs import BackgroundRemoval, SourceImage, load_downscaled
+from gem_lightning.data.background.cut_out_job import SourceImage, load_downscaled
+from gem_lightning.data.background.cut_outs import BackgroundRemoval
 from gem_lightning.errors import GemLightningError
 from gem_lightning.files.hashing import file_sha256
 from tests.conftest import GEMSTONES_DIR, REPO_ROOT, SHARED_DIR, checkout_env, needs_shared

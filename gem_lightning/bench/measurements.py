@@ -1,15 +1,15 @@
 """What ``gem_lightning.bench.suite`` times, each call in a fresh process: the report's plain PyTorch pipeline
 and ours, on the same photos, backbone, resolution and batch size.
-
-The plain side is the student report's recipe as such a script is written: torchvision ``ImageFolder`` on
-the raw photos (each JPEG decoded every epoch), rotate/crop/flip with the classic transforms, float32,
-Adam at 3e-4, glibc's default allocator. Ours is the project's real path: the Hydra-composed data module
-(uint8 array cache, transforms v2), the LightningModule under a Lightning Trainer with the configured
-precision and memory format, and the allocator setting of the entry points.
-
-Every function takes a plain dict (``Setup``'s fields) and returns a dict of figures with the process's
-peak resident memory, so one process's caches or allocator state never colour another's figure.
 """
+
+# The plain side is the student report's recipe as such a script is written: torchvision ``ImageFolder`` on
+# the raw photos (each JPEG decoded every epoch), rotate/crop/flip with the classic transforms, float32,
+# Adam at 3e-4, glibc's default allocator. Ours is the project's real path: the Hydra-composed data module
+# (uint8 array cache, transforms v2), the LightningModule under a Lightning Trainer with the configured
+# precision and memory format, and the allocator setting of the entry points.
+#
+# Every function takes a plain dict (``Setup``'s fields) and returns a dict of figures with the process's
+# peak resident memory, so one process's caches or allocator state never colour another's figure.
 
 from __future__ import annotations
 

@@ -1,11 +1,10 @@
-"""How fast our pipeline is beside the report's plain one (command: ``gem-bench``).
+"""How fast our pipeline is beside the report's plain one (command: ``gem-bench``)."""
 
-One table, every figure measured in this run, each in a fresh spawned process (``bench_measurements``):
-data-loader images/s with and without augmentation, training and evaluation images/s, the head-only epoch
-on cached features, peak memory; with CUDA also GPU training images/s and the epoch time for 2,856 images
-(Kaggle's training set) at the configured size. ``tiny=true`` runs it all on the rendered demo set in
-seconds, to prove the command works. The table is printed and written to ``bench.md`` and ``bench.json``.
-"""
+# One table, every figure measured in this run, each in a fresh spawned process (``bench_measurements``):
+# data-loader images/s with and without augmentation, training and evaluation images/s, the head-only epoch
+# on cached features, peak memory; with CUDA also GPU training images/s and the epoch time for 2,856 images
+# (Kaggle's training set) at the configured size. ``tiny=true`` runs it all on the rendered demo set in
+# seconds, to prove the command works. The table is printed and written to ``bench.md`` and ``bench.json``.
 
 from __future__ import annotations
 

@@ -1,15 +1,14 @@
-"""``python -m gem_lightning.cli.evaluate ckpt=...`` (or ``gem-evaluate``): calibrate a checkpoint and report on it.
+"""``python -m gem_lightning.cli.evaluate ckpt=...`` (or ``gem-evaluate``): calibrate a checkpoint and report on it."""
 
-1. Calibrate (``calibrate=true``, the default): fit the temperature on the validation split of the
-   checkpoint's own training run (the data module is rebuilt from the config stored in the checkpoint, so
-   the split is the same one) and store it in the checkpoint.
-2. Evaluate the run's test split (``split=test``; or ``split=val``), or any labelled folder
-   (``input=<folder>/<class>/<images>``, cut out as the run's photos were).
-3. Write one report folder, by default ``<run dir>/evaluation/<split or folder>/``: ``report.md`` with the
-   confusion matrix, reliability diagram and misclassified gallery, ``evaluation.json``, ``per_class.csv``.
-
-``train.py`` does the same for its best checkpoint after testing (``evaluate: true`` in conf/train.yaml).
-"""
+# 1. Calibrate (``calibrate=true``, the default): fit the temperature on the validation split of the
+#    checkpoint's own training run (the data module is rebuilt from the config stored in the checkpoint, so
+#    the split is the same one) and store it in the checkpoint.
+# 2. Evaluate the run's test split (``split=test``; or ``split=val``), or any labelled folder
+#    (``input=<folder>/<class>/<images>``, cut out as the run's photos were).
+# 3. Write one report folder, by default ``<run dir>/evaluation/<split or folder>/``: ``report.md`` with the
+#    confusion matrix, reliability diagram and misclassified gallery, ``evaluation.json``, ``per_class.csv``.
+#
+# ``train.py`` does the same for its best checkpoint after testing (``evaluate: true`` in conf/train.yaml).
 
 from __future__ import annotations
 

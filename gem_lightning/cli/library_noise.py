@@ -1,16 +1,15 @@
-"""Silence what libraries print on every run that a user cannot act on; keep everything else.
+"""Silence what libraries print on every run that a user cannot act on; keep everything else."""
 
-Each filter names the one message it drops and why, so a new warning from the same library still shows:
-- Lightning's "💡 Tip: ... litlogger" advertisement, printed at every Trainer start;
-- Lightning's own use of torch's deprecated ``LeafSpec`` (a warning about Lightning's code, not ours);
-- Lightning's "Found N module(s) in eval mode at the start of training": the classifier puts exactly its frozen
-  parts (``model.frozen_stages``, a frozen warm-up, ``head_only``) in eval mode on purpose, to keep their
-  BatchNorm statistics, and it is the only LightningModule these entry points train;
-- onnx_ir's INFO lines while torch.onnx exports (13 per export);
-- torch.jit.trace's FutureWarning that TorchScript is deprecated: README.md says so once, and the export
-  still checks the file it writes.
-The entry points (train.py, sweep.py, the commands) call ``silence_library_noise()`` once.
-"""
+# Each filter names the one message it drops and why, so a new warning from the same library still shows:
+# - Lightning's "💡 Tip: ... litlogger" advertisement, printed at every Trainer start;
+# - Lightning's own use of torch's deprecated ``LeafSpec`` (a warning about Lightning's code, not ours);
+# - Lightning's "Found N module(s) in eval mode at the start of training": the classifier puts exactly its frozen
+#   parts (``model.frozen_stages``, a frozen warm-up, ``head_only``) in eval mode on purpose, to keep their
+#   BatchNorm statistics, and it is the only LightningModule these entry points train;
+# - onnx_ir's INFO lines while torch.onnx exports (13 per export);
+# - torch.jit.trace's FutureWarning that TorchScript is deprecated: README.md says so once, and the export
+#   still checks the file it writes.
+# The entry points (train.py, sweep.py, the commands) call ``silence_library_noise()`` once.
 
 from __future__ import annotations
 

@@ -1,13 +1,12 @@
-"""``python -m gem_lightning.cli.prepare`` (or ``gem-prepare``): prepare a gem folder before training.
+"""``python -m gem_lightning.cli.prepare`` (or ``gem-prepare``): prepare a gem folder before training."""
 
-It composes the same Hydra config as ``train.py`` and takes the same overrides, so
-
-    python -m gem_lightning.cli.prepare background=rembg background.backend.model=u2netp
-
-prepares exactly what ``python train.py background=rembg background.backend.model=u2netp`` will train on
-(scan, duplicate groups, split manifest, background removal into the cache, data report), and the training
-run then finds everything cached. ``--check`` only says whether everything needed is present.
-"""
+# It composes the same Hydra config as ``train.py`` and takes the same overrides, so
+#
+#     python -m gem_lightning.cli.prepare background=rembg background.backend.model=u2netp
+#
+# prepares exactly what ``python train.py background=rembg background.backend.model=u2netp`` will train on
+# (scan, duplicate groups, split manifest, background removal into the cache, data report), and the training
+# run then finds everything cached. ``--check`` only says whether everything needed is present.
 
 from __future__ import annotations
 

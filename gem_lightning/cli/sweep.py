@@ -1,15 +1,14 @@
-"""``python sweep.py``: an Optuna search over train.py runs (see README.md, "Optuna sweeps").
+"""``python sweep.py``: an Optuna search over train.py runs (see README.md, "Optuna sweeps")."""
 
-    python sweep.py experiment=demo --n-trials 12          # conf/sweep/default.yaml, a SQLite study
-    python sweep.py sweep=backbones sweep/pruner=hyperband --n-trials 40 trainer.gpus=1 --jobs 2
-    python sweep.py --storage postgresql://user:pw@db-host/optuna --study-name gems --n-trials 200
-
-Every other argument is a train.py override (or a ``sweep.*`` / ``sweep/pruner=`` override of the sweep's
-own settings). ``--n-trials N`` is the number of finished trials (complete or pruned) the *study* should end
-with, counting every worker and every earlier run: running the same command again after a crash (or on a
-second machine) continues towards the same N, and a worker whose study already has N finished trials
-just prints the results. ``--jobs K`` runs K workers side by side on this machine (sharing its GPU).
-"""
+#     python sweep.py experiment=demo --n-trials 12          # conf/sweep/default.yaml, a SQLite study
+#     python sweep.py sweep=backbones sweep/pruner=hyperband --n-trials 40 trainer.gpus=1 --jobs 2
+#     python sweep.py --storage postgresql://user:pw@db-host/optuna --study-name gems --n-trials 200
+#
+# Every other argument is a train.py override (or a ``sweep.*`` / ``sweep/pruner=`` override of the sweep's
+# own settings). ``--n-trials N`` is the number of finished trials (complete or pruned) the *study* should end
+# with, counting every worker and every earlier run: running the same command again after a crash (or on a
+# second machine) continues towards the same N, and a worker whose study already has N finished trials
+# just prints the results. ``--jobs K`` runs K workers side by side on this machine (sharing its GPU).
 
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
 """Compose the project's Hydra configs outside ``@hydra.main``: train.py's for the prepare command and sweep
 trials, and the inference commands' own (``conf/predict.yaml``, ``evaluate.yaml``, ``export.yaml``, ``web.yaml``).
-
-The prepare command and sweep trials take train.py's overrides, so ``python -m gem_lightning.cli.prepare
-<overrides>`` prepares, and a sweep trial with ``<overrides> <sampled values>`` trains, exactly what
-``python train.py <overrides>`` would.
 """
+
+# The prepare command and sweep trials take train.py's overrides, so ``python -m gem_lightning.cli.prepare
+# <overrides>`` prepares, and a sweep trial with ``<overrides> <sampled values>`` trains, exactly what
+# ``python train.py <overrides>`` would.
 
 from __future__ import annotations
 

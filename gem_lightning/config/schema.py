@@ -1,11 +1,10 @@
-"""Typed schemas for the config groups whose values users type most: Hydra checks them while composing.
+"""Typed schemas for the config groups whose values users type most: Hydra checks them while composing."""
 
-A typo'd key (``data.batchsize=32``) or a bad value (``data.split=random``, ``data.batch_size=abc``,
-``model.backbone=resnet101``) then fails with Hydra's own message before any run folder is made, instead
-of half-way into a run. The YAML files in ``conf/data`` and ``conf/model`` list ``/schema/<group>/typed`` first in
-their defaults; ``register_config_schemas()`` must run before composing (train.py, ``compose_config`` and the tests
-do). It also registers ``${project_root:}``, the folder that ``conf/paths`` puts data, caches and outputs in.
-"""
+# A typo'd key (``data.batchsize=32``) or a bad value (``data.split=random``, ``data.batch_size=abc``,
+# ``model.backbone=resnet101``) then fails with Hydra's own message before any run folder is made, instead
+# of half-way into a run. The YAML files in ``conf/data`` and ``conf/model`` list ``/schema/<group>/typed`` first in
+# their defaults; ``register_config_schemas()`` must run before composing (train.py, ``compose_config`` and the tests
+# do). It also registers ``${project_root:}``, the folder that ``conf/paths`` puts data, caches and outputs in.
 
 from __future__ import annotations
 

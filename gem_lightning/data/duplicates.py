@@ -1,21 +1,20 @@
-"""Group exact and near-duplicate images across a whole dataset, and find the same image under two labels.
+"""Group exact and near-duplicate images across a whole dataset, and find the same image under two labels."""
 
-Exact duplicates share a sha256. Near-duplicates are found with a small, documented colour fingerprint:
-the stored pixels shrunk to 24x24 RGB (Pillow's antialiased bilinear, aspect ignored), and two images
-count as the same photo when the mean absolute difference of their fingerprints, under the best of the
-8 flips/quarter-turns, is below ``threshold`` on a 0-1 scale (0.01 by default). That is the measure the
-Kaggle set's SOURCE.md uses for its "16 near-duplicate test images", made orientation-blind because the
-set holds the same pixels under different EXIF orientation tags (e.g. Carnelian, Scapolite, Morganite):
-rotated copies of one photo are still one photo, and a model trained with rotation augmentation has seen
-them. A colour fingerprint rather than a grayscale perceptual hash (pHash, dHash) on purpose: gem classes
-differ mostly by colour, and a grayscale hash calls a yellow and a green stone shot the same way "equal".
-
-Comparing every pair is quadratic, so a cheap lower bound prunes first: the mean absolute difference of
-6x6-pixel block means can only be smaller than the full one (triangle inequality), so pairs whose 4x4x3
-block means already differ by ``threshold`` or more are skipped without looking at the full fingerprints.
-
-Fingerprints are cached by sha256 in ``<cache>/fingerprints``, so a re-scan decodes nothing new.
-"""
+# Exact duplicates share a sha256. Near-duplicates are found with a small, documented colour fingerprint:
+# the stored pixels shrunk to 24x24 RGB (Pillow's antialiased bilinear, aspect ignored), and two images
+# count as the same photo when the mean absolute difference of their fingerprints, under the best of the
+# 8 flips/quarter-turns, is below ``threshold`` on a 0-1 scale (0.01 by default). That is the measure the
+# Kaggle set's SOURCE.md uses for its "16 near-duplicate test images", made orientation-blind because the
+# set holds the same pixels under different EXIF orientation tags (e.g. Carnelian, Scapolite, Morganite):
+# rotated copies of one photo are still one photo, and a model trained with rotation augmentation has seen
+# them. A colour fingerprint rather than a grayscale perceptual hash (pHash, dHash) on purpose: gem classes
+# differ mostly by colour, and a grayscale hash calls a yellow and a green stone shot the same way "equal".
+#
+# Comparing every pair is quadratic, so a cheap lower bound prunes first: the mean absolute difference of
+# 6x6-pixel block means can only be smaller than the full one (triangle inequality), so pairs whose 4x4x3
+# block means already differ by ``threshold`` or more are skipped without looking at the full fingerprints.
+#
+# Fingerprints are cached by sha256 in ``<cache>/fingerprints``, so a re-scan decodes nothing new.
 
 from __future__ import annotations
 

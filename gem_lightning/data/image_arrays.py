@@ -1,22 +1,21 @@
-"""Every image a run trains on, decoded once into one uint8 array file, so an epoch decodes no JPEG.
+"""Every image a run trains on, decoded once into one uint8 array file, so an epoch decodes no JPEG."""
 
-``stored_image(path, side)`` is the one decoding step, cached or not: decode upright RGB (JPEGs at reduced
-scale), shorter side to ``side``, centre square. ``build_image_array`` writes it for a list of files into
-``<cache_dir>/image_arrays/<side>px-<count>-<key>.npy``, a plain ``.npy`` of shape (N, side, side, 3) that
-loaders memory-map: the page cache holds it once for every loader process and every run on the machine.
-Rows are stored channels-last, the layout the model's convolutions take (and torchvision's fastest for
-resizing uint8 images, as the augmentation's crops do). A data module keeps two arrays: squares at the
-model's input size for evaluation, and larger ones for augmentation to cut into.
-
-``build_mask_array`` keeps, beside the training array, the rembg mask of each of its squares
-(``<same name>-mask-<model>.npy``, (N, side, side)) for ``background_swap``; it is built the same way.
-
-The key hashes each file's path, size and modification time with the side and format, so a changed photo
-or cut-out makes a new array. Building goes through ``*.partial.npy`` with a progress record rewritten
-(atomically) every few hundred rows, under a lock: an interrupted build resumes where it stopped, and a
-second process (a sweep worker, a DDP rank) waits and then finds the array done. The finished array is
-renamed into place in one step.
-"""
+# ``stored_image(path, side)`` is the one decoding step, cached or not: decode upright RGB (JPEGs at reduced
+# scale), shorter side to ``side``, centre square. ``build_image_array`` writes it for a list of files into
+# ``<cache_dir>/image_arrays/<side>px-<count>-<key>.npy``, a plain ``.npy`` of shape (N, side, side, 3) that
+# loaders memory-map: the page cache holds it once for every loader process and every run on the machine.
+# Rows are stored channels-last, the layout the model's convolutions take (and torchvision's fastest for
+# resizing uint8 images, as the augmentation's crops do). A data module keeps two arrays: squares at the
+# model's input size for evaluation, and larger ones for augmentation to cut into.
+#
+# ``build_mask_array`` keeps, beside the training array, the rembg mask of each of its squares
+# (``<same name>-mask-<model>.npy``, (N, side, side)) for ``background_swap``; it is built the same way.
+#
+# The key hashes each file's path, size and modification time with the side and format, so a changed photo
+# or cut-out makes a new array. Building goes through ``*.partial.npy`` with a progress record rewritten
+# (atomically) every few hundred rows, under a lock: an interrupted build resumes where it stopped, and a
+# second process (a sweep worker, a DDP rank) waits and then finds the array done. The finished array is
+# renamed into place in one step.
 
 from __future__ import annotations
 

@@ -1,11 +1,10 @@
-"""The one dataset of images: stored squares (cached or decoded), augmented for training.
+"""The one dataset of images: stored squares (cached or decoded), augmented for training."""
 
-Batches are uint8 (N, 3, H, W); the model converts and normalises them itself. Evaluation reads squares of
-exactly the model's size (``stored_image(path, image_size)``: shorter side to the size, centre square), so an
-evaluation batch is a copy of cached rows with no transform at all; training reads larger squares (9/7 of the
-size) that its augmentation crops and rotates down. ``evaluation_dataset`` is the one evaluation path, shared
-by validation, test, prediction, export checks, reports and the web page.
-"""
+# Batches are uint8 (N, 3, H, W); the model converts and normalises them itself. Evaluation reads squares of
+# exactly the model's size (``stored_image(path, image_size)``: shorter side to the size, centre square), so an
+# evaluation batch is a copy of cached rows with no transform at all; training reads larger squares (9/7 of the
+# size) that its augmentation crops and rotates down. ``evaluation_dataset`` is the one evaluation path, shared
+# by validation, test, prediction, export checks, reports and the web page.
 
 from __future__ import annotations
 

@@ -1,13 +1,12 @@
-"""Find the classes and images under a data root, and check every file once.
+"""Find the classes and images under a data root, and check every file once."""
 
-Two layouts are accepted:
-
-* Kaggle's ``root/train/<class>/`` + ``root/test/<class>/`` ("split folders"), and
-* a flat ``root/<class>/``.
-
-Every file inside a class folder is decoded once. Files that cannot be used are skipped with a reason,
-never deleted. Results are cached by (size, mtime) so a second scan of an unchanged folder only stats files.
-"""
+# Two layouts are accepted:
+#
+# * Kaggle's ``root/train/<class>/`` + ``root/test/<class>/`` ("split folders"), and
+# * a flat ``root/<class>/``.
+#
+# Every file inside a class folder is decoded once. Files that cannot be used are skipped with a reason,
+# never deleted. Results are cached by (size, mtime) so a second scan of an unchanged folder only stats files.
 
 from __future__ import annotations
 

@@ -1,17 +1,16 @@
-"""Deterministic shifted copies of a labelled split: photos unlike Kaggle's, as users take them.
+"""Deterministic shifted copies of a labelled split: photos unlike Kaggle's, as users take them."""
 
-``python -m gem_lightning.cli.evaluate ckpt=... shift=<name>`` evaluates the checkpoint's test split after one of
-these changes (``SHIFTS``, the one list of choices):
-
-* ``small``: longest side 96 px, saved as JPEG quality 60 (a shop thumbnail, a phone photo cropped small);
-* ``white`` / ``grey``: the stone kept by a rembg mask, the rest plain white (255) or grey (128);
-* ``small_white``: both.
-
-Each shifted photo is written once under ``<cache_dir>/shifted/<shift>-<mask model>/<class>/<source sha256>.png``
-(atomically; a stopped build resumes), a labelled folder that evaluate then reads as it reads any other
-(``input=``): cut out by the checkpoint's own background removal, if it trained with one, as a user's photo
-would be. The user's photos are only read.
-"""
+# ``python -m gem_lightning.cli.evaluate ckpt=... shift=<name>`` evaluates the checkpoint's test split after one of
+# these changes (``SHIFTS``, the one list of choices):
+#
+# * ``small``: longest side 96 px, saved as JPEG quality 60 (a shop thumbnail, a phone photo cropped small);
+# * ``white`` / ``grey``: the stone kept by a rembg mask, the rest plain white (255) or grey (128);
+# * ``small_white``: both.
+#
+# Each shifted photo is written once under ``<cache_dir>/shifted/<shift>-<mask model>/<class>/<source sha256>.png``
+# (atomically; a stopped build resumes), a labelled folder that evaluate then reads as it reads any other
+# (``input=``): cut out by the checkpoint's own background removal, if it trained with one, as a user's photo
+# would be. The user's photos are only read.
 
 from __future__ import annotations
 
@@ -23,7 +22,7 @@ from pathlib import Path
 from PIL import Image
 
 from gem_lightning.data.background.backends import RembgBackend, composite_on
-from gem_lightning.data.background.cut_outs import load_downscaled
+from gem_lightning.data.background.cut_out_job import load_downscaled
 from gem_lightning.errors import GemLightningError
 from gem_lightning.files.atomic_writes import write_bytes_atomically
 from gem_lightning.files.hashing import file_sha256

@@ -1,19 +1,18 @@
-"""Seeded, stratified, duplicate-aware train/val/test splits and the manifest that records them.
+"""Seeded, stratified, duplicate-aware train/val/test splits and the manifest that records them."""
 
-``pooled`` (the student report's protocol): every usable image, whichever folder it came from, is split
-70/15/15 per class. ``predefined``: the folder's own test split stays the test set and a stratified share
-of its train split becomes validation, so results compare with numbers published on the Kaggle split.
-
-Duplicate groups (gem_lightning.data.duplicates) are placed whole: in pooled mode a group never straddles
-two splits, so a copy of a test photo cannot sit in train. In predefined mode the folder's test split is
-given, so test images that duplicate a train image are marked as leaked instead, and evaluation reports
-accuracy with and without them. The same image under two classes is a label conflict: ``drop`` (default)
-excludes every copy, since at most one label can be right; ``keep`` keeps them, still in one split.
-
-The manifest is a CSV (path, class, split, sha256, duplicate_group, note) sorted by path with no timestamps,
-so the same files and seed always give the same bytes. Files that are not trained on are listed too: split
-``skipped`` (unusable, with the reason) or ``excluded`` (a dropped label conflict).
-"""
+# ``pooled`` (the student report's protocol): every usable image, whichever folder it came from, is split
+# 70/15/15 per class. ``predefined``: the folder's own test split stays the test set and a stratified share
+# of its train split becomes validation, so results compare with numbers published on the Kaggle split.
+#
+# Duplicate groups (gem_lightning.data.duplicates) are placed whole: in pooled mode a group never straddles
+# two splits, so a copy of a test photo cannot sit in train. In predefined mode the folder's test split is
+# given, so test images that duplicate a train image are marked as leaked instead, and evaluation reports
+# accuracy with and without them. The same image under two classes is a label conflict: ``drop`` (default)
+# excludes every copy, since at most one label can be right; ``keep`` keeps them, still in one split.
+#
+# The manifest is a CSV (path, class, split, sha256, duplicate_group, note) sorted by path with no timestamps,
+# so the same files and seed always give the same bytes. Files that are not trained on are listed too: split
+# ``skipped`` (unusable, with the reason) or ``excluded`` (a dropped label conflict).
 
 from __future__ import annotations
 

@@ -11,7 +11,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from gem_lightning.data.background.cut_outs import BackgroundRemoval, SourceImage
+from gem_lightning.data.background.cut_out_job import SourceImage
+from gem_lightning.data.background.cut_outs import BackgroundRemoval
 from gem_lightning.data.report import REPORT_NAME
 from gem_lightning.data.scan import DatasetScan
 from gem_lightning.data.splits import SplitPlan

@@ -1,10 +1,9 @@
-"""Temperature scaling (Guo et al., 2017): one scalar T that divides the logits, fitted on the validation split.
+"""Temperature scaling (Guo et al., 2017): one scalar T that divides the logits, fitted on the validation split."""
 
-A fine-tuned network is usually over-confident; dividing its logits by T > 1 makes "0.9" mean right about
-nine times in ten without changing any prediction's rank, so accuracy stays exactly the same. T is fitted by
-minimising the negative log-likelihood of the validation labels and stored in the checkpoint (the model's
-``temperature`` buffer, plus a record of the fit), so every later prediction uses it.
-"""
+# A fine-tuned network is usually over-confident; dividing its logits by T > 1 makes "0.9" mean right about
+# nine times in ten without changing any prediction's rank, so accuracy stays exactly the same. T is fitted by
+# minimising the negative log-likelihood of the validation labels and stored in the checkpoint (the model's
+# ``temperature`` buffer, plus a record of the fit), so every later prediction uses it.
 
 from __future__ import annotations
 

@@ -1,10 +1,9 @@
-"""Calibrate a checkpoint and evaluate it on a labelled split or folder, into one report folder.
+"""Calibrate a checkpoint and evaluate it on a labelled split or folder, into one report folder."""
 
-``calibrate_checkpoint`` fits the temperature on the validation split of the checkpoint's own run (its data
-module rebuilt from the config stored in it) and stores it; ``evaluate_checkpoint`` evaluates the run's test or
-validation split, a labelled folder, or a shifted copy of the test split, and writes the report. The
-``evaluate`` command and ``train.py`` (for its best checkpoint) both use it.
-"""
+# ``calibrate_checkpoint`` fits the temperature on the validation split of the checkpoint's own run (its data
+# module rebuilt from the config stored in it) and stores it; ``evaluate_checkpoint`` evaluates the run's test or
+# validation split, a labelled folder, or a shifted copy of the test split, and writes the report. The
+# ``evaluate`` command and ``train.py`` (for its best checkpoint) both use it.
 
 from __future__ import annotations
 

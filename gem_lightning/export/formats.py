@@ -1,19 +1,18 @@
-"""The classifier as ONNX and TorchScript files, each checked against the predictor (command: ``gem-export``).
+"""The classifier as ONNX and TorchScript files, each checked against the predictor (command: ``gem-export``)."""
 
-Both files take what the training pipeline feeds the model, a uint8 RGB batch (N, 3, S, S) at the
-checkpoint's image size S with any N, and return ``logits`` and calibrated ``probabilities`` (softmax of the
-logits divided by the stored temperature); normalisation is inside, so a runtime needs no preprocessing
-constants. Class names, image size and temperature travel inside each file (ONNX metadata, a TorchScript
-extra file) and in ``model.json`` beside them.
-
-An ensemble (``ckpt=[a,b]``) or test-time views (``tta=flip|quarter_turns|dihedral``) export as one network that
-does what the predictor does: each member's logits of each view divided by that member's temperature, made
-probabilities and averaged; its ``logits`` output is the log of that mean. Members must share the image size.
-
-Each file is checked against the one inference loop (``Predictor.predict_tensor``) before it is kept:
-onnxruntime (and the TorchScript module) must reproduce its probabilities within ``tolerance`` (1e-4) on
-batches of two sizes, which also proves the batch dimension is dynamic.
-"""
+# Both files take what the training pipeline feeds the model, a uint8 RGB batch (N, 3, S, S) at the
+# checkpoint's image size S with any N, and return ``logits`` and calibrated ``probabilities`` (softmax of the
+# logits divided by the stored temperature); normalisation is inside, so a runtime needs no preprocessing
+# constants. Class names, image size and temperature travel inside each file (ONNX metadata, a TorchScript
+# extra file) and in ``model.json`` beside them.
+#
+# An ensemble (``ckpt=[a,b]``) or test-time views (``tta=flip|quarter_turns|dihedral``) export as one network that
+# does what the predictor does: each member's logits of each view divided by that member's temperature, made
+# probabilities and averaged; its ``logits`` output is the log of that mean. Members must share the image size.
+#
+# Each file is checked against the one inference loop (``Predictor.predict_tensor``) before it is kept:
+# onnxruntime (and the TorchScript module) must reproduce its probabilities within ``tolerance`` (1e-4) on
+# batches of two sizes, which also proves the batch dimension is dynamic.
 
 from __future__ import annotations
 

@@ -1,11 +1,10 @@
-"""A trained checkpoint applied to new photos, exactly as its training run saw its validation images.
+"""A trained checkpoint applied to new photos, exactly as its training run saw its validation images."""
 
-The checkpoint is all it needs: its ``gem_lightning`` entry names the classes, the image size and the
-background removal the run trained on (``background`` of its composed config). A photo goes through the same
-steps as in training: decoded upright as RGB, cut out onto black by the same backend and settings through
-the same content-keyed cache (a photo seen before costs nothing), decoded at reduced scale, shorter side to
-the image size, centre crop. Files that cannot be used are reported and skipped; the rest go on.
-"""
+# The checkpoint is all it needs: its ``gem_lightning`` entry names the classes, the image size and the
+# background removal the run trained on (``background`` of its composed config). A photo goes through the same
+# steps as in training: decoded upright as RGB, cut out onto black by the same backend and settings through
+# the same content-keyed cache (a photo seen before costs nothing), decoded at reduced scale, shorter side to
+# the image size, centre crop. Files that cannot be used are reported and skipped; the rest go on.
 
 from __future__ import annotations
 
@@ -20,7 +19,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from gem_lightning.data.background.cut_outs import BackgroundRemoval, SourceImage
+from gem_lightning.data.background.cut_out_job import SourceImage
+from gem_lightning.data.background.cut_outs import BackgroundRemoval
 from gem_lightning.data.image_dataset import GemImageDataset, evaluation_dataset
 from gem_lightning.errors import GemLightningError
 from gem_lightning.files.hashing import file_sha256

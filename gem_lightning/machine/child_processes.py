@@ -1,11 +1,10 @@
-"""Child processes that end when their parent does, however it ends (SIGKILL included).
+"""Child processes that end when their parent does, however it ends (SIGKILL included)."""
 
-A worker pool's processes are not told when their parent is killed: background-removal workers kept running,
-about 1.3 GB each, still writing cut-outs, after ``kill -9`` of ``prepare``. ``die_with_parent`` (called first
-in each such child) watches for the parent's exit: on POSIX a child whose parent died is re-parented, so its
-parent pid changes, and the child then exits at once. Polling, rather than Linux's PR_SET_PDEATHSIG, because
-that signal fires when the *thread* that started the child ends, and pools start children from helper threads.
-"""
+# A worker pool's processes are not told when their parent is killed: background-removal workers kept running,
+# about 1.3 GB each, still writing cut-outs, after ``kill -9`` of ``prepare``. ``die_with_parent`` (called first
+# in each such child) watches for the parent's exit: on POSIX a child whose parent died is re-parented, so its
+# parent pid changes, and the child then exits at once. Polling, rather than Linux's PR_SET_PDEATHSIG, because
+# that signal fires when the *thread* that started the child ends, and pools start children from helper threads.
 
 from __future__ import annotations
 

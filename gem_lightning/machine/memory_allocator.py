@@ -1,16 +1,15 @@
-"""Make glibc keep freed memory in the process, so CPU training and inference stop page-faulting every step.
+"""Make glibc keep freed memory in the process, so CPU training and inference stop page-faulting every step."""
 
-Why: glibc serves every allocation above its mmap threshold (dynamic, at most 32 MiB) with a fresh ``mmap``
-and hands it back with ``munmap`` as soon as it is freed. A CPU forward pass is made of exactly such blocks
-(activations at batch 48 and 224 px are tens to hundreds of MB), so each step maps, zero-fills page by page
-and unmaps hundreds of megabytes, and the kernel time can exceed the compute (README.md, "The CPU allocator",
-has the measured gain).
-
-The cure is to serve large blocks from the heap (``M_MMAP_MAX`` = 0) and never trim it (``M_TRIM_THRESHOLD``
-at its maximum): freed activations are reused by the next step. The price is that the process keeps its peak
-memory until it exits. Only glibc on Linux is touched; a user who set any ``MALLOC_*_`` variable, or sets
-``GEM_LIGHTNING_SYSTEM_MALLOC=1``, keeps the allocator as configured.
-"""
+# Why: glibc serves every allocation above its mmap threshold (dynamic, at most 32 MiB) with a fresh ``mmap``
+# and hands it back with ``munmap`` as soon as it is freed. A CPU forward pass is made of exactly such blocks
+# (activations at batch 48 and 224 px are tens to hundreds of MB), so each step maps, zero-fills page by page
+# and unmaps hundreds of megabytes, and the kernel time can exceed the compute (README.md, "The CPU allocator",
+# has the measured gain).
+#
+# The cure is to serve large blocks from the heap (``M_MMAP_MAX`` = 0) and never trim it (``M_TRIM_THRESHOLD``
+# at its maximum): freed activations are reused by the next step. The price is that the process keeps its peak
+# memory until it exits. Only glibc on Linux is touched; a user who set any ``MALLOC_*_`` variable, or sets
+# ``GEM_LIGHTNING_SYSTEM_MALLOC=1``, keeps the allocator as configured.
 
 from __future__ import annotations
 

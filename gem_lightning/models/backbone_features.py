@@ -1,14 +1,13 @@
-"""A frozen backbone's features of every image, computed once and cached on disk (``model.head_only``).
+"""A frozen backbone's features of every image, computed once and cached on disk (``model.head_only``)."""
 
-With the backbone frozen, an epoch of head training only needs each image's pooled feature vector, which
-never changes: computing them once turns an epoch into a few small matrix products, and every head-only
-trial of a sweep over the same data and backbone reuses the same file.
-
-The file is ``<cache_dir>/features/<key>.npy`` (float32, one row per image, in the dataset's order). The key
-hashes the images (their array file name, which hashes every file's path, size and mtime), the evaluation
-size, the backbone's name and weights, and the precision they are computed in, so nothing stale is reused.
-It is written atomically under a lock: concurrent trials wait and then read it.
-"""
+# With the backbone frozen, an epoch of head training only needs each image's pooled feature vector, which
+# never changes: computing them once turns an epoch into a few small matrix products, and every head-only
+# trial of a sweep over the same data and backbone reuses the same file.
+#
+# The file is ``<cache_dir>/features/<key>.npy`` (float32, one row per image, in the dataset's order). The key
+# hashes the images (their array file name, which hashes every file's path, size and mtime), the evaluation
+# size, the backbone's name and weights, and the precision they are computed in, so nothing stale is reused.
+# It is written atomically under a lock: concurrent trials wait and then read it.
 
 from __future__ import annotations
 

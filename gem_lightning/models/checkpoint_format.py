@@ -1,10 +1,9 @@
-"""The checkpoint format: where a checkpoint describes itself, and the one check of a checkpoint file.
+"""The checkpoint format: where a checkpoint describes itself, and the one check of a checkpoint file."""
 
-Every checkpoint holds, under ``CHECKPOINT_KEY``, what inference needs besides the weights (classes, image size,
-normalisation, temperature, the run's config), tagged with ``CHECKPOINT_FORMAT``. ``read_checkpoint`` is the
-one place a command opens a checkpoint file, with one line for each way a file can be wrong; ``upgrade_checkpoint``
-brings an older format's description up to date on every load.
-"""
+# Every checkpoint holds, under ``CHECKPOINT_KEY``, what inference needs besides the weights (classes, image size,
+# normalisation, temperature, the run's config), tagged with ``CHECKPOINT_FORMAT``. ``read_checkpoint`` is the
+# one place a command opens a checkpoint file, with one line for each way a file can be wrong; ``upgrade_checkpoint``
+# brings an older format's description up to date on every load.
 
 from __future__ import annotations
 

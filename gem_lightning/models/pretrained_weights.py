@@ -1,10 +1,9 @@
-"""Find pretrained weights on disk, check them, and copy them into a network whose key names differ.
+"""Find pretrained weights on disk, check them, and copy them into a network whose key names differ."""
 
-torchvision's weights live in the torch hub cache (``$TORCH_HOME/hub/checkpoints``) under names like
-``resnet18-f37072fd.pth``, where the hex part is the start of the file's sha256. torch only checks that
-hash while downloading, never when it reuses a cached file, so a truncated or swapped file would load
-silently (or fail deep inside ``load_state_dict``); we check it every time.
-"""
+# torchvision's weights live in the torch hub cache (``$TORCH_HOME/hub/checkpoints``) under names like
+# ``resnet18-f37072fd.pth``, where the hex part is the start of the file's sha256. torch only checks that
+# hash while downloading, never when it reuses a cached file, so a truncated or swapped file would load
+# silently (or fail deep inside ``load_state_dict``); we check it every time.
 
 from __future__ import annotations
 

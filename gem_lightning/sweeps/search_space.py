@@ -1,18 +1,17 @@
-"""A sweep's search space: written in Hydra's sweep syntax, sampled as Optuna distributions, applied as overrides.
+"""A sweep's search space: written in Hydra's sweep syntax, sampled as Optuna distributions, applied as overrides."""
 
-``conf/sweep/*.yaml`` list it under ``params``, one train.py key (or config group) per line, as users of
-hydra-optuna-sweeper and lightning-hydra-template write it:
-
-    optim.lr: tag(log, interval(1e-5, 3e-3))        FloatDistribution(1e-5, 3e-3, log=True)
-    model.label_smoothing: interval(0.0, 0.2)       FloatDistribution(0.0, 0.2)
-    model.freeze_backbone_epochs: int(interval(0, 2))   IntDistribution(0, 2)
-    data.batch_size: range(16, 65, 16)              IntDistribution(16, 64, step=16)
-    data.batch_size: choice(16, 32, 48, 64)         CategoricalDistribution
-    augment: choice(seed, colour_preserving)        a config group, sampled by option name
-
-A plain value (``trainer.max_epochs: 10``) is applied to every trial without being searched. Hydra's own
-override parser reads the expressions, so the syntax and its errors are Hydra's.
-"""
+# ``conf/sweep/*.yaml`` list it under ``params``, one train.py key (or config group) per line, as users of
+# hydra-optuna-sweeper and lightning-hydra-template write it:
+#
+#     optim.lr: tag(log, interval(1e-5, 3e-3))        FloatDistribution(1e-5, 3e-3, log=True)
+#     model.label_smoothing: interval(0.0, 0.2)       FloatDistribution(0.0, 0.2)
+#     model.freeze_backbone_epochs: int(interval(0, 2))   IntDistribution(0, 2)
+#     data.batch_size: range(16, 65, 16)              IntDistribution(16, 64, step=16)
+#     data.batch_size: choice(16, 32, 48, 64)         CategoricalDistribution
+#     augment: choice(seed, colour_preserving)        a config group, sampled by option name
+#
+# A plain value (``trainer.max_epochs: 10``) is applied to every trial without being searched. Hydra's own
+# override parser reads the expressions, so the syntax and its errors are Hydra's.
 
 from __future__ import annotations
 

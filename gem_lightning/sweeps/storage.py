@@ -1,18 +1,17 @@
-"""Where an Optuna study lives and how the workers sharing it take turns.
+"""Where an Optuna study lives and how the workers sharing it take turns."""
 
-By default a study is a SQLite file in its sweep folder (``outputs/sweeps/<study>/study.db``): one machine,
-and a killed sweep resumes by running the same command again. A database URL (PostgreSQL, MySQL) lets
-``python sweep.py`` workers on many machines share one study.
-
-Every worker sends a heartbeat while its trial runs; a trial whose worker died (killed, machine lost) goes
-stale after ``grace_period`` seconds, is marked failed by the next worker that looks, and is queued again
-with the same parameters (Optuna's ``RetryHeartbeatStaleTrialCallback``), so the study still ends with the
-requested number of finished trials.
-
-Taking a trial is done under a lock shared by all workers of the database (a lock file beside a SQLite
-study, an advisory lock on PostgreSQL/MySQL): counting the finished and running trials and asking for the
-next one is then one step, so workers never start more trials than ``n_trials`` between them.
-"""
+# By default a study is a SQLite file in its sweep folder (``outputs/sweeps/<study>/study.db``): one machine,
+# and a killed sweep resumes by running the same command again. A database URL (PostgreSQL, MySQL) lets
+# ``python sweep.py`` workers on many machines share one study.
+#
+# Every worker sends a heartbeat while its trial runs; a trial whose worker died (killed, machine lost) goes
+# stale after ``grace_period`` seconds, is marked failed by the next worker that looks, and is queued again
+# with the same parameters (Optuna's ``RetryHeartbeatStaleTrialCallback``), so the study still ends with the
+# requested number of finished trials.
+#
+# Taking a trial is done under a lock shared by all workers of the database (a lock file beside a SQLite
+# study, an advisory lock on PostgreSQL/MySQL): counting the finished and running trials and asking for the
+# next one is then one step, so workers never start more trials than ``n_trials`` between them.
 
 from __future__ import annotations
 

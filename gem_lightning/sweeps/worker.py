@@ -1,16 +1,15 @@
-"""One sweep worker: take trials from the study until it has ``n_trials`` finished ones, and run each as train.py.
+"""One sweep worker: take trials from the study until it has ``n_trials`` finished ones, and run each as train.py."""
 
-A trial composes train.yaml with the command line's overrides plus its sampled values (Hydra's compose
-API, as ``train.py`` does), trains in ``<sweep dir>/trials/<number>/`` with Optuna's Lightning pruning
-callback reporting ``val/acc`` after every epoch, and tells the study its ``val/acc_best``.
-
-What can happen to a trial, and what the study records:
-- finished: COMPLETE with its value; pruned by the pruner: PRUNED (both count towards ``n_trials``);
-- the same parameters as a finished trial (a small categorical space): that trial's outcome, not trained again;
-- out of GPU memory (a sampled batch size too big): FAIL with the reason, and the sweep goes on;
-- interrupted (Ctrl+C, SIGTERM) or its worker killed: FAIL, queued again with the same parameters; the retry
-  resumes from the interrupted attempt's ``last.ckpt``, so running the same command again continues it.
-"""
+# A trial composes train.yaml with the command line's overrides plus its sampled values (Hydra's compose
+# API, as ``train.py`` does), trains in ``<sweep dir>/trials/<number>/`` with Optuna's Lightning pruning
+# callback reporting ``val/acc`` after every epoch, and tells the study its ``val/acc_best``.
+#
+# What can happen to a trial, and what the study records:
+# - finished: COMPLETE with its value; pruned by the pruner: PRUNED (both count towards ``n_trials``);
+# - the same parameters as a finished trial (a small categorical space): that trial's outcome, not trained again;
+# - out of GPU memory (a sampled batch size too big): FAIL with the reason, and the sweep goes on;
+# - interrupted (Ctrl+C, SIGTERM) or its worker killed: FAIL, queued again with the same parameters; the retry
+#   resumes from the interrupted attempt's ``last.ckpt``, so running the same command again continues it.
 
 from __future__ import annotations
 

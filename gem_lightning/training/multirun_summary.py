@@ -1,16 +1,15 @@
-"""One table for a Hydra multirun: every job's overrides, best validation and test accuracy, epochs and time.
+"""One table for a Hydra multirun: every job's overrides, best validation and test accuracy, epochs and time."""
 
-``python train.py -m optim.lr=1e-4,3e-4 augment=seed,colour_preserving`` runs each job in its own folder
-under the sweep folder; each job leaves a ``metrics.json`` there (written by ``train()``). This Hydra
-callback (configured in ``conf/hydra/default.yaml``) reads them when the multirun ends, prints the table
-and writes it as ``summary.csv`` in the sweep folder. It reads files rather than remembering jobs in memory
-so it works with launchers that run jobs in other processes, and a job that failed still gets a row.
-
-A failed job does not end the multirun: ``train.py`` records why in the job folder (``failure.json``, see
-``record_failed_job``) and returns, the next job runs, the table lists it as failed with the reason, and the
-multirun then exits with status 1. (Hydra itself would re-raise the first failure after the last job and
-skip this callback, so there would be no table at all.)
-"""
+# ``python train.py -m optim.lr=1e-4,3e-4 augment=seed,colour_preserving`` runs each job in its own folder
+# under the sweep folder; each job leaves a ``metrics.json`` there (written by ``train()``). This Hydra
+# callback (configured in ``conf/hydra/default.yaml``) reads them when the multirun ends, prints the table
+# and writes it as ``summary.csv`` in the sweep folder. It reads files rather than remembering jobs in memory
+# so it works with launchers that run jobs in other processes, and a job that failed still gets a row.
+#
+# A failed job does not end the multirun: ``train.py`` records why in the job folder (``failure.json``, see
+# ``record_failed_job``) and returns, the next job runs, the table lists it as failed with the reason, and the
+# multirun then exits with status 1. (Hydra itself would re-raise the first failure after the last job and
+# skip this callback, so there would be no table at all.)
 
 from __future__ import annotations
 

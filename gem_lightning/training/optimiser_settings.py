@@ -1,12 +1,11 @@
-"""Check the ``optim/`` and ``scheduler/`` settings before a run prepares any data.
+"""Check the ``optim/`` and ``scheduler/`` settings before a run prepares any data."""
 
-Their schema is the one torch already has: the keys a config may set are the parameters of its
-``_target_`` (``torch.optim.Adam``'s ``lr``, ``betas``, ``weight_decay``, ...), and the valid values are what
-that class accepts when it is built. Both are checked by building the optimiser on one dummy parameter and
-the scheduler on that optimiser, so ``optim.lr=-1`` or ``+optim.lrr=1`` is one line naming the key within
-seconds of composing, not a traceback after minutes of data preparation, and any optimiser a user
-configures is checked by its own rules.
-"""
+# Their schema is the one torch already has: the keys a config may set are the parameters of its
+# ``_target_`` (``torch.optim.Adam``'s ``lr``, ``betas``, ``weight_decay``, ...), and the valid values are what
+# that class accepts when it is built. Both are checked by building the optimiser on one dummy parameter and
+# the scheduler on that optimiser, so ``optim.lr=-1`` or ``+optim.lrr=1`` is one line naming the key within
+# seconds of composing, not a traceback after minutes of data preparation, and any optimiser a user
+# configures is checked by its own rules.
 
 from __future__ import annotations
 

@@ -1,11 +1,10 @@
-"""Build the Lightning Trainer from its config, accepting ``trainer.gpus`` as users still type it.
+"""Build the Lightning Trainer from its config, accepting ``trainer.gpus`` as users still type it."""
 
-Lightning 2 removed ``Trainer(gpus=...)``; the student report and many tutorials use it, so ``gpus`` is
-kept as an alias: ``0`` means the CPU, ``N`` means N GPUs, ``-1`` all of them, ``"0,2"`` those indices.
-
-``precision: auto`` (the default) picks the fastest precision the chosen device runs natively; see
-``auto_settings.automatic_precision``.
-"""
+# Lightning 2 removed ``Trainer(gpus=...)``; the student report and many tutorials use it, so ``gpus`` is
+# kept as an alias: ``0`` means the CPU, ``N`` means N GPUs, ``-1`` all of them, ``"0,2"`` those indices.
+#
+# ``precision: auto`` (the default) picks the fastest precision the chosen device runs natively; see
+# ``auto_settings.automatic_precision``.
 
 from __future__ import annotations
 

@@ -1,13 +1,13 @@
 """An exponential moving average of the weights (``callbacks=ema``): Lightning's EMAWeightAveraging, made to
 hand its average to everything after the fit.
-
-Lightning's callback validates with the averaged weights and saves them as the checkpoint's ``state_dict``
-(the raw ones go to ``current_model_state``), so best.ckpt holds the average. But when ``trainer.test``
-loads that checkpoint after the fit, the callback still holds its averaged model and loads the *raw* weights
-back into the module: the logged test accuracy would be the raw model's and the evaluation report's (which
-reads ``state_dict``) the average's, two numbers for one checkpoint. Dropping the averaged model when the fit
-ends makes test, report, predict and export all see the weights the checkpoint was chosen for.
 """
+
+# Lightning's callback validates with the averaged weights and saves them as the checkpoint's ``state_dict``
+# (the raw ones go to ``current_model_state``), so best.ckpt holds the average. But when ``trainer.test``
+# loads that checkpoint after the fit, the callback still holds its averaged model and loads the *raw* weights
+# back into the module: the logged test accuracy would be the raw model's and the evaluation report's (which
+# reads ``state_dict``) the average's, two numbers for one checkpoint. Dropping the averaged model when the fit
+# ends makes test, report, predict and export all see the weights the checkpoint was chosen for.
 
 from __future__ import annotations
 

@@ -1,13 +1,12 @@
-"""The page that identifies a gem photo in the browser (command: ``gem-web``).
+"""The page that identifies a gem photo in the browser (command: ``gem-web``)."""
 
-Upload (or paste) a photo; the page shows the stone as the model sees it, cut out as in training, and the
-top-5 classes with calibrated confidence bars.
-
-Why Gradio: its ``Label`` component is exactly a top-k list with confidence bars and its ``Image`` input
-handles upload, drag-and-drop and paste, so the page is a dozen lines with no front-end code to keep;
-ML students know it (Hugging Face Spaces run it), so they can extend the page themselves. It runs fully
-offline here: analytics are off and nothing is shared unless ``share=true`` is asked for.
-"""
+# Upload (or paste) a photo; the page shows the stone as the model sees it, cut out as in training, and the
+# top-5 classes with calibrated confidence bars.
+#
+# Why Gradio: its ``Label`` component is exactly a top-k list with confidence bars and its ``Image`` input
+# handles upload, drag-and-drop and paste, so the page is a dozen lines with no front-end code to keep;
+# ML students know it (Hugging Face Spaces run it), so they can extend the page themselves. It runs fully
+# offline here: analytics are off and nothing is shared unless ``share=true`` is asked for.
 
 from __future__ import annotations
 

@@ -1,13 +1,12 @@
-"""Cut the gem out of its photo and put it on black: rembg (a U²-Net family model) or OpenCV GrabCut.
+"""Cut the gem out of its photo and put it on black: rembg (a U²-Net family model) or OpenCV GrabCut."""
 
-Backends are small picklable settings objects (Hydra instantiates them from ``conf/background/``); the
-heavy part (an onnxruntime session, OpenCV) is only built by ``load()`` inside the process that uses it.
-Every backend returns an 8-bit mask; ``cut_out`` checks that mask and applies the configured fallback
-when the gem was not found (an empty mask, or one that keeps almost the whole frame).
-
-rembg models are never downloaded here: ``check()`` looks where rembg itself looks (``U2NET_HOME``, else
-``~/.u2net``, and rembg's newer ``<home>/models/<name>/``) and stops with one message naming the file.
-"""
+# Backends are small picklable settings objects (Hydra instantiates them from ``conf/background/``); the
+# heavy part (an onnxruntime session, OpenCV) is only built by ``load()`` inside the process that uses it.
+# Every backend returns an 8-bit mask; ``cut_out`` checks that mask and applies the configured fallback
+# when the gem was not found (an empty mask, or one that keeps almost the whole frame).
+#
+# rembg models are never downloaded here: ``check()`` looks where rembg itself looks (``U2NET_HOME``, else
+# ``~/.u2net``, and rembg's newer ``<home>/models/<name>/``) and stops with one message naming the file.
 
 from __future__ import annotations
 

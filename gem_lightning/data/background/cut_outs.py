@@ -1,59 +1,50 @@
-"""Prepared images: every source photo cut out onto black once, downscaled, and cached by content.
+"""Prepared images: every source photo cut out onto black once, downscaled, and cached by content."""
 
-The cache lives in ``<cache_dir>/prepared/<variant>/`` where the variant names the backend, its model and
-every setting that changes the output (a hash of them), and each image is stored under its source file's
-sha256: ``ab/abcdef....png`` plus ``ab/abcdef....json`` (how it was made: method, share of the frame the
-mask kept, why a fallback was used). Consequences:
-
-* a second run over unchanged data does no work, and renaming or moving photos costs nothing;
-* the JSON is written after the PNG, both atomically (temp + rename), so an image counts as done only when
-  both are complete: a killed run resumes with what is left, and its stray temp files are removed under
-  a lock on the variant folder, which also makes a second concurrent run wait and then find everything done;
-* the user's photos are only ever opened for reading.
-
-Work runs in ``workers`` processes (spawned, so no forked torch/OpenMP state), each with its share of the
-cores for onnxruntime/OpenCV, with a progress bar (ETA) and a closing summary.
-"""
+# The cache lives in ``<cache_dir>/prepared/<variant>/`` where the variant names the backend, its model and
+# every setting that changes the output (a hash of them), and each image is stored under its source file's
+# sha256: ``ab/abcdef....png`` plus ``ab/abcdef....json`` (how it was made: method, share of the frame the
+# mask kept, why a fallback was used). Consequences:
+#
+# * a second run over unchanged data does no work, and renaming or moving photos costs nothing;
+# * the JSON is written after the PNG, both atomically (temp + rename), so an image counts as done only when
+#   both are complete: a killed run resumes with what is left, and its stray temp files are removed under
+#   a lock on the variant folder, which also makes a second concurrent run wait and then find everything done;
+# * the user's photos are only ever opened for reading.
+#
+# Work runs in ``workers`` processes (spawned, so no forked torch/OpenMP state), each with its share of the
+# cores for onnxruntime/OpenCV, with a progress bar (ETA) and a closing summary.
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
-import math
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
 from gem_lightning.data.background.backends import (
     FALLBACKS,
     GrabCutBackend,
     RembgBackend,
-    cut_out,
 )
-from gem_lightning.data.image_files import to_rgb, upright
+from gem_lightning.data.background.cut_out_job import (
+    SourceImage,
+    prepare_one,
+    record_path,
+    start_pool_worker,
+    start_worker,
+)
 from gem_lightning.errors import GemLightningError
-from gem_lightning.files.atomic_writes import write_bytes_atomically, write_text_atomically
 from gem_lightning.files.locks import exclusive_lock
 from gem_lightning.machine import auto_settings
-from gem_lightning.machine.child_processes import die_with_parent
 from gem_lightning.progress_bars import progress_with_eta
 
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
-
-
-@dataclass(frozen=True)
-class SourceImage:
-    sha256: str
-    path: Path  # absolute; opened read-only
 
 
 @dataclass
@@ -158,18 +149,14 @@ class BackgroundRemoval:
 
     # -- the cache -----------------------------------------------------------------------------------------
 
-    @staticmethod
-    def _record_path(variant: Path, sha256: str) -> Path:
-        return variant / sha256[:2] / f"{sha256}.json"
-
     def lookup(self, cache_dir: Path, sha256s: list[str]) -> dict[str, dict]:
         """sha256 -> record for every image already prepared (records name their PNG relative to the variant)."""
         variant = self.variant_dir(cache_dir)
         found = {}
         for sha256 in sha256s:
-            record_path = self._record_path(variant, sha256)
+            record_file = record_path(variant, sha256)
             try:
-                record = json.loads(record_path.read_text())
+                record = json.loads(record_file.read_text())
             except (OSError, json.JSONDecodeError):
                 continue
             if record.get("file") is None or (variant / record["file"]).is_file():
@@ -220,16 +207,16 @@ class BackgroundRemoval:
         with progress_with_eta(self.progress) as progress:
             task = progress.add_task(f"cutting out ({self.backend.describe()})", total=len(todo))
             if workers == 1:
-                _start_worker(*state)
+                start_worker(*state)
                 for source in todo:
-                    yield source, _prepare_one(source, variant)
+                    yield source, prepare_one(source, variant)
                     progress.advance(task)
                 return
             context = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(
-                workers, mp_context=context, initializer=_start_pool_worker, initargs=state
+                workers, mp_context=context, initializer=start_pool_worker, initargs=state
             ) as pool:
-                futures = {pool.submit(_prepare_one, source, variant): source for source in todo}
+                futures = {pool.submit(prepare_one, source, variant): source for source in todo}
                 try:
                     for future in as_completed(futures):
                         yield futures[future], future.result()
@@ -245,75 +232,3 @@ class BackgroundRemoval:
             "max_foreground": self.max_foreground,
             "fallback": self.fallback,
         }
-
-
-# -- inside a worker process -----------------------------------------------------------------------------
-
-_WORKER: dict = {}
-
-
-def _start_pool_worker(*state) -> None:
-    die_with_parent()  # a killed prepare/train.py must not leave its workers cutting out images
-    _start_worker(*state)
-
-
-def _start_worker(backend, fallback_backend, job: dict, threads: int) -> None:
-    backend.load(threads)
-    if fallback_backend is not None:
-        fallback_backend.load(threads)
-    _WORKER.update(backend=backend, fallback_backend=fallback_backend, job=job)
-
-
-def load_downscaled(path: Path, max_side: int) -> Image.Image:
-    """Decode ``path`` upright as RGB with its longest side at most ``max_side`` (never enlarged)."""
-    with Image.open(path) as image:
-        if image.format == "JPEG":
-            width, height = image.size
-            scale = max_side / max(width, height)
-            if scale < 1:
-                # Let the JPEG decoder drop to 1/2, 1/4 or 1/8 while both sides stay above the target.
-                image.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
-        image.load()
-        rgb = to_rgb(upright(image))
-    rgb.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-    # A fresh image without the source's metadata: its EXIF orientation is applied already, and rembg
-    # would otherwise apply it a second time (seen on train/Diaspore/diaspore_33.jpg).
-    return Image.fromarray(np.asarray(rgb), mode="RGB")
-
-
-def _prepare_one(source: SourceImage, variant: Path) -> dict | str:
-    """Cut one image out and store it; returns its record, or the error text."""
-    job = _WORKER["job"]
-    started = time.perf_counter()
-    try:
-        image = load_downscaled(source.path, job["max_side"])
-        result = cut_out(
-            image,
-            _WORKER["backend"],
-            job["fallback"],
-            job["min_foreground"],
-            job["max_foreground"],
-            _WORKER["fallback_backend"],
-        )
-    except Exception as error:  # one bad file must not stop thousands of others; it is reported
-        return f"{type(error).__name__}: {error}"
-    relative = None
-    if result.image is not None:
-        relative = f"{source.sha256[:2]}/{source.sha256}.png"
-        buffer = io.BytesIO()
-        result.image.save(buffer, format="PNG", compress_level=3)
-        write_bytes_atomically(variant / relative, buffer.getvalue())
-    record = {
-        "sha256": source.sha256,
-        "source": str(source.path),
-        "file": relative,
-        "method": result.method,
-        "foreground": round(result.foreground, 4),
-        "flag": result.flag,
-        "width": result.image.width if result.image is not None else None,
-        "height": result.image.height if result.image is not None else None,
-        "seconds": round(time.perf_counter() - started, 4),
-    }
-    # Written last: its presence is what marks the image as done.
-    write_text_atomically(BackgroundRemoval._record_path(variant, source.sha256), json.dumps(record, indent=1))
-    return record

@@ -1,15 +1,14 @@
-"""Training photos whose background is swapped for a random one, so the model learns the stone, not the studio.
+"""Training photos whose background is swapped for a random one, so the model learns the stone, not the studio."""
 
-Kaggle's photos are studio shots, mostly on black or white; users photograph stones on tables, hands and
-cloth. ``BackgroundSwap`` (``conf/background_swap/``) takes each training square and, with probability
-``probability``, keeps the stone where a rembg mask of that square says it is and paints everything else with
-a random background of one of ``BACKGROUND_KINDS``; otherwise the photo stays as it is, so the originals are
-still seen. Evaluation and prediction never swap: the model reads users' photos as they are, with no mask
-model needed at inference.
-
-The masks are computed once per training square by ``image_arrays.build_mask_array`` (cached beside the
-image arrays); the swap runs in the loader, before the augmentation policy crops, turns and flips the square.
-"""
+# Kaggle's photos are studio shots, mostly on black or white; users photograph stones on tables, hands and
+# cloth. ``BackgroundSwap`` (``conf/background_swap/``) takes each training square and, with probability
+# ``probability``, keeps the stone where a rembg mask of that square says it is and paints everything else with
+# a random background of one of ``BACKGROUND_KINDS``; otherwise the photo stays as it is, so the originals are
+# still seen. Evaluation and prediction never swap: the model reads users' photos as they are, with no mask
+# model needed at inference.
+#
+# The masks are computed once per training square by ``image_arrays.build_mask_array`` (cached beside the
+# image arrays); the swap runs in the loader, before the augmentation policy crops, turns and flips the square.
 
 from __future__ import annotations
 
