@@ -1,10 +1,16 @@
 """How fast our pipeline is beside the report's plain one (command: ``gem-bench``)."""
 
-# One table, every figure measured in this run, each in a fresh spawned process (``bench_measurements``):
+# One table, every figure measured in this run, each in a fresh spawned process (``plain_pipeline``, ``our_pipeline``):
 # data-loader images/s with and without augmentation, training and evaluation images/s, the head-only epoch
 # on cached features, peak memory; with CUDA also GPU training images/s and the epoch time for 2,856 images
 # (Kaggle's training set) at the configured size. ``tiny=true`` runs it all on the rendered demo set in
 # seconds, to prove the command works. The table is printed and written to ``bench.md`` and ``bench.json``.
+#
+# The plain side is the student report's recipe as such a script is written: torchvision ``ImageFolder`` on
+# the raw photos (each JPEG decoded every epoch), rotate/crop/flip with the classic transforms, float32,
+# Adam at 3e-4, glibc's default allocator. Ours is the project's real path: the Hydra-composed data module
+# (uint8 array cache, transforms v2), the LightningModule under a Lightning Trainer with the configured
+# precision and memory format, and the allocator setting of the entry points.
 
 from __future__ import annotations
 
@@ -23,7 +29,8 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from gem_lightning.bench import measurements as measure
+from gem_lightning.bench import our_pipeline, plain_pipeline
+from gem_lightning.bench.timing import Setup
 from gem_lightning.errors import GemLightningError
 from gem_lightning.files.atomic_writes import write_text_atomically
 from gem_lightning.machine import auto_settings
@@ -70,7 +77,7 @@ def _rates(measure_name: str, plain: dict, ours: dict, note: str = "") -> Row:
     )
 
 
-def _setups(cfg: DictConfig, run_dir: Path) -> tuple[measure.Setup, Path]:
+def _setups(cfg: DictConfig, run_dir: Path) -> tuple[Setup, Path]:
     """The shared settings, and the folder the plain pipeline reads (ours gets the same photos)."""
     cache_dir = Path(cfg.cache_dir).resolve()
     common = [
@@ -102,7 +109,7 @@ def _setups(cfg: DictConfig, run_dir: Path) -> tuple[measure.Setup, Path]:
     # on a CPU); the plain pipeline gets the number it resolves to.
     overrides += [f"data.image_size={size}", f"data.batch_size={batch}", f"data.num_workers={cfg.num_workers}"]
     overrides += list(cfg.train)
-    setup = measure.Setup(
+    setup = Setup(
         photos=str(photos),
         overrides=overrides,
         image_size=size,
@@ -115,15 +122,15 @@ def _setups(cfg: DictConfig, run_dir: Path) -> tuple[measure.Setup, Path]:
     return setup, photos
 
 
-def _prepare(setup: measure.Setup) -> float:
+def _prepare(setup: Setup) -> float:
     """Scan, split and cache the photos once (ours), before anything is timed; returns the seconds."""
     started = time.perf_counter()
-    _in_fresh_process(measure.prepare_only, setup.as_dict())
+    _in_fresh_process(our_pipeline.prepare_only, setup.as_dict())
     return time.perf_counter() - started
 
 
-def _head_only_row(setup: measure.Setup, epochs: int, plain_eval: dict) -> Row:
-    result = _in_fresh_process(measure.our_epochs, setup.as_dict(), epochs, True)
+def _head_only_row(setup: Setup, epochs: int, plain_eval: dict) -> Row:
+    result = _in_fresh_process(our_pipeline.our_epochs, setup.as_dict(), epochs, True)
     steady = result["epoch_seconds"][1:] or result["epoch_seconds"]
     # A plain frozen-backbone loop runs the backbone over every training image every epoch.
     plain = result["train_images"] / plain_eval["images_per_second"]
@@ -134,17 +141,17 @@ def _head_only_row(setup: measure.Setup, epochs: int, plain_eval: dict) -> Row:
     return Row("head-only epoch, cached features", "s", plain, sum(steady) / len(steady), None, result["peak_mb"], note)
 
 
-def _cuda_rows(setup: measure.Setup) -> list[Row]:
-    gpu = measure.Setup(**{**setup.as_dict(), "device": "cuda"})
-    plain = _in_fresh_process(measure.plain_training, gpu.as_dict())
-    ours = _in_fresh_process(measure.our_training, gpu.as_dict())
+def _cuda_rows(setup: Setup) -> list[Row]:
+    gpu = Setup(**{**setup.as_dict(), "device": "cuda"})
+    plain = _in_fresh_process(plain_pipeline.plain_training, gpu.as_dict())
+    ours = _in_fresh_process(our_pipeline.our_training, gpu.as_dict())
     name = torch.cuda.get_device_name(0)
     note = (
         f"ours: {ours['precision']}, augmentation on the GPU; GPU memory plain {plain['gpu_peak_mb']:,.0f} MB, "
         f"ours {ours['gpu_peak_mb']:,.0f} MB"
     )
     rows = [_rates(f"GPU training ({name})", plain, ours, note)]
-    epochs = _in_fresh_process(measure.our_epochs, gpu.as_dict(), 2, False)
+    epochs = _in_fresh_process(our_pipeline.our_epochs, gpu.as_dict(), 2, False)
     seconds = epochs["epoch_seconds"][-1] * KAGGLE_TRAIN_IMAGES / epochs["train_images"]
     rows.append(
         Row(
@@ -179,16 +186,16 @@ def run_bench(cfg: DictConfig) -> list[Row]:
     plain_loaders = {}
     for label, augment, place, how in loaders:
         if augment not in plain_loaders:  # the plain pipeline has one way to augment: in its loader
-            plain_loaders[augment] = _in_fresh_process(measure.plain_loader, settings, augment)
-        ours = _in_fresh_process(measure.our_loader, settings, augment, place)
+            plain_loaders[augment] = _in_fresh_process(plain_pipeline.plain_loader, settings, augment)
+        ours = _in_fresh_process(our_pipeline.our_loader, settings, augment, place)
         note = f"plain: ImageFolder decoding every photo; ours: uint8 array cache, {how}, {ours['workers']} process(es)"
         rows.append(_rates(label, plain_loaders[augment], ours, note))
-    plain = _in_fresh_process(measure.plain_training, settings)
-    ours = _in_fresh_process(measure.our_training, settings)
+    plain = _in_fresh_process(plain_pipeline.plain_training, settings)
+    ours = _in_fresh_process(our_pipeline.our_training, settings)
     note = f"ResNet-18, Adam; ours: {ours['precision']}, channels_last={ours['channels_last']}"
     rows.append(_rates("training", plain, ours, note))
-    plain_eval = _in_fresh_process(measure.plain_evaluation, settings)
-    rows.append(_rates("evaluation", plain_eval, _in_fresh_process(measure.our_evaluation, settings)))
+    plain_eval = _in_fresh_process(plain_pipeline.plain_evaluation, settings)
+    rows.append(_rates("evaluation", plain_eval, _in_fresh_process(our_pipeline.our_evaluation, settings)))
     rows.append(_head_only_row(setup, 2 if cfg.tiny else cfg.head_epochs, plain_eval))
     if cfg.device != "cpu" and torch.cuda.is_available():
         rows += _cuda_rows(setup)
