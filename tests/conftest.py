@@ -1,4 +1,4 @@
-"""Shared test helpers: compose the real Hydra config and shrink it, and find ../shared."""
+"""The fixtures every test folder shares: a quiet Hydra, an offline torch hub, trained tiny demo runs."""
 
 from __future__ import annotations
 
@@ -9,62 +9,12 @@ from pathlib import Path
 
 import pytest
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig
 
-from gem_lightning.config.composition import compose_train_config
 from gem_lightning.config.schema import register_config_schemas
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = REPO_ROOT / "conf"
-SHARED_DIR = REPO_ROOT.parent / "shared"
-GEMSTONES_DIR = SHARED_DIR / "data" / "gemstones"
-IMAGENET_SAMPLES_DIR = SHARED_DIR / "data" / "imagenet-samples"
+from tests.helpers.configs import TINY_DEMO, compose_config
+from tests.helpers.workplace import U2NET_DIR
 
 register_config_schemas()
-
-# A demo run small enough for a 2-core CPU: 10 classes x 12 images of 48 px, trained at 32 px.
-TINY_DEMO = [
-    "experiment=demo",
-    "data.demo.images_per_class=12",
-    "data.demo.image_size=48",
-    "data.image_size=32",
-    "data.batch_size=16",
-    "data.num_workers=0",
-    "trainer=cpu",
-    "trainer.max_epochs=1",
-    "trainer.enable_progress_bar=false",
-    "trainer.enable_model_summary=false",
-    "~callbacks.rich_progress_bar",
-]
-
-
-def checkout_env(**extra: str) -> dict[str, str]:
-    """The environment for a subprocess started outside the repository: it imports this checkout's package,
-    not whichever copy is installed."""
-    path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    return {**os.environ, "PYTHONPATH": path, **extra}
-
-
-def needs_shared(path: Path):
-    """Skip (with the reason) when ../shared is not beside the clone, as in a user's checkout.
-
-    Under CI (CI=true) nothing is skipped: there ../shared must exist, and its absence must fail loudly.
-    """
-    return pytest.mark.skipif(
-        not path.exists() and not os.environ.get("CI"),
-        reason=f"{path} is absent: these tests need the real data/weights in ../shared (present in CI)",
-    )
-
-
-def compose_config(overrides: list[str], workdir: Path) -> DictConfig:
-    """The config train.py would get for ``overrides``, with every path inside ``workdir``."""
-    paths = [
-        f"paths.root_dir={workdir}",
-        f"paths.output_dir={workdir / 'run'}",
-        f"paths.cache_dir={workdir / 'cache'}",
-        f"paths.log_dir={workdir / 'outputs'}",
-    ]
-    return compose_train_config(CONFIG_DIR, [*overrides, *paths])
 
 
 @pytest.fixture(autouse=True)
@@ -107,9 +57,6 @@ def trained_demo_run(tmp_path_factory) -> TrainedRun:
     checkpoint = Path(result.best_checkpoint)
     datamodule = result.datamodule
     return TrainedRun(workdir, workdir / "run", checkpoint, tuple(datamodule.class_names), metrics, datamodule)
-
-
-U2NET_DIR = SHARED_DIR / "models" / "u2net"
 
 
 @pytest.fixture(scope="session")

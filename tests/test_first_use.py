@@ -21,9 +21,8 @@ import torch
 from gem_lightning.data.scan import scan_dataset
 from gem_lightning.errors import GemLightningError
 from gem_lightning.training.run import check_run_settings, train
-from tests.conftest import REPO_ROOT, SHARED_DIR, TINY_DEMO, compose_config, needs_shared
-
-U2NET_DIR = SHARED_DIR / "models" / "u2net"
+from tests.helpers.configs import TINY_DEMO, compose_config
+from tests.helpers.workplace import REPO_ROOT, U2NET_DIR, needs_shared
 
 
 def _train_py(*overrides: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:

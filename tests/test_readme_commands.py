@@ -31,10 +31,9 @@ import torch
 
 from gem_lightning.files.hashing import file_sha256
 from gem_lightning.models.classifier import GemClassifier
-from tests.conftest import GEMSTONES_DIR, REPO_ROOT, SHARED_DIR, needs_shared
+from tests.helpers.workplace import GEMSTONES_DIR, REPO_ROOT, SHARED_DIR, U2NET_DIR, needs_shared
 
 README = REPO_ROOT / "README.md"
-U2NET_DIR = SHARED_DIR / "models" / "u2net"
 # Overrides no user types: a test that needs one is testing another command than README.md's.
 FORBIDDEN_PREFIXES = ("paths.", "hydra.", "+paths.", "+hydra.", "data.cache_dir", "cache_dir")
 HAS_CUDA = torch.cuda.is_available()

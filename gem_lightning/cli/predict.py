@@ -28,7 +28,7 @@ OUTPUT_FORMATS = (".json", ".csv")
 def predictions_document(
     predictor: Predictor, predictions: list[ImagePrediction], skipped: list[SkippedImage], k: int
 ) -> dict:
-    """The JSON written by ``output=*.json`` (tests/test_predict.py holds its schema)."""
+    """The JSON written by ``output=*.json`` (tests/inference/test_predict.py holds its schema)."""
     return {
         "checkpoint": str(predictor.checkpoint),
         "checkpoints": [str(path) for path in predictor.checkpoints],

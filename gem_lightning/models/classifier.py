@@ -33,7 +33,7 @@ def _stage_metrics(stage: str, num_classes: int) -> MetricCollection:
         prefix=f"{stage}/",
         # Compute groups share state between metrics whose states looked equal after the first update;
         # after a first validation batch of few classes that merged top-5 accuracy with macro F1 and
-        # logged a wrong F1 (tests/test_classifier_metrics.py). Three metrics cost nothing to keep apart.
+        # logged a wrong F1 (tests/models/test_classifier_metrics.py). Three metrics cost nothing to keep apart.
         compute_groups=False,
     )
 

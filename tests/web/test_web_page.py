@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.conftest import GEMSTONES_DIR, REPO_ROOT, U2NET_DIR
+from tests.helpers.workplace import GEMSTONES_DIR, REPO_ROOT, U2NET_DIR
 
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")

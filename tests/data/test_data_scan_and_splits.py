@@ -17,7 +17,7 @@ from gem_lightning.data.image_files import load_rgb
 from gem_lightning.data.scan import scan_dataset
 from gem_lightning.data.splits import plan_splits, read_manifest
 from gem_lightning.errors import GemLightningError
-from tests.conftest import GEMSTONES_DIR, needs_shared
+from tests.helpers.workplace import GEMSTONES_DIR, needs_shared
 
 
 def _photo(seed: int, size=(40, 30), mode="RGB") -> Image.Image:

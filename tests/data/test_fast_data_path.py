@@ -22,7 +22,8 @@ from gem_lightning.machine.auto_settings import automatic_precision, cpu_has_nat
 from gem_lightning.models.backbone_features import features_file
 from gem_lightning.training.run import train
 from gem_lightning.training.trainer_factory import resolve_devices
-from tests.conftest import GEMSTONES_DIR, TINY_DEMO, compose_config, needs_shared
+from tests.helpers.configs import TINY_DEMO, compose_config
+from tests.helpers.workplace import GEMSTONES_DIR, needs_shared
 
 
 def _prepared(overrides: list[str], workdir: Path):

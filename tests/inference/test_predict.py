@@ -21,7 +21,7 @@ from gem_lightning.errors import GemLightningError
 from gem_lightning.inference.logits import collect_logits
 from gem_lightning.inference.predictor import Predictor
 from gem_lightning.models.classifier import GemClassifier
-from tests.conftest import GEMSTONES_DIR, needs_shared
+from tests.helpers.workplace import GEMSTONES_DIR, needs_shared
 
 # What output=*.json promises its readers.
 PREDICTIONS_SCHEMA = {

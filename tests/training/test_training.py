@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from gem_lightning.models.checkpoint_format import CHECKPOINT_KEY
 from gem_lightning.models.classifier import GemClassifier
 from gem_lightning.training.run import train
-from tests.conftest import TINY_DEMO, compose_config
+from tests.helpers.configs import TINY_DEMO, compose_config
 
 
 def _scalar_tags(log_dir: Path) -> dict[str, list]:

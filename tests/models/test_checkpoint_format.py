@@ -14,11 +14,12 @@ from gem_lightning.config.composition import compose_train_config
 from gem_lightning.inference.predictor import Predictor
 from gem_lightning.models.checkpoint_format import CHECKPOINT_FORMAT, CHECKPOINT_KEY, read_checkpoint
 from gem_lightning.models.classifier import GemClassifier
-from tests.conftest import CONFIG_DIR, TINY_DEMO
+from tests.helpers.configs import TINY_DEMO
+from tests.helpers.workplace import CONFIG_DIR, FIXTURES_DIR
 
 # Written by 23652ba (flat modules) from a tiny demo run with background=grabcut and scheduler=warmup_cosine:
 # everything such a checkpoint holds but its weights.
-FORMAT_1 = Path(__file__).parent / "fixtures" / "checkpoint_format1_description.json"
+FORMAT_1 = FIXTURES_DIR / "checkpoint_format1_description.json"
 
 
 def _targets(node) -> list[str]:

@@ -8,7 +8,8 @@ import subprocess
 import sys
 
 from gem_lightning.training.multirun_summary import collect_rows
-from tests.conftest import REPO_ROOT, TINY_DEMO
+from tests.helpers.configs import TINY_DEMO
+from tests.helpers.workplace import REPO_ROOT
 
 
 def test_a_multirun_prints_and_writes_a_summary_of_every_job(tmp_path):

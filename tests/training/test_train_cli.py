@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import REPO_ROOT, SHARED_DIR, TINY_DEMO, needs_shared
-
-U2NET_DIR = SHARED_DIR / "models" / "u2net"
+from tests.helpers.configs import TINY_DEMO
+from tests.helpers.train_command import run_train, the_one_error_line
+from tests.helpers.workplace import REPO_ROOT, U2NET_DIR, needs_shared
 
 
 def test_train_py_on_demo_data_prints_the_run_dir_best_checkpoint_and_metrics(tmp_path):
@@ -35,33 +34,14 @@ def test_train_py_on_demo_data_prints_the_run_dir_best_checkpoint_and_metrics(tm
     assert Path(tmp_path / "cache" / "demo_gems").is_dir()  # the demo set was rendered into the cache
 
 
-def _run_train(*overrides: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """``python train.py <overrides>`` on the tiny demo, as a user runs it."""
-    return subprocess.run(
-        [sys.executable, "train.py", *TINY_DEMO, *overrides],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, **(env or {})},
-    )
-
-
-def _the_one_error_line(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 2
-    assert "Traceback" not in result.stdout + result.stderr
-    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    return line
-
-
 def test_missing_pretrained_weights_stop_with_one_line(tmp_path):
-    result = _run_train(
+    result = run_train(
         "model.pretrained=true",
         "model.allow_download=false",
         f"paths.root_dir={tmp_path}",
         env={"TORCH_HOME": str(tmp_path / "torch_home")},
     )
-    line = _the_one_error_line(result)
+    line = the_one_error_line(result)
     assert "resnet18-f37072fd.pth" in line and str(tmp_path / "torch_home" / "hub" / "checkpoints") in line
 
 
@@ -80,7 +60,7 @@ def test_resuming_from_a_missing_checkpoint_names_it(tmp_path):
 
 @needs_shared(U2NET_DIR / "u2netp.onnx")
 def test_train_py_with_rembg_prepares_the_cut_outs_itself(tmp_path):
-    result = _run_train(
+    result = run_train(
         "background=rembg",
         "background.backend.model=u2netp",
         "background.progress=false",
@@ -96,7 +76,7 @@ def test_train_py_with_rembg_prepares_the_cut_outs_itself(tmp_path):
 
 
 def test_train_py_with_a_missing_rembg_model_stops_with_one_line(tmp_path):
-    result = _run_train("background=rembg", f"paths.root_dir={tmp_path}", env={"U2NET_HOME": str(tmp_path / "models")})
-    line = _the_one_error_line(result)
+    result = run_train("background=rembg", f"paths.root_dir={tmp_path}", env={"U2NET_HOME": str(tmp_path / "models")})
+    line = the_one_error_line(result)
     assert "u2net.onnx" in line and str(tmp_path / "models") in line
     assert not (tmp_path / "cache" / "prepared").exists()

@@ -14,8 +14,9 @@ from gem_lightning.data.background.swap import BACKGROUND_KINDS, BackgroundSwap
 from gem_lightning.data.image_arrays import stored_image
 from gem_lightning.data.image_dataset import GemImageDataset
 from gem_lightning.errors import find_user_error
-from tests.conftest import TINY_DEMO, U2NET_DIR, compose_config, needs_shared
-from tests.test_train_cli import _run_train, _the_one_error_line
+from tests.helpers.configs import TINY_DEMO, compose_config
+from tests.helpers.train_command import run_train, the_one_error_line
+from tests.helpers.workplace import U2NET_DIR, needs_shared
 
 
 def _stone_in_the_middle(side: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,10 +78,10 @@ def test_bad_settings_are_one_line_naming_the_key(tmp_path, override, message):
 
 
 def test_a_missing_mask_model_stops_train_py_with_one_line(tmp_path):
-    result = _run_train(
+    result = run_train(
         "background_swap=random", f"paths.root_dir={tmp_path}", env={"U2NET_HOME": str(tmp_path / "models")}
     )
-    line = _the_one_error_line(result)
+    line = the_one_error_line(result)
     assert "u2netp.onnx" in line and str(tmp_path / "models") in line and "background_swap.mask_model=" in line
     assert not list((tmp_path / "cache").rglob("*-mask-*.npy")), "nothing is computed before the check"
 

@@ -15,7 +15,7 @@ from gem_lightning.errors import GemLightningError, find_user_error
 from gem_lightning.models.batch_mixing import batch_mixer
 from gem_lightning.models.classifier import GemClassifier
 from gem_lightning.training.run import train
-from tests.conftest import TINY_DEMO, compose_config
+from tests.helpers.configs import TINY_DEMO, compose_config
 
 
 def test_warmup_cosine_steps_every_batch_and_the_backbone_learns_slower(tmp_path):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from gem_lightning.training.run import train
-from tests.conftest import GEMSTONES_DIR, compose_config, needs_shared
+from tests.helpers.configs import compose_config
+from tests.helpers.workplace import GEMSTONES_DIR, needs_shared
 
 
 @needs_shared(GEMSTONES_DIR)

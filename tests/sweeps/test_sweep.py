@@ -1,6 +1,6 @@
 """sweep.py for real: Optuna studies in SQLite and PostgreSQL, Lightning trials on the tiny demo set.
 
-Trials are shrunk like the other tests (tests/conftest.py TINY_DEMO): 10 classes x 12 images at 32 px, a few
+Trials are shrunk like the other tests (tests/helpers/configs.py TINY_DEMO): 10 classes x 12 images at 32 px, a few
 epochs of a few batches, so a trial takes seconds on a 2-core CPU.
 """
 
@@ -27,8 +27,9 @@ from gem_lightning.cli.sweep import main as sweep_main
 from gem_lightning.errors import GemLightningError
 from gem_lightning.sweeps.search_space import SearchSpace
 from gem_lightning.sweeps.storage import load_study, open_storage, storage_url
-from tests.conftest import CONFIG_DIR, REPO_ROOT, TINY_DEMO
-from tests.postgres_server import find_postgres_bin, postgres_server
+from tests.helpers.configs import TINY_DEMO
+from tests.helpers.postgres_server import find_postgres_bin, postgres_server
+from tests.helpers.workplace import CONFIG_DIR, REPO_ROOT
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -12,7 +12,8 @@ from lightning.pytorch.callbacks import ProgressBar
 from gem_lightning.errors import GemLightningError
 from gem_lightning.training.run import _instantiate_each
 from gem_lightning.training.trainer_factory import build_trainer, resolve_devices
-from tests.conftest import REPO_ROOT, TINY_DEMO, compose_config
+from tests.helpers.configs import TINY_DEMO, compose_config
+from tests.helpers.workplace import REPO_ROOT
 
 NO_CUDA = not torch.cuda.is_available()
 

@@ -21,9 +21,8 @@ from gem_lightning.data.background.cut_out_job import SourceImage, load_downscal
 from gem_lightning.data.background.cut_outs import BackgroundRemoval
 from gem_lightning.errors import GemLightningError
 from gem_lightning.files.hashing import file_sha256
-from tests.conftest import GEMSTONES_DIR, REPO_ROOT, SHARED_DIR, checkout_env, needs_shared
+from tests.helpers.workplace import GEMSTONES_DIR, REPO_ROOT, U2NET_DIR, checkout_env, needs_shared
 
-U2NET_DIR = SHARED_DIR / "models" / "u2net"
 # Real Kaggle photos of single stones on plain light backgrounds, large and small, one a PNG named .jpg.
 REAL_PHOTOS = (
     "train/Ruby/ruby_10.jpg",

@@ -12,7 +12,7 @@ from gem_lightning.cli import evaluate
 from gem_lightning.data.background.backends import RembgBackend
 from gem_lightning.data.shifted_photos import SHIFTS, build_shifted_folder, shifted_photo
 from gem_lightning.errors import GemLightningError
-from tests.conftest import U2NET_DIR, needs_shared
+from tests.helpers.workplace import U2NET_DIR, needs_shared
 
 
 def _stone_photo(path, size=(300, 200)) -> None:

@@ -20,7 +20,7 @@ from gem_lightning.models.backbones import (
     imagenet_network,
     normalisation,
 )
-from tests.conftest import IMAGENET_SAMPLES_DIR, needs_shared
+from tests.helpers.workplace import IMAGENET_SAMPLES_DIR, needs_shared
 
 
 def _imagenet_samples() -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,7 +14,8 @@ from gem_lightning.errors import GemLightningError
 from gem_lightning.models.lr_schedules import steps_per_batch
 from gem_lightning.training.run import _instantiate_each
 from gem_lightning.training.trainer_factory import build_trainer
-from tests.conftest import CONFIG_DIR, compose_config
+from tests.helpers.configs import compose_config
+from tests.helpers.workplace import CONFIG_DIR
 
 
 def _options(group: str) -> list[str]:
@@ -121,7 +122,7 @@ def test_schedulers(option, tmp_path):
         return
     optimiser = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     factory = hydra.utils.instantiate(cfg.scheduler)
-    # Per-step schedules get the run's length from the model (tests/test_recipe.py trains with one).
+    # Per-step schedules get the run's length from the model (tests/models/test_recipe.py trains with one).
     scheduler = factory(optimizer=optimiser, **({"total_steps": 20} if steps_per_batch(factory) else {}))
     assert isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler)
 

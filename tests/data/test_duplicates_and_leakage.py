@@ -18,7 +18,8 @@ from gem_lightning.data.scan import scan_dataset
 from gem_lightning.data.splits import plan_splits, read_manifest
 from gem_lightning.errors import GemLightningError
 from gem_lightning.training.run import train
-from tests.conftest import GEMSTONES_DIR, TINY_DEMO, compose_config, needs_shared
+from tests.helpers.configs import TINY_DEMO, compose_config
+from tests.helpers.workplace import GEMSTONES_DIR, needs_shared
 
 
 def _gem_photo(seed: int, size: int = 48) -> Image.Image:

@@ -1,0 +1,1 @@
+"""Composition of the real configs and their typed schemas."""

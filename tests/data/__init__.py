@@ -1,0 +1,1 @@
+"""Scan, duplicates, splits, the data report and the fast data path."""

@@ -1,0 +1,1 @@
+"""Background removal (rembg, GrabCut), the cut-out cache and the background swap."""

@@ -1,0 +1,1 @@
+"""Calibration, evaluation reports and shifted photos."""

@@ -1,0 +1,1 @@
+"""ONNX and TorchScript export with parity checks."""

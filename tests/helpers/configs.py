@@ -1,0 +1,36 @@
+"""The real Hydra config, composed as train.py would and shrunk for a 2-core CPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from gem_lightning.config.composition import compose_train_config
+from tests.helpers.workplace import CONFIG_DIR
+
+# A demo run small enough for a 2-core CPU: 10 classes x 12 images of 48 px, trained at 32 px.
+TINY_DEMO = [
+    "experiment=demo",
+    "data.demo.images_per_class=12",
+    "data.demo.image_size=48",
+    "data.image_size=32",
+    "data.batch_size=16",
+    "data.num_workers=0",
+    "trainer=cpu",
+    "trainer.max_epochs=1",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "~callbacks.rich_progress_bar",
+]
+
+
+def compose_config(overrides: list[str], workdir: Path) -> DictConfig:
+    """The config train.py would get for ``overrides``, with every path inside ``workdir``."""
+    paths = [
+        f"paths.root_dir={workdir}",
+        f"paths.output_dir={workdir / 'run'}",
+        f"paths.cache_dir={workdir / 'cache'}",
+        f"paths.log_dir={workdir / 'outputs'}",
+    ]
+    return compose_train_config(CONFIG_DIR, [*overrides, *paths])

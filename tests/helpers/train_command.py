@@ -1,0 +1,29 @@
+"""``python train.py`` on the tiny demo as a user runs it, and the one error line it must print."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from tests.helpers.configs import TINY_DEMO
+from tests.helpers.workplace import REPO_ROOT
+
+
+def run_train(*overrides: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``python train.py <overrides>`` on the tiny demo, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "train.py", *TINY_DEMO, *overrides],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def the_one_error_line(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 2
+    assert "Traceback" not in result.stdout + result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    return line

@@ -1,0 +1,1 @@
+"""The predictor, predict command and ensembles."""

@@ -1,0 +1,1 @@
+"""The auto settings and the allocator."""

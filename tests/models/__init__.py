@@ -1,0 +1,1 @@
+"""Backbones and their weights, the LightningModule, the recipe's ingredients, the checkpoint format."""

@@ -1,0 +1,1 @@
+"""sweep.py for real: Optuna studies in SQLite and PostgreSQL."""

@@ -1,0 +1,1 @@
+"""train(cfg) and train.py as users run them, on every device setting."""

@@ -1,0 +1,1 @@
+"""The identification page in a real browser."""
