@@ -21,9 +21,10 @@ import socket
 import threading
 import time
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
+from typing import Any
 
 import optuna
 import torch
@@ -72,32 +73,37 @@ def run_worker(plan: SweepPlan, storage: RDBStorage, study: optuna.Study) -> int
 
 
 @contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """While trials run, SIGTERM (a scheduler, `kill`, the --jobs supervisor) ends the trial as Ctrl+C does:
-    recorded as interrupted and queued again."""
+def _on_main_thread(install: Callable[[], Any], restore: Callable[[Any], None]) -> Iterator[None]:
+    """``install()`` for the block, ``restore(what it returned)`` after it; elsewhere than the main thread
+    (where Python allows no signal handling) nothing is done."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    previous = install()
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        restore(previous)
 
 
-@contextmanager
-def _signals_deferred() -> Iterator[None]:
+def _sigterm_as_interrupt() -> AbstractContextManager[None]:
+    """While trials run, SIGTERM (a scheduler, `kill`, the --jobs supervisor) ends the trial as Ctrl+C does:
+    recorded as interrupted and queued again."""
+    return _on_main_thread(
+        lambda: signal.signal(signal.SIGTERM, _raise_keyboard_interrupt),
+        lambda previous: signal.signal(signal.SIGTERM, previous),
+    )
+
+
+def _signals_deferred() -> AbstractContextManager[None]:
     """Hold Ctrl+C and SIGTERM until the block ends: an interruption inside would leave the study half-told
     (a trial asked for but without the heartbeat that lets it go stale, an interrupted trial not requeued)."""
-    held = {signal.SIGINT, signal.SIGTERM}
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    if not hasattr(signal, "pthread_sigmask"):
+        return nullcontext()
+    return _on_main_thread(
+        lambda: signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM}),
+        lambda previous: signal.pthread_sigmask(signal.SIG_SETMASK, previous),
+    )
 
 
 def _take_trials(plan: SweepPlan, storage: RDBStorage, study: optuna.Study) -> int:
