@@ -29,16 +29,15 @@ def collate_batch(data: AssembledBatch | list) -> list:
 
 
 class GemImageDataset(Dataset):
-    """(uint8 CHW tensor, class index) pairs, or (tensor, index, leaked) when ``leaked`` flags are given:
-    the test set carries them so evaluation can also report accuracy without leaked duplicates.
+    """(uint8 CHW tensor, class index) pairs, or (tensor, index, leaked) when ``leaked`` flags are given.
 
-    Each image starts as its stored square (``stored_image``): read from the memory-mapped ``array`` at its
-    row when the data module cached one, else decoded from its file; the two are the same tensor (tested).
-    ``background_swap`` (training only; ``background_swap.BackgroundSwap``) may first replace its background,
-    using row ``rows[i]`` of the ``masks`` array; ``transform`` (the augmentation policy, random per image)
-    follows; None leaves the square as it is.
-    Loaders over it must use ``collate_batch`` (they fetch whole batches through ``__getitems__``).
+    Each image is its stored square (row ``rows[i]`` of the memory-mapped ``array``, else decoded from its file),
+    then ``background_swap`` with row ``rows[i]`` of ``masks`` (training only), then ``transform``. Loaders over
+    it must use ``collate_batch`` (they fetch whole batches through ``__getitems__``).
     """
+
+    # The test set carries leak flags so evaluation can also report accuracy without leaked duplicates. The
+    # cached row and the decoded file are the same tensor (tested); transform None leaves the square as it is.
 
     def __init__(
         self,

@@ -51,12 +51,12 @@ class ImagePrediction:
 class Predictor:
     """Class probabilities for photo files or uint8 batches, from one checkpoint or an ensemble of several.
 
-    ``checkpoint`` is one path or a list. With one checkpoint and ``tta="none"`` a prediction is that model's
-    softmax at its own temperature. Otherwise (test-time views, several checkpoints) it is the mean over every
-    model and view of each model's calibrated probabilities (``averaged_probabilities``). Members must know the
-    same classes and cut backgrounds out alike; their image sizes may differ. The first describes the whole.
+    With one checkpoint and ``tta="none"`` a prediction is that model's softmax at its own temperature; else it
+    is the mean over every model and view of each model's calibrated probabilities (``averaged_probabilities``).
+    Members must know the same classes and cut backgrounds out alike; the first describes the whole.
     """
 
+    # Members' image sizes may differ: each gets the photos at its own size (member_datasets).
     # The settings a command's config may hold under the same names (conf/predict|evaluate|web.yaml).
     COMMAND_SETTINGS = (
         "cache_dir", "background", "device", "calibrated", "batch_size", "num_workers", "max_image_pixels",

@@ -55,10 +55,11 @@ class BackgroundSwap:
     """``swap(image, mask)``: the uint8 (3, S, S) square with its background replaced, or unchanged.
 
     ``probability`` 0 turns the swap off (``enabled`` is False: no masks are computed). ``mask_model`` names the
-    rembg model that finds the stone (looked up as background removal looks it up; never downloaded).
-    ``kinds``: which of ``BACKGROUND_KINDS`` to draw from, equally likely. Draws use torch's global generator,
-    which Lightning seeds in every loader process, as torchvision's transforms do.
+    rembg model that finds the stone (never downloaded); ``kinds``: which of ``BACKGROUND_KINDS`` to draw from.
     """
+
+    # Draws use torch's global generator, which Lightning seeds in every loader process, as torchvision's
+    # transforms do; the kinds are equally likely.
 
     def __init__(
         self, probability: float = 0.0, mask_model: str = "u2netp", kinds: tuple[str, ...] = tuple(BACKGROUND_KINDS)
