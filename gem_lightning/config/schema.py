@@ -79,11 +79,6 @@ class ModelSchema:
     scheduler: Any = None  # a _partial_ schedule node (conf/scheduler/); empty for none
 
 
-def enum_value(value: Any) -> Any:
-    """A config enum's plain value (``BackboneName.resnet18`` -> ``"resnet18"``); anything else as it is."""
-    return value.value if isinstance(value, Enum) else value
-
-
 def register_config_schemas() -> None:
     if not OmegaConf.has_resolver("project_root"):
         OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))

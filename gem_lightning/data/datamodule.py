@@ -16,7 +16,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from gem_lightning.config.schema import enum_value
+from gem_lightning.choices import checked_choice, plain_value
 from gem_lightning.data.background.cut_outs import BackgroundRemoval
 from gem_lightning.data.background.swap import BackgroundSwap
 from gem_lightning.data.demo import DemoGemSet
@@ -69,19 +69,16 @@ class GemDataModule(pl.LightningDataModule):
             raise GemLightningError(f"data.image_size={image_size} is too small; use 16 or more")
         if batch_size < 1:
             raise GemLightningError(f"data.batch_size={batch_size} must be at least 1")
-        augment_on = enum_value(augment_on)
-        places = [place.value for place in auto_settings.AugmentPlace]
-        if augment_on not in places:
-            raise GemLightningError(f"data.augment_on={augment_on!r}: use one of {', '.join(places)}")
+        augment_on = checked_choice(augment_on, auto_settings.AugmentPlace, "data.augment_on")
         self.root = Path(root)
         # Config enums become their plain names.
         self.split_settings = SplitSettings(
-            enum_value(split),
+            plain_value(split),
             split_seed,
             val_fraction,
             test_fraction,
             near_duplicate_threshold,
-            enum_value(label_conflicts),
+            plain_value(label_conflicts),
             max_classes,
             min_images_per_class,
         )

@@ -21,9 +21,9 @@ from pathlib import Path
 
 from PIL import Image
 
+from gem_lightning.choices import checked_choice
 from gem_lightning.data.background.backends import RembgBackend, composite_on
 from gem_lightning.data.background.cut_out_job import load_downscaled
-from gem_lightning.errors import GemLightningError
 from gem_lightning.files.atomic_writes import write_bytes_atomically
 from gem_lightning.files.hashing import file_sha256
 
@@ -51,8 +51,7 @@ SHIFTS: dict[str, Shift] = {
 
 def shift_named(name: str) -> Shift:
     """The shift ``shift=<name>`` means, or one GemLightningError listing the choices."""
-    if name not in SHIFTS:
-        raise GemLightningError(f"shift={name!r}: use one of {', '.join(SHIFTS)}")
+    checked_choice(name, SHIFTS, "shift")
     return SHIFTS[name]
 
 

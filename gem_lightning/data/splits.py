@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
+from gem_lightning.choices import checked_choice
 from gem_lightning.data.duplicates import DuplicateGroup, DuplicateReport
 from gem_lightning.data.scan import DatasetScan, ScannedFile
 from gem_lightning.errors import GemLightningError
@@ -49,10 +50,6 @@ class ConflictPolicy(str, Enum):
 
     drop = "drop"  # every copy (at most one label is right)
     keep = "keep"
-
-
-def _names(choices: type[Enum]) -> list[str]:
-    return [choice.value for choice in choices]
 
 
 def _share(count: int, fraction: float) -> int:
@@ -125,11 +122,8 @@ def plan_splits(
     conflict_policy: str = "drop",
 ) -> SplitPlan:
     """Decide the split of every usable file, keeping duplicate groups whole."""
-    if mode not in _names(SplitMode):
-        raise GemLightningError(f"data.split={mode!r} is not a split mode; use one of {', '.join(_names(SplitMode))}")
-    if conflict_policy not in _names(ConflictPolicy):
-        choices = ", ".join(_names(ConflictPolicy))
-        raise GemLightningError(f"data.label_conflicts={conflict_policy!r}: use one of {choices}")
+    mode = checked_choice(mode, SplitMode, "data.split")
+    conflict_policy = checked_choice(conflict_policy, ConflictPolicy, "data.label_conflicts")
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise GemLightningError(
             f"data.val_fraction={val_fraction} and data.test_fraction={test_fraction} must each be in [0, 1) "

@@ -1,5 +1,5 @@
 """How good a checkpoint is: metrics (leak-free first), temperature calibration, the report, and the
 evaluation of a checkpoint on its run's test split or any labelled folder.
 
-Imports ``data``, ``models`` and ``inference``.
+Imports ``data``, ``models``, ``inference``, ``files`` and ``choices``.
 """

@@ -14,6 +14,7 @@ from pathlib import Path
 import hydra
 from omegaconf import OmegaConf
 
+from gem_lightning.choices import checked_choice
 from gem_lightning.data.datamodule import GemDataModule
 from gem_lightning.data.image_dataset import GemImageDataset, evaluation_dataset
 from gem_lightning.data.scan import scan_dataset
@@ -122,8 +123,7 @@ def evaluate_checkpoint(
 
     ``shift`` evaluates shifted copies of the split's photos instead (gem_lightning.data.shifted_photos).
     """
-    if split not in SPLITS:
-        raise GemLightningError(f"split={split!r}: use one of {', '.join(SPLITS)} (or input=<labelled folder>)")
+    checked_choice(split, SPLITS, "split", hint=" (or input=<labelled folder>)")
     if shift is not None and input_folder is not None:
         raise GemLightningError("shift= shifts the run's own split; give it without input=")
     if shift is not None:

@@ -1,5 +1,5 @@
 """The one inference loop and what stands on it: logits over a dataset (with test-time views), the predictor
 that identifies photos from one checkpoint or an ensemble, and the search for a user's photos.
 
-Imports ``data`` and ``models``.
+Imports ``data``, ``models``, ``machine``, ``files`` and ``choices``.
 """

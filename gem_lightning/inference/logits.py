@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from gem_lightning.choices import checked_choice
 from gem_lightning.data.image_dataset import GemImageDataset
-from gem_lightning.errors import GemLightningError
 from gem_lightning.inference.loop import run_over_dataset
 from gem_lightning.models.classifier import GemClassifier
 
@@ -46,9 +46,7 @@ TTA_VIEWS: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], ...]] = {
 
 
 def tta_views(tta: str) -> tuple[Callable[[torch.Tensor], torch.Tensor], ...]:
-    if tta not in TTA_VIEWS:
-        raise GemLightningError(f"tta={tta!r}: use one of {', '.join(TTA_VIEWS)}")
-    return TTA_VIEWS[tta]
+    return TTA_VIEWS[checked_choice(tta, TTA_VIEWS, "tta")]
 
 
 def view_logits(model: GemClassifier, images: torch.Tensor, views: Sequence[Callable]) -> torch.Tensor:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from gem_lightning.choices import checked_choice
 from gem_lightning.data.background.cut_out_job import SourceImage
 from gem_lightning.data.background.cut_outs import BackgroundRemoval
 from gem_lightning.data.image_dataset import GemImageDataset, evaluation_dataset
@@ -83,8 +84,7 @@ class Predictor:
         progress: bool = True,
         tta: str = "none",
     ):
-        if background not in BACKGROUND_CHOICES:
-            raise GemLightningError(f"background={background!r}: use one of {', '.join(BACKGROUND_CHOICES)}")
+        checked_choice(background, BACKGROUND_CHOICES, "background")
         if batch_size < 1:
             raise GemLightningError(f"batch_size={batch_size} must be at least 1")
         tta_views(tta)

@@ -12,7 +12,7 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from gem_lightning.config.schema import enum_value
+from gem_lightning.choices import plain_value
 from gem_lightning.errors import GemLightningError
 from gem_lightning.models import checkpoint_format
 from gem_lightning.models.backbones import create_backbone
@@ -72,7 +72,7 @@ class GemClassifier(pl.LightningModule):
     ):
         super().__init__()
         # Plain Python types only, so checkpoints load with torch.load(weights_only=True).
-        backbone = enum_value(backbone)  # a config enum becomes its plain name
+        backbone = plain_value(backbone)  # a config enum becomes its plain name
         class_names = [str(name) for name in class_names]  # not an OmegaConf ListConfig
         # train() logs the composed run config itself; hparams hold what rebuilding the network needs.
         self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)

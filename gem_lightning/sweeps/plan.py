@@ -18,6 +18,7 @@ import optuna
 from omegaconf import DictConfig, OmegaConf
 from sqlalchemy.engine import URL
 
+from gem_lightning.choices import checked_choice
 from gem_lightning.errors import GemLightningError
 from gem_lightning.sweeps.search_space import SearchSpace, override_key, override_keys
 from gem_lightning.sweeps.storage import storage_url
@@ -63,10 +64,8 @@ class SweepPlan:
             raise GemLightningError(
                 f"sweep.study_name={sweep.study_name!r}: use letters, digits, '_', '.' and '-' (it names a folder)"
             )
-        if sweep.direction not in ("maximize", "minimize"):
-            raise GemLightningError(f"sweep.direction={sweep.direction!r}: use maximize or minimize")
-        if sweep.keep_checkpoints not in KEEP_CHECKPOINTS:
-            raise GemLightningError(f"sweep.keep_checkpoints={sweep.keep_checkpoints!r}: use one of {KEEP_CHECKPOINTS}")
+        checked_choice(sweep.direction, ("maximize", "minimize"), "sweep.direction")
+        checked_choice(sweep.keep_checkpoints, KEEP_CHECKPOINTS, "sweep.keep_checkpoints")
         if int(sweep.n_trials) < 1:
             raise GemLightningError(f"sweep.n_trials={sweep.n_trials}: ask for at least one trial")
         space = SearchSpace.from_params(OmegaConf.to_container(sweep.params, resolve=True))

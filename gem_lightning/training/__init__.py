@@ -1,5 +1,6 @@
 """``train(cfg)``: the Trainer factory, the callbacks (TensorBoard layout, weight averaging), the optimiser
 checks and the multirun summary.
 
-Imports ``config``, ``data``, ``models`` and ``evaluation``; ``sweeps`` and train.py import it.
+Imports ``data``, ``models``, ``inference``, ``evaluation``, ``machine``, ``files``; ``sweeps``, bench and
+train.py import it.
 """

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from gem_lightning.config.schema import enum_value
+from gem_lightning.choices import plain_value
 from gem_lightning.data.datamodule import GemDataModule
 from gem_lightning.data.report import CONTACT_SHEET_NAME, REPORT_NAME
 from gem_lightning.errors import GemLightningError
@@ -92,7 +92,7 @@ def check_run_settings(cfg: DictConfig) -> dict | None:
     resumed = read_checkpoint(ckpt_path, setting="ckpt_path") if ckpt_path else None
     check_optimiser_settings(cfg.optim, cfg.get("scheduler"))
     if cfg.model.get("pretrained"):
-        pretrained_weights_file(enum_value(cfg.model.backbone), bool(cfg.model.get("allow_download")))
+        pretrained_weights_file(plain_value(cfg.model.backbone), bool(cfg.model.get("allow_download")))
     return resumed
 
 

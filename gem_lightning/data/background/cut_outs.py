@@ -25,6 +25,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gem_lightning.choices import checked_choice
 from gem_lightning.data.background.backends import (
     FALLBACKS,
     GrabCutBackend,
@@ -92,8 +93,7 @@ class BackgroundRemoval:
         threads_per_worker: int | str = "auto",
         progress: bool = True,
     ):
-        if fallback not in FALLBACKS:
-            raise GemLightningError(f"background.fallback={fallback!r}: use one of {', '.join(FALLBACKS)}")
+        checked_choice(fallback, FALLBACKS, "background.fallback")
         if max_side < 16:
             raise GemLightningError(f"background.max_side={max_side} is too small; use 16 or more")
         if not 0 <= min_foreground < max_foreground <= 1:
