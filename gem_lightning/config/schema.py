@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import OmegaConf
+from omegaconf import MISSING, OmegaConf
 
 from gem_lightning.data.splits import ConflictPolicy, SplitMode
 from gem_lightning.machine.auto_settings import AugmentPlace
@@ -32,29 +32,31 @@ BackboneName = Enum("BackboneName", {name: name for name in BACKBONE_NAMES}, typ
 
 @dataclass
 class DataSchema:
-    _target_: str = "gem_lightning.data.datamodule.GemDataModule"
-    root: str = "???"
-    cache_dir: str = "???"
-    split: SplitMode = SplitMode.pooled
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    split_seed: int = 42
-    image_size: int = 224
-    batch_size: int = 48
-    num_workers: Any = "auto"  # a whole number or "auto"
-    pin_memory: Any = "auto"  # true, false or "auto"
-    max_image_pixels: int = 50_000_000
-    max_classes: int | None = None
-    min_images_per_class: int = 1
-    train_transform: Any = None
-    augment_policy: str = "none"
-    demo: Any = None
-    background: Any = None
-    background_swap: Any = None
-    near_duplicate_threshold: float | None = 0.01
-    label_conflicts: ConflictPolicy = ConflictPolicy.drop
-    cache_images: bool = True
-    augment_on: AugmentPlace = AugmentPlace.auto
+    # Types only: conf/data/gemstones.yaml holds every value (the one place a default is kept), and
+    # GemDataModule takes each key without a default, so a key the YAML lacks fails at composition.
+    _target_: str = MISSING
+    root: str = MISSING
+    cache_dir: str = MISSING
+    split: SplitMode = MISSING
+    val_fraction: float = MISSING
+    test_fraction: float = MISSING
+    split_seed: int = MISSING
+    image_size: int = MISSING
+    batch_size: int = MISSING
+    num_workers: Any = MISSING  # a whole number or "auto"
+    pin_memory: Any = MISSING  # true, false or "auto"
+    max_image_pixels: int = MISSING
+    max_classes: int | None = MISSING
+    min_images_per_class: int = MISSING
+    train_transform: Any = MISSING
+    augment_policy: str = MISSING
+    demo: Any = MISSING
+    background: Any = MISSING
+    background_swap: Any = MISSING
+    near_duplicate_threshold: float | None = MISSING
+    label_conflicts: ConflictPolicy = MISSING
+    cache_images: bool = MISSING
+    augment_on: AugmentPlace = MISSING
 
 
 @dataclass

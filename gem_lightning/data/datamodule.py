@@ -20,7 +20,6 @@ from gem_lightning.choices import checked_choice, plain_value
 from gem_lightning.data.background.cut_outs import BackgroundRemoval
 from gem_lightning.data.background.swap import BackgroundSwap
 from gem_lightning.data.demo import DemoGemSet
-from gem_lightning.data.duplicates import DEFAULT_THRESHOLD
 from gem_lightning.data.image_arrays import build_mask_array, stored_side
 from gem_lightning.data.image_dataset import GemImageDataset, collate_batch
 from gem_lightning.data.preparation import PreparedFolder, SplitSettings, prepare_folder, rows_by_split, split_datasets
@@ -39,30 +38,34 @@ log = logging.getLogger(__name__)
 
 
 class GemDataModule(pl.LightningDataModule):
+    """Every argument is a key of ``conf/data/gemstones.yaml``, the one place their values are kept: build it
+    from a composed config (``hydra.utils.instantiate(cfg.data)``), not with values of your own."""
+
     def __init__(
         self,
+        *,
         root: str,
         cache_dir: str,
-        split: str = "pooled",
-        val_fraction: float = 0.15,
-        test_fraction: float = 0.15,
-        split_seed: int = 42,
-        image_size: int = 224,
-        batch_size: int = 48,
-        num_workers: int | str = "auto",
-        pin_memory: bool | str = "auto",
-        max_image_pixels: int = 50_000_000,
-        train_transform: Callable | None = None,
-        augment_policy: str = "none",
-        demo: DemoGemSet | None = None,
-        max_classes: int | None = None,
-        min_images_per_class: int = 1,
-        background: BackgroundRemoval | None = None,
-        background_swap: BackgroundSwap | None = None,
-        near_duplicate_threshold: float | None = DEFAULT_THRESHOLD,
-        label_conflicts: str = "drop",
-        cache_images: bool = True,
-        augment_on: str = "auto",
+        split: str,
+        val_fraction: float,
+        test_fraction: float,
+        split_seed: int,
+        image_size: int,
+        batch_size: int,
+        num_workers: int | str,
+        pin_memory: bool | str,
+        max_image_pixels: int,
+        max_classes: int | None,
+        min_images_per_class: int,
+        train_transform: Callable | None,
+        augment_policy: str,
+        demo: DemoGemSet | None,
+        background: BackgroundRemoval | None,
+        background_swap: BackgroundSwap | None,
+        near_duplicate_threshold: float | None,
+        label_conflicts: str,
+        cache_images: bool,
+        augment_on: str,
     ):
         super().__init__()
         if image_size < 16:

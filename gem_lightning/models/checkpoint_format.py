@@ -3,7 +3,7 @@
 # Every checkpoint holds, under ``CHECKPOINT_KEY``, what inference needs besides the weights (classes, image size,
 # normalisation, temperature, the run's config), tagged with ``CHECKPOINT_FORMAT``. ``read_checkpoint`` is the
 # one place a command opens a checkpoint file, with one line for each way a file can be wrong; ``upgrade_checkpoint``
-# brings an older format's description up to date on every load.
+# brings an older description up to date on every load.
 
 from __future__ import annotations
 
@@ -31,6 +31,19 @@ FORMAT_1_MODULES = {
     "gem_lightning.multirun_summary": "gem_lightning.training.multirun_summary",
     "gem_lightning.tensorboard_layout": "gem_lightning.training.tensorboard_layout",
     "gem_lightning.weight_averaging": "gem_lightning.training.weight_averaging",
+}
+
+# Every data key added after the first stored data config, with the value that does what the code did before the
+# key existed (a record of history, not today's default): a stored data config that lacks one predates it. A new
+# data key goes here too, or checkpoints written before it stop rebuilding their split (a test checks the list).
+DATA_KEYS_BEFORE_THEY_EXISTED = {
+    "background": None,  # no background removal
+    "near_duplicate_threshold": None,  # no near-duplicate groups (exact copies are the nearest today)
+    "label_conflicts": "keep",  # one image under two classes was not looked for
+    "cache_images": False,  # every epoch decoded the files
+    "augment_on": "loader",  # augmentation ran in the loader processes
+    "min_images_per_class": 1,  # every class with images was kept
+    "background_swap": None,  # no background swap
 }
 
 
@@ -71,12 +84,17 @@ def read_checkpoint(path: str | Path, setting: str = "ckpt") -> dict:
 
 
 def upgrade_checkpoint(checkpoint: dict) -> dict:
-    """Bring ``checkpoint``'s description to ``CHECKPOINT_FORMAT`` in place and return it; current ones pass as
-    they are. Format 1 stored configs whose ``_target_`` names the flat modules; they are renamed here."""
+    """Bring ``checkpoint``'s description to ``CHECKPOINT_FORMAT`` in place and return it. Format 1's stored config
+    names the flat modules (renamed here); a stored data config gets the keys it predates (their old values)."""
     description = checkpoint.get(CHECKPOINT_KEY)
-    if not isinstance(description, dict) or description.get("format", 1) >= CHECKPOINT_FORMAT:
+    if not isinstance(description, dict):
         return checkpoint
-    description["config"] = _renamed_targets(description.get("config"))
+    config = description.get("config")
+    if description.get("format", 1) < 2:
+        config = _renamed_targets(config)
+    if isinstance(config, dict) and isinstance(config.get("data"), dict):
+        config["data"] = {**DATA_KEYS_BEFORE_THEY_EXISTED, **config["data"]}
+    description["config"] = config
     description["format"] = CHECKPOINT_FORMAT
     return checkpoint
 

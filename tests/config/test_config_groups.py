@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+
 import hydra
 import pytest
 import torch
 from hydra.errors import ConfigCompositionException
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.loggers import Logger
+from omegaconf import MISSING, OmegaConf
 
+from gem_lightning.config.schema import DataSchema
 from gem_lightning.data.datamodule import GemDataModule
 from gem_lightning.errors import GemLightningError
 from gem_lightning.models.lr_schedules import steps_per_batch
@@ -39,6 +44,17 @@ def test_data_options_instantiate(option, tmp_path):
     datamodule = hydra.utils.instantiate(cfg.data)
     assert isinstance(datamodule, GemDataModule)
     assert datamodule.batch_size == cfg.data.batch_size
+
+
+def test_the_data_yaml_is_the_one_place_data_settings_have_values(tmp_path):
+    # The schema types the keys, the data module takes each without a default: a value lives only in the YAML.
+    schema_keys = {field.name for field in dataclasses.fields(DataSchema)} - {"_target_"}
+    parameters = list(inspect.signature(GemDataModule.__init__).parameters.values())[1:]
+    assert {p.name for p in parameters} == schema_keys
+    assert all(p.default is inspect.Parameter.empty and p.kind is p.KEYWORD_ONLY for p in parameters)
+    assert all(field.default is MISSING for field in dataclasses.fields(DataSchema))
+    data = compose_config([], tmp_path).data
+    assert not OmegaConf.missing_keys(data) and set(data) - {"_target_"} == schema_keys
 
 
 @pytest.mark.parametrize("option", _options("augment"))

@@ -12,11 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
-from gem_lightning.data.datamodule import GemDataModule
 from gem_lightning.data.image_files import load_rgb
 from gem_lightning.data.scan import scan_dataset
 from gem_lightning.data.splits import plan_splits, read_manifest
 from gem_lightning.errors import GemLightningError
+from tests.helpers.configs import folder_datamodule
 from tests.helpers.workplace import GEMSTONES_DIR, needs_shared
 
 
@@ -123,14 +123,10 @@ def _balanced_folder(root: Path, counts: dict[str, int], layout: str = "flat") -
             _photo(1000 * class_index + i, size=(12, 12)).save(folder / f"{i}.png")
 
 
-def _datamodule(root: Path, cache: Path, **kwargs) -> GemDataModule:
-    return GemDataModule(root=str(root), cache_dir=str(cache), image_size=16, batch_size=4, num_workers=0, **kwargs)
-
-
 def test_pooled_split_is_stratified_70_15_15_per_class(tmp_path):
     counts = {"Alexandrite": 40, "Beryl Golden": 27, "Cats Eye": 33}
     _balanced_folder(tmp_path / "gems", counts)
-    datamodule = _datamodule(tmp_path / "gems", tmp_path / "cache")
+    datamodule = folder_datamodule(tmp_path / "gems", tmp_path)
     datamodule.prepare_data()
     datamodule.setup()
     split_counts = datamodule.split_counts()
@@ -144,9 +140,9 @@ def test_pooled_split_is_stratified_70_15_15_per_class(tmp_path):
 
 def test_same_data_and_seed_give_the_same_manifest_bytes(tmp_path):
     _balanced_folder(tmp_path / "gems", {"A": 20, "B": 20})
-    first = _datamodule(tmp_path / "gems", tmp_path / "cache1")
-    second = _datamodule(tmp_path / "gems", tmp_path / "cache2")
-    other_seed = _datamodule(tmp_path / "gems", tmp_path / "cache3", split_seed=7)
+    first = folder_datamodule(tmp_path / "gems", tmp_path / "w1")
+    second = folder_datamodule(tmp_path / "gems", tmp_path / "w2")
+    other_seed = folder_datamodule(tmp_path / "gems", tmp_path / "w3", ["data.split_seed=7"])
     for datamodule in (first, second, other_seed):
         datamodule.prepare_data()
     assert first.manifest_file.read_bytes() == second.manifest_file.read_bytes()
@@ -159,12 +155,12 @@ def test_same_data_and_seed_give_the_same_manifest_bytes(tmp_path):
 def test_a_changed_folder_is_detected_and_the_manifest_rewritten(tmp_path, caplog):
     root = tmp_path / "gems"
     _balanced_folder(root, {"A": 20, "B": 20})
-    datamodule = _datamodule(root, tmp_path / "cache")
+    datamodule = folder_datamodule(root, tmp_path)
     datamodule.prepare_data()
     before = datamodule.manifest_file.read_bytes()
     (root / "A" / "3.png").unlink()
     with caplog.at_level(logging.WARNING):
-        _datamodule(root, tmp_path / "cache").prepare_data()
+        folder_datamodule(root, tmp_path).prepare_data()
     assert any("changed since" in r.getMessage() for r in caplog.records)
     assert datamodule.manifest_file.read_bytes() != before
 
@@ -173,7 +169,7 @@ def test_skipped_files_are_in_the_manifest_and_one_log_line(tmp_path, caplog):
     root = tmp_path / "gems"
     _balanced_folder(root, {"A": 10, "B": 10})
     (root / "A" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
-    datamodule = _datamodule(root, tmp_path / "cache")
+    datamodule = folder_datamodule(root, tmp_path)
     with caplog.at_level(logging.WARNING):
         datamodule.prepare_data()
         datamodule.setup("fit")
@@ -205,7 +201,7 @@ def test_predefined_split_on_a_flat_folder_says_what_to_do(tmp_path):
 
 def test_a_missing_data_folder_names_it_and_the_key(tmp_path):
     with pytest.raises(GemLightningError, match=r"data folder not found: .*nowhere.*data.root"):
-        _datamodule(tmp_path / "nowhere", tmp_path / "cache").prepare_data()
+        folder_datamodule(tmp_path / "nowhere", tmp_path).prepare_data()
 
 
 @needs_shared(GEMSTONES_DIR)

@@ -11,14 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gem_lightning.data.datamodule import GemDataModule
 from gem_lightning.data.duplicates import find_duplicate_groups
 from gem_lightning.data.report import CONTACT_SHEET_NAME
 from gem_lightning.data.scan import scan_dataset
 from gem_lightning.data.splits import plan_splits, read_manifest
 from gem_lightning.errors import GemLightningError
 from gem_lightning.training.run import train
-from tests.helpers.configs import TINY_DEMO, compose_config
+from tests.helpers.configs import TINY_DEMO, compose_config, folder_datamodule
 from tests.helpers.workplace import GEMSTONES_DIR, needs_shared
 
 
@@ -109,14 +108,7 @@ def test_pooled_splits_never_split_a_duplicate_group(tmp_path, seed):
 
 def test_predefined_split_marks_test_images_that_duplicate_train_images(tmp_path):
     expected = _folder_with_duplicates(tmp_path / "gems", layout="split_folders")
-    datamodule = GemDataModule(
-        root=str(tmp_path / "gems"),
-        cache_dir=str(tmp_path / "cache"),
-        split="predefined",
-        image_size=16,
-        batch_size=4,
-        num_workers=0,
-    )
+    datamodule = folder_datamodule(tmp_path / "gems", tmp_path, ["data.split=predefined"])
     datamodule.prepare_data()
     datamodule.setup()
     leaked = "test/Beryl Golden/seller_recompressed.jpg"

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import hydra
 from omegaconf import DictConfig
 
 from gem_lightning.config.composition import compose_train_config
+from gem_lightning.data.datamodule import GemDataModule
 from tests.helpers.workplace import CONFIG_DIR
 
 # A demo run small enough for a 2-core CPU: 10 classes x 12 images of 48 px, trained at 32 px.
@@ -34,3 +36,10 @@ def compose_config(overrides: list[str], workdir: Path) -> DictConfig:
         f"paths.log_dir={workdir / 'outputs'}",
     ]
     return compose_train_config(CONFIG_DIR, [*overrides, *paths])
+
+
+def folder_datamodule(root: Path, workdir: Path, overrides: list[str] = ()) -> GemDataModule:
+    """The data module train.py would build for the folder ``root`` (cache in ``workdir``/cache), shrunk:
+    16 px squares, batches of 4, no loader processes, no augmentation."""
+    shrunk = [f"data.root={root}", "data.image_size=16", "data.batch_size=4", "data.num_workers=0", "augment=none"]
+    return hydra.utils.instantiate(compose_config([*shrunk, *overrides], workdir).data)

@@ -1,7 +1,9 @@
-"""Checkpoints written before the package tree (format 1) keep loading: their stored config is renamed on load."""
+"""Older checkpoints keep loading: format 1's stored config is renamed on load, and a stored data config gets the
+keys added after it was written, with the values they had before."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -11,8 +13,15 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from gem_lightning.config.composition import compose_train_config
+from gem_lightning.config.schema import DataSchema
 from gem_lightning.inference.predictor import Predictor
-from gem_lightning.models.checkpoint_format import CHECKPOINT_FORMAT, CHECKPOINT_KEY, read_checkpoint
+from gem_lightning.models.checkpoint_format import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_KEY,
+    DATA_KEYS_BEFORE_THEY_EXISTED,
+    read_checkpoint,
+    upgrade_checkpoint,
+)
 from gem_lightning.models.classifier import GemClassifier
 from tests.helpers.configs import TINY_DEMO
 from tests.helpers.workplace import CONFIG_DIR, FIXTURES_DIR
@@ -20,6 +29,12 @@ from tests.helpers.workplace import CONFIG_DIR, FIXTURES_DIR
 # Written by 23652ba (flat modules) from a tiny demo run with background=grabcut and scheduler=warmup_cosine:
 # everything such a checkpoint holds but its weights.
 FORMAT_1 = FIXTURES_DIR / "checkpoint_format1_description.json"
+# The keys of the first data config that checkpoints stored (f23a715's conf/data/gemstones.yaml).
+FIRST_DATA_KEYS = {
+    *("_target_", "root", "cache_dir", "split", "val_fraction", "test_fraction", "split_seed", "image_size"),
+    *("batch_size", "num_workers", "pin_memory", "max_image_pixels", "max_classes", "train_transform"),
+    *("augment_policy", "demo"),
+}
 
 
 def _targets(node) -> list[str]:
@@ -64,3 +79,23 @@ def test_a_checkpoint_written_before_the_package_tree_loads_with_todays_module_p
     Image.open(photo).convert("RGB").save(tmp_path / "ruby.jpg")
     (prediction,), skipped = predictor.predict_files([tmp_path / "ruby.jpg"])
     assert not skipped and abs(float(prediction.probabilities.sum()) - 1) < 1e-5
+
+
+def test_every_data_key_added_since_the_first_stored_config_has_its_old_value_on_record():
+    # Fails when a data key is added without saying what older checkpoints did before it existed.
+    today = {field.name for field in dataclasses.fields(DataSchema)}
+    assert today == FIRST_DATA_KEYS | set(DATA_KEYS_BEFORE_THEY_EXISTED)
+    assert not FIRST_DATA_KEYS & set(DATA_KEYS_BEFORE_THEY_EXISTED)
+
+
+def test_a_data_config_stored_before_a_key_existed_rebuilds_with_the_old_behaviour(tmp_path):
+    description = json.loads(FORMAT_1.read_text())[CHECKPOINT_KEY]
+    data = description["config"]["data"]
+    description["config"]["data"] = {key: data[key] for key in FIRST_DATA_KEYS}
+    description["config"]["data"].update(root=str(tmp_path / "gems"), cache_dir=str(tmp_path / "cache"))
+    upgraded = upgrade_checkpoint({CHECKPOINT_KEY: description})[CHECKPOINT_KEY]["config"]["data"]
+    datamodule = hydra.utils.instantiate(OmegaConf.create(upgraded))  # every argument is there
+    assert datamodule.background is None and datamodule.background_swap is None
+    assert datamodule.cache_images is False and datamodule.augment_on == "loader"
+    assert datamodule.split_settings.near_duplicate_threshold is None
+    assert datamodule.split_settings.label_conflicts == "keep"
