@@ -70,7 +70,7 @@ def calibrate_checkpoint(
     """Fit ``model``'s temperature on its run's validation split (one view: a property of the checkpoint, which
     test-time views and ensembles then average), store it in the checkpoint and in the model."""
     validation = collect_logits(model, datamodule.datasets["val"], description="validation logits", **options)
-    calibration = calibrate(validation.logits, validation.targets, split="val")
+    calibration = calibrate(validation.outputs, validation.targets, split="val")
     store_calibration(checkpoint, calibration)
     model.temperature.fill_(calibration.temperature)
     log.info(

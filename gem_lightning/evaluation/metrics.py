@@ -23,7 +23,7 @@ from gem_lightning.evaluation.calibration import (
     negative_log_likelihood,
     reliability_bins,
 )
-from gem_lightning.inference.logits import Logits
+from gem_lightning.inference.loop import DatasetOutputs
 
 
 @dataclass(frozen=True)
@@ -80,8 +80,8 @@ def most_confused_pairs(confusion: torch.Tensor, class_names: list[str], limit: 
     return pairs[:limit]
 
 
-def evaluate_logits(result: Logits, class_names: list[str], temperature: float) -> Evaluation:
-    logits, targets = result.logits, result.targets
+def evaluate_logits(result: DatasetOutputs, class_names: list[str], temperature: float) -> Evaluation:
+    logits, targets = result.outputs, result.targets
     num_classes = len(class_names)
     raw = logits.softmax(-1)
     calibrated = (logits / temperature).softmax(-1)

@@ -8,23 +8,14 @@ several such passes into one prediction, each at its own model's temperature.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import replace
 
 import torch
 
 from gem_lightning.choices import checked_choice
 from gem_lightning.data.image_dataset import GemImageDataset
-from gem_lightning.inference.loop import run_over_dataset
+from gem_lightning.inference.loop import DatasetOutputs, run_over_dataset
 from gem_lightning.models.classifier import GemClassifier
-
-
-@dataclass(frozen=True)
-class Logits:
-    """One pass of a model over a dataset: raw logits and, for labelled data, targets and leak flags."""
-
-    logits: torch.Tensor  # (N, C) float32, before temperature
-    targets: torch.Tensor  # (N,) int64; -1 where unlabelled
-    leaked: torch.Tensor  # (N,) bool; all false when the dataset has no flags
 
 
 def _dihedral(turns: int, flip: bool) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -62,9 +53,9 @@ def collect_logits(
     progress: bool = True,
     description: str = "predicting",
     tta: str = "none",
-) -> Logits:
+) -> DatasetOutputs:
     """Run ``model`` (in eval mode, on its own device, in float32) over ``dataset`` in batches, with a progress
-    bar. With test-time views (``tta``) the logits are (N, V, C), one row per view; else (N, C)."""
+    bar. The outputs are raw logits (before temperature): (N, V, C) with test-time views (``tta``), else (N, C)."""
     views = tta_views(tta)
     model.eval()
     passed = run_over_dataset(
@@ -76,18 +67,16 @@ def collect_logits(
         progress=progress,
         description=description,
     )
-    logits = passed.outputs if tta != "none" else passed.outputs[:, 0]
-    return Logits(logits, passed.targets, passed.leaked)
+    return passed if tta != "none" else replace(passed, outputs=passed.outputs[:, 0])
 
 
-def averaged_probabilities(results: list[Logits], temperatures: list[float]) -> Logits:
+def averaged_probabilities(results: list[DatasetOutputs], temperatures: list[float]) -> DatasetOutputs:
     """One prediction from several models' (and views') logits: each divided by its own model's temperature,
     made probabilities, and averaged. Returned as logits, log(mean), so softmax gives the mean back and the one
     evaluation path takes it with temperature 1."""
     probabilities = [
-        (result.logits / temperature).softmax(-1).reshape(len(result.logits), -1, result.logits.shape[-1])
+        (result.outputs / temperature).softmax(-1).reshape(len(result.outputs), -1, result.outputs.shape[-1])
         for result, temperature in zip(results, temperatures, strict=True)
     ]
     mean = torch.cat(probabilities, dim=1).mean(dim=1)
-    first = results[0]
-    return Logits(mean.clamp_min(torch.finfo(mean.dtype).tiny).log(), first.targets, first.leaked)
+    return replace(results[0], outputs=mean.clamp_min(torch.finfo(mean.dtype).tiny).log())

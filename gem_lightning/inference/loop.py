@@ -21,7 +21,8 @@ from gem_lightning.errors import GemLightningError
 
 @dataclass(frozen=True)
 class DatasetOutputs:
-    """One pass over a dataset: what ``compute`` returned per image, and the dataset's labels."""
+    """One pass over a dataset: what ``compute`` returned per image (raw logits for evaluation and prediction,
+    backbone features for the head-only cache), and the dataset's labels and leak flags."""
 
     outputs: torch.Tensor  # (N, ...) as compute returned it, on the CPU
     targets: torch.Tensor  # (N,) int64; -1 where unlabelled

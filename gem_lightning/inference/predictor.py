@@ -27,12 +27,12 @@ from gem_lightning.errors import GemLightningError
 from gem_lightning.files.hashing import file_sha256
 from gem_lightning.inference.logits import (
     TTA_VIEWS,
-    Logits,
     averaged_probabilities,
     collect_logits,
     tta_views,
     view_logits,
 )
+from gem_lightning.inference.loop import DatasetOutputs
 from gem_lightning.inference.user_photos import SkippedImage, usable_images
 from gem_lightning.machine import auto_settings
 from gem_lightning.models.classifier import GemClassifier
@@ -156,7 +156,9 @@ class Predictor:
         views = f", tta={self.tta} ({len(TTA_VIEWS[self.tta])} views)" if self.tta != "none" else ""
         return f"{members}{views}, calibrated probabilities averaged"
 
-    def logits(self, datasets: Sequence[GemImageDataset], description: str = "predicting") -> tuple[Logits, float]:
+    def logits(
+        self, datasets: Sequence[GemImageDataset], description: str = "predicting"
+    ) -> tuple[DatasetOutputs, float]:
         """(logits, temperature to divide them by) for one dataset per member, each at that member's image size."""
         options = {"batch_size": self.batch_size, "num_workers": self.num_workers, "progress": self.progress}
         results = [
@@ -165,7 +167,7 @@ class Predictor:
         ]
         return self._combined(results)
 
-    def _combined(self, results: list[Logits]) -> tuple[Logits, float]:
+    def _combined(self, results: list[DatasetOutputs]) -> tuple[DatasetOutputs, float]:
         if not self.averaging:
             return results[0], self.temperature
         temperatures = [float(model.temperature) if self.calibrated else 1.0 for model in self.models]
@@ -227,7 +229,7 @@ class Predictor:
             return [], skipped
         dataset = evaluation_dataset([(model_input, -1) for _, model_input in pairs], self.image_size)
         result, temperature = self.logits(self.member_datasets(dataset))
-        probabilities = (result.logits / temperature).softmax(-1)
+        probabilities = (result.outputs / temperature).softmax(-1)
         predictions = [
             ImagePrediction(source, model_input, row)
             for (source, model_input), row in zip(pairs, probabilities, strict=True)
@@ -255,9 +257,9 @@ class Predictor:
         no_labels = torch.empty(0)
         with torch.inference_mode():
             per_model = [view_logits(model.eval(), images.to(self.device), views).cpu() for model in self.models]
-        results = [Logits(logits if self.tta != "none" else logits[:, 0], no_labels, no_labels) for logits in per_model]
+        results = [DatasetOutputs(out if self.tta != "none" else out[:, 0], no_labels, no_labels) for out in per_model]
         combined, temperature = self._combined(results)
-        return (combined.logits / temperature).softmax(-1)
+        return (combined.outputs / temperature).softmax(-1)
 
 
 def top_k(probabilities: torch.Tensor, class_names: list[str], k: int) -> list[tuple[str, float]]:

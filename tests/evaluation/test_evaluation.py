@@ -21,7 +21,7 @@ from gem_lightning.evaluation.calibration import (
 )
 from gem_lightning.evaluation.metrics import evaluate_logits
 from gem_lightning.evaluation.report import confusion_figure
-from gem_lightning.inference.logits import Logits
+from gem_lightning.inference.loop import DatasetOutputs
 from gem_lightning.models.classifier import GemClassifier
 
 
@@ -65,17 +65,20 @@ def test_leak_free_figures_leave_out_leaked_images():
     logits = torch.tensor([[5.0, 0, 0], [0, 5.0, 0], [5.0, 0, 0], [0, 0, 5.0]])
     targets = torch.tensor([0, 1, 1, 2])  # the third image is wrong
     leaked = torch.tensor([True, True, False, False])
-    summary = evaluate_logits(Logits(logits, targets, leaked), ["a", "b", "c"], 1.0).summary
+    summary = evaluate_logits(DatasetOutputs(logits, targets, leaked), ["a", "b", "c"], 1.0).summary
     assert summary["top1"] == pytest.approx(0.75)
     assert summary["top1_leak_free"] == pytest.approx(0.5)
     assert summary["leaked_images"] == 2
-    assert "top1_leak_free" not in evaluate_logits(Logits(logits, targets, ~leaked & False), list("abc"), 1.0).summary
+    assert (
+        "top1_leak_free"
+        not in evaluate_logits(DatasetOutputs(logits, targets, ~leaked & False), list("abc"), 1.0).summary
+    )
 
 
 def test_confused_pairs_and_misclassified_come_from_the_confusion_matrix():
     logits = torch.eye(3).repeat(4, 1) * 4  # predictions a, b, c, a, b, c, ...
     targets = torch.tensor([0, 1, 2, 1, 1, 2, 0, 0, 2, 0, 1, 2])
-    evaluation = evaluate_logits(Logits(logits, targets, torch.zeros(12, dtype=bool)), ["a", "b", "c"], 1.0)
+    evaluation = evaluate_logits(DatasetOutputs(logits, targets, torch.zeros(12, dtype=bool)), ["a", "b", "c"], 1.0)
     confusion = evaluation.confusion
     assert int(confusion.sum()) == 12
     wrong = int(confusion.sum() - confusion.trace())
@@ -90,7 +93,9 @@ def test_confusion_matrix_of_87_classes_is_drawn_large_enough_to_read(tmp_path):
     generator = torch.Generator().manual_seed(3)
     logits = torch.randn(400, 87, generator=generator)
     targets = torch.randint(0, 87, (400,), generator=generator)
-    figure = confusion_figure(evaluate_logits(Logits(logits, targets, torch.zeros(400, dtype=bool)), names, 1.0))
+    figure = confusion_figure(
+        evaluate_logits(DatasetOutputs(logits, targets, torch.zeros(400, dtype=bool)), names, 1.0)
+    )
     path = tmp_path / "cm.png"
     figure.savefig(path, dpi=120)
     width, height = Image.open(path).size

@@ -139,7 +139,7 @@ def test_predictions_match_the_training_evaluation_path(trained_demo_run):
     predictions, skipped = predictor.predict_files(sources)
     assert not skipped
     got = torch.stack([p.probabilities for p in predictions])
-    torch.testing.assert_close(got, (expected.logits / predictor.temperature).softmax(-1))
+    torch.testing.assert_close(got, (expected.outputs / predictor.temperature).softmax(-1))
     # Uncalibrated: the same ranking, other probabilities (the run's temperature is not 1).
     raw = Predictor(run.checkpoint, calibrated=False, progress=False)
     raw_predictions, _ = raw.predict_files(sources[:4])
@@ -214,7 +214,7 @@ def test_prediction_cuts_the_background_out_exactly_as_training_did(trained_remb
     assert [p.model_input for p in predictions] == cut_outs
     assert [path.stat().st_mtime_ns for path in cut_outs] == stamps
     got = torch.stack([p.probabilities for p in predictions])
-    torch.testing.assert_close(got, (expected.logits / predictor.temperature).softmax(-1))
+    torch.testing.assert_close(got, (expected.outputs / predictor.temperature).softmax(-1))
 
 
 @needs_shared(GEMSTONES_DIR)
@@ -253,5 +253,5 @@ def test_a_pass_over_a_dataset_leaves_the_global_random_state_alone(tmp_path):
     torch.manual_seed(0)
     before = torch.get_rng_state()
     logits = collect_logits(model, evaluation_dataset(items, 32), batch_size=2, progress=False)
-    assert logits.logits.shape == (3, 2) and logits.targets.tolist() == [0, 1, 0]
+    assert logits.outputs.shape == (3, 2) and logits.targets.tolist() == [0, 1, 0]
     assert torch.equal(torch.get_rng_state(), before)
