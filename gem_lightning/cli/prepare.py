@@ -60,10 +60,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"ok: data {datamodule.root} {where}; background: {needs}; cache {Path(cfg.data.cache_dir).resolve()}")
         return 0
     datamodule.prepare_data()
-    print_report(datamodule.report)
-    print(f"manifest: {datamodule.manifest_file}")
-    print(f"report: {datamodule.report_file}")
-    print(f"contact sheet: {datamodule.report_file.parent / CONTACT_SHEET_NAME}")
+    prepared = datamodule.prepared
+    print_report(prepared.report)
+    print(f"manifest: {prepared.manifest_file}")
+    print(f"report: {prepared.report_file}")
+    print(f"contact sheet: {prepared.report_file.parent / CONTACT_SHEET_NAME}")
     return 0
 
 

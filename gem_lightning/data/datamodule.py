@@ -23,8 +23,7 @@ from gem_lightning.data.demo import DemoGemSet
 from gem_lightning.data.image_arrays import build_mask_array, stored_side
 from gem_lightning.data.image_dataset import GemImageDataset, collate_batch
 from gem_lightning.data.preparation import PreparedFolder, SplitSettings, prepare_folder, rows_by_split, split_datasets
-from gem_lightning.data.scan import DatasetScan, discover_classes
-from gem_lightning.data.splits import SplitPlan
+from gem_lightning.data.scan import discover_classes
 from gem_lightning.data.training_items import TrainingItem
 from gem_lightning.errors import GemLightningError
 from gem_lightning.files.atomic_writes import folder_is_writable
@@ -101,21 +100,13 @@ class GemDataModule(pl.LightningDataModule):
         self.background_swap = background_swap if background_swap is not None and background_swap.enabled else None
         self.cache_images = cache_images
         self.augment_on = augment_on
-        # Every split image's square, row i = self.items[i]: at image_size for evaluation (and training
-        # without augmentation), and at 9/7 of it for augmentation to crop and rotate.
-        self.eval_array: Path | None = None
-        self.train_array: Path | None = None
-        # Row i: the rembg mask of self.items[i]'s training square, when background_swap is on.
+        # Row i: the rembg mask of prepared.items[i]'s training square, when background_swap is on.
         self.mask_array: Path | None = None
         self.augment_on_device = False
         self.feature_datasets: dict[str, TensorDataset] | None = None  # head-only training (model.head_only)
-        self.prepared: PreparedFolder | None = None  # what _prepare made; its parts below for short access
-        self.scan: DatasetScan | None = None
-        self.plan: SplitPlan | None = None  # where every file goes, fixed for this module's life
-        self.items: list[TrainingItem] | None = None
-        self.report: dict | None = None
-        self.manifest_file: Path | None = None
-        self.report_file: Path | None = None
+        # The scan, the split plan (fixed for this module's life), the items, report, manifest and image arrays;
+        # None until prepare_data.
+        self.prepared: PreparedFolder | None = None
         self.datasets: dict[str, GemImageDataset] = {}
         self._cache_checked = False
 
@@ -157,11 +148,11 @@ class GemDataModule(pl.LightningDataModule):
         repeated scans and guarantees that testing sees the split that training saw. Under DDP every rank
         runs this; the per-variant lock in the background cache makes all but one find the work done.
         """
-        if self.items is not None:
-            return self.items
+        if self.prepared is not None:
+            return self.prepared.items
         self.check()
         sides = (self.image_size, self.training_side) if self.augmented else (self.image_size,)
-        prepared = prepare_folder(
+        self.prepared = prepare_folder(
             self.root,
             self.cache_dir,
             self.split_settings,
@@ -170,19 +161,13 @@ class GemDataModule(pl.LightningDataModule):
             array_sides=sides if self.cache_images else (),
             num_workers=self.num_workers,
         )
-        self.prepared = prepared
-        self.scan, self.plan, self.items, self.report = prepared.scan, prepared.plan, prepared.items, prepared.report
-        self.manifest_file, self.report_file = prepared.manifest_file, prepared.report_file
-        arrays = prepared.image_arrays
-        self.eval_array = arrays[0] if arrays else None
-        self.train_array = arrays[1] if len(arrays) > 1 else None
-        return self.items
+        return self.prepared.items
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
         items = self._prepare()
-        self.scan.log_skipped()
+        self.prepared.scan.log_skipped()
         by_split = rows_by_split(items)
         empty = [name for name in ("train", "val") if not by_split[name]]
         if empty:
@@ -213,6 +198,18 @@ class GemDataModule(pl.LightningDataModule):
             log.info("background swap: %s", self.background_swap.describe())
         log.info(self.prepared.summary())
 
+    # Every split image's square, row i = prepared.items[i]: at image_size for evaluation (and training without
+    # augmentation), and at stored_side(image_size) for augmentation to crop and rotate; None with cache_images off.
+    @property
+    def eval_array(self) -> Path | None:
+        arrays = self.prepared.image_arrays if self.prepared is not None else []
+        return arrays[0] if arrays else None
+
+    @property
+    def train_array(self) -> Path | None:
+        arrays = self.prepared.image_arrays if self.prepared is not None else []
+        return arrays[1] if len(arrays) > 1 else None
+
     @property
     def training_side(self) -> int:
         """Side of the squares the training split is read at: larger ones for augmentation to cut into."""
@@ -222,8 +219,8 @@ class GemDataModule(pl.LightningDataModule):
 
     @property
     def class_names(self) -> tuple[str, ...]:
-        if self.scan is not None:
-            return self.scan.class_names
+        if self.prepared is not None:
+            return self.prepared.scan.class_names
         _, names = discover_classes(self.root)
         first = self.split_settings.max_classes
         return names[:first] if first is not None else names

@@ -132,7 +132,11 @@ def evaluate_checkpoint(
     if datamodule is None and (calibrate_first or input_folder is None):
         datamodule = datamodule_of(model, checkpoint)
     if shift is not None:
-        photos = [(Path(datamodule.root) / item.source, item.label) for item in datamodule.items if item.split == split]
+        photos = [
+            (Path(datamodule.root) / item.source, item.label)
+            for item in datamodule.prepared.items
+            if item.split == split
+        ]
         input_folder = build_shifted_folder(photos, shift, predictor.cache_dir, shift_mask_model)
     options = {"batch_size": predictor.batch_size, "num_workers": predictor.num_workers, "progress": predictor.progress}
 
@@ -155,7 +159,7 @@ def evaluate_checkpoint(
         if not dataset.items:
             raise GemLightningError(f"the {split} split of {datamodule.root} is empty: nothing to evaluate")
         # setup() builds each split's dataset from the data module's items in order, so they line up.
-        sources = [item.source for item in datamodule.items if item.split == split]
+        sources = [item.source for item in datamodule.prepared.items if item.split == split]
         name, data = split, f"{split} split of {datamodule.root}"
     else:
         folder = Path(input_folder)

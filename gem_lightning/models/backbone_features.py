@@ -110,7 +110,7 @@ def feature_datasets(model: GemClassifier, data: GemDataModule) -> dict[str, Ten
         )
     if data.background_swap is not None:
         log.warning("model.head_only=true trains on features of the photos as they are: background_swap is not applied")
-    image_files = [item.image_file for item in data.items]
+    image_files = [item.image_file for item in data.prepared.items]
     every_image = GemImageDataset(
         [(path, 0) for path in image_files],
         None,

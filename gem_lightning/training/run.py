@@ -208,11 +208,11 @@ def _build_model(cfg: DictConfig, datamodule: GemDataModule, loggers: list[Logge
 
 def _keep_split_and_data_report(datamodule: GemDataModule, output_dir: Path) -> None:
     """Copy the split manifest and the data report beside the run, to audit it after the cache is cleared."""
-    if datamodule.manifest_file is None:
+    if datamodule.prepared is None:
         return
     output_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(datamodule.manifest_file, output_dir / "split_manifest.csv")
-    report_dir = datamodule.report_file.parent
+    shutil.copyfile(datamodule.prepared.manifest_file, output_dir / "split_manifest.csv")
+    report_dir = datamodule.prepared.report_file.parent
     for name in (REPORT_NAME, CONTACT_SHEET_NAME):
         shutil.copyfile(report_dir / name, output_dir / name)
 

@@ -145,9 +145,9 @@ def test_same_data_and_seed_give_the_same_manifest_bytes(tmp_path):
     other_seed = folder_datamodule(tmp_path / "gems", tmp_path / "w3", ["data.split_seed=7"])
     for datamodule in (first, second, other_seed):
         datamodule.prepare_data()
-    assert first.manifest_file.read_bytes() == second.manifest_file.read_bytes()
-    assert first.manifest_file.read_bytes() != other_seed.manifest_file.read_bytes()
-    rows = read_manifest(first.manifest_file)
+    assert first.prepared.manifest_file.read_bytes() == second.prepared.manifest_file.read_bytes()
+    assert first.prepared.manifest_file.read_bytes() != other_seed.prepared.manifest_file.read_bytes()
+    rows = read_manifest(first.prepared.manifest_file)
     assert list(rows[0]) == ["path", "class", "split", "sha256", "duplicate_group", "note"]
     assert all(len(r["sha256"]) == 64 for r in rows)
 
@@ -157,12 +157,12 @@ def test_a_changed_folder_is_detected_and_the_manifest_rewritten(tmp_path, caplo
     _balanced_folder(root, {"A": 20, "B": 20})
     datamodule = folder_datamodule(root, tmp_path)
     datamodule.prepare_data()
-    before = datamodule.manifest_file.read_bytes()
+    before = datamodule.prepared.manifest_file.read_bytes()
     (root / "A" / "3.png").unlink()
     with caplog.at_level(logging.WARNING):
         folder_datamodule(root, tmp_path).prepare_data()
     assert any("changed since" in r.getMessage() for r in caplog.records)
-    assert datamodule.manifest_file.read_bytes() != before
+    assert datamodule.prepared.manifest_file.read_bytes() != before
 
 
 def test_skipped_files_are_in_the_manifest_and_one_log_line(tmp_path, caplog):
@@ -177,7 +177,7 @@ def test_skipped_files_are_in_the_manifest_and_one_log_line(tmp_path, caplog):
         f"skipped 1 unusable file(s) under {root}: A/broken.jpg (cannot decode: cannot identify image file "
         f"'{root}/A/broken.jpg')"
     ]
-    rows = {r["path"]: r for r in read_manifest(datamodule.manifest_file)}
+    rows = {r["path"]: r for r in read_manifest(datamodule.prepared.manifest_file)}
     assert rows["A/broken.jpg"]["split"] == "skipped" and "cannot decode" in rows["A/broken.jpg"]["note"]
 
 

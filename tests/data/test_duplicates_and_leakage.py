@@ -112,10 +112,10 @@ def test_predefined_split_marks_test_images_that_duplicate_train_images(tmp_path
     datamodule.prepare_data()
     datamodule.setup()
     leaked = "test/Beryl Golden/seller_recompressed.jpg"
-    assert set(datamodule.plan.leaked) == {leaked}
+    assert set(datamodule.prepared.plan.leaked) == {leaked}
     copies = {"train/Beryl Golden/seller.jpg", "train/Beryl Golden/seller_turned.jpg"}
-    assert set(datamodule.plan.leaked[leaked]) == copies
-    rows = {row["path"]: row for row in read_manifest(datamodule.manifest_file)}
+    assert set(datamodule.prepared.plan.leaked[leaked]) == copies
+    rows = {row["path"]: row for row in read_manifest(datamodule.prepared.manifest_file)}
     assert rows[leaked]["split"] == "test" and rows[leaked]["note"].startswith("leak: duplicates train image(s)")
     assert rows[leaked]["duplicate_group"] == rows["train/Beryl Golden/seller.jpg"]["duplicate_group"] != ""
     for path in expected["conflict"]:
@@ -124,12 +124,12 @@ def test_predefined_split_marks_test_images_that_duplicate_train_images(tmp_path
     flags = [test_set[i][2] for i in range(len(test_set))]
     assert sum(flags) == 1 and len(flags) == 3 * 4 + 1  # 4 per class + the recompressed copy; conflict dropped
 
-    report = json.loads(datamodule.report_file.read_text())
-    assert report["leaked_test_images"] == {leaked: sorted(datamodule.plan.leaked[leaked])}
+    report = json.loads(datamodule.prepared.report_file.read_text())
+    assert report["leaked_test_images"] == {leaked: sorted(datamodule.prepared.plan.leaked[leaked])}
     assert report["label_conflicts"]["groups"][0]["where"] == "across test/train"
     assert report["duplicates"]["test_images_duplicating_train"] == sorted([leaked, expected["conflict"][1]])
     assert report["images"]["test"] == len(test_set)
-    with Image.open(datamodule.report_file.parent / CONTACT_SHEET_NAME) as sheet:
+    with Image.open(datamodule.prepared.report_file.parent / CONTACT_SHEET_NAME) as sheet:
         assert sheet.format == "PNG" and sheet.width > 300
 
 

@@ -38,7 +38,7 @@ def test_cached_squares_equal_decoded_ones_bit_for_bit(tmp_path):
     cached = _prepared([], tmp_path)
     decoded = _prepared(["data.cache_images=false"], tmp_path)
     assert decoded.eval_array is None and decoded.train_array is None
-    count = len(cached.items)
+    count = len(cached.prepared.items)
     for array, side in ((cached.eval_array, 32), (cached.train_array, stored_side(32))):
         rows = np.load(array, mmap_mode="r")
         assert rows.shape == (count, side, side, 3) and rows.dtype == np.uint8
@@ -169,7 +169,7 @@ def test_head_only_training_uses_cached_backbone_features(tmp_path, caplog):
     assert torch.allclose(features[val.rows], direct, atol=1e-4)
 
     # The backbone never changed, so a second run (a sweep trial) reads the same file instead of computing.
-    every = GemImageDataset([(item.image_file, 0) for item in datamodule.items], None, 32)
+    every = GemImageDataset([(item.image_file, 0) for item in datamodule.prepared.items], None, 32)
     assert features_file(model, every, tmp_path / "cache", "32-true") == stored[0]
     mtime = stored[0].stat().st_mtime_ns
     caplog.set_level("INFO", logger="gem_lightning.models.backbone_features")

@@ -148,7 +148,7 @@ def test_training_run_calibrates_its_checkpoint_and_writes_the_report(trained_de
 def test_evaluate_command_on_a_labelled_folder(trained_demo_run, tmp_path, capsys):
     run = trained_demo_run
     folder = tmp_path / "my_gems"
-    for item in [i for i in run.datamodule.items if i.split == "test"][:12]:
+    for item in [i for i in run.datamodule.prepared.items if i.split == "test"][:12]:
         (folder / item.label).mkdir(parents=True, exist_ok=True)
         shutil.copyfile(item.image_file, folder / item.label / item.image_file.name)
     out = tmp_path / "report"
@@ -166,6 +166,6 @@ def test_evaluate_command_on_a_labelled_folder(trained_demo_run, tmp_path, capsy
     assert document["data"] == f"labelled folder {folder}"
 
     (folder / "Obsidian").mkdir()
-    shutil.copyfile(run.datamodule.items[0].image_file, folder / "Obsidian" / "x.png")
+    shutil.copyfile(run.datamodule.prepared.items[0].image_file, folder / "Obsidian" / "x.png")
     assert evaluate.main(args) == 2
     assert "class folders the checkpoint does not know: Obsidian" in capsys.readouterr().err

@@ -68,7 +68,7 @@ def _photo_folder(run, tmp_path: Path) -> Path:
     that itself lies inside a hidden one (as ~/.cache/... would)."""
     folder = tmp_path / ".hidden_parent" / "photos"
     (folder / "more").mkdir(parents=True)
-    tests = [item for item in run.datamodule.items if item.split == "test"][:3]
+    tests = [item for item in run.datamodule.prepared.items if item.split == "test"][:3]
     for index, item in enumerate(tests):
         shutil.copyfile(item.image_file, (folder if index else folder / "more") / f"gem{index}.png")
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
@@ -205,7 +205,7 @@ def test_prediction_cuts_the_background_out_exactly_as_training_did(trained_remb
     assert predictor.describe_background() == "rembg u2netp"
     dataset = run.datamodule.datasets["test"]
     expected = collect_logits(predictor.model, dataset, progress=False)
-    originals = [run.datamodule.root / item.source for item in run.datamodule.items if item.split == "test"]
+    originals = [run.datamodule.root / item.source for item in run.datamodule.prepared.items if item.split == "test"]
     cut_outs = [path for path, _ in dataset.items]
     stamps = [path.stat().st_mtime_ns for path in cut_outs]
     predictions, skipped = predictor.predict_files(originals)

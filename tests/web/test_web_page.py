@@ -82,7 +82,7 @@ def test_upload_a_gem_photo_and_see_the_cut_out_and_top_5(request, tmp_path):
     kaggle = GEMSTONES_DIR / "test" / "Amethyst" / "amethyst_18.jpg"
     with_shared = (U2NET_DIR / "u2netp.onnx").is_file() and kaggle.is_file()
     run = request.getfixturevalue("trained_rembg_run" if with_shared or os.environ.get("CI") else "trained_demo_run")
-    photo = kaggle if with_shared or os.environ.get("CI") else run.datamodule.items[0].image_file
+    photo = kaggle if with_shared or os.environ.get("CI") else run.datamodule.prepared.items[0].image_file
     port = _free_port()
     log = tmp_path / "web.log"
     command = [sys.executable, "-m", "gem_lightning.cli.web", f"ckpt={run.checkpoint}", f"port={port}"]

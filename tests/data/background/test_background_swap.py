@@ -102,11 +102,11 @@ def test_training_swaps_backgrounds_with_cached_masks_of_its_own_squares(tmp_pat
 
     masks = np.load(datamodule.mask_array, mmap_mode="r")
     side = datamodule.training_side
-    assert masks.shape == (len(datamodule.items), side, side) and side == training.side
+    assert masks.shape == (len(datamodule.prepared.items), side, side) and side == training.side
     # Row i is the mask of item i's own training square (the one the swap paints), as rembg computes it.
     backend = datamodule.background_swap.mask_backend
-    for row in (0, len(datamodule.items) - 1):
-        square = stored_image(datamodule.items[row].image_file, side).permute(1, 2, 0).numpy()
+    for row in (0, len(datamodule.prepared.items) - 1):
+        square = stored_image(datamodule.prepared.items[row].image_file, side).permute(1, 2, 0).numpy()
         assert np.array_equal(masks[row], backend.mask(Image.fromarray(square)))
     kept = (masks >= 128).mean(axis=(1, 2))
     assert np.median(kept) > 0.05 and np.median(kept) < 0.9, "u2netp finds the demo stones"
