@@ -39,14 +39,7 @@ def prepare_only(settings: dict) -> dict:
 def _our_model(cfg, datamodule):
     import hydra
 
-    return hydra.utils.instantiate(
-        cfg.model,
-        class_names=list(datamodule.class_names),
-        image_size=cfg.data.image_size,
-        augment_policy=cfg.augment.name,
-        optimizer=hydra.utils.instantiate(cfg.optim),
-        scheduler=None,
-    )
+    return hydra.utils.instantiate(cfg.model, class_names=list(datamodule.class_names))
 
 
 def _our_trainer(cfg, callbacks: list, **settings):

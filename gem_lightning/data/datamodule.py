@@ -10,7 +10,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -28,10 +28,6 @@ from gem_lightning.data.training_items import TrainingItem
 from gem_lightning.errors import GemLightningError
 from gem_lightning.files.atomic_writes import folder_is_writable
 from gem_lightning.machine import auto_settings
-from gem_lightning.models.backbone_features import feature_datasets
-
-if TYPE_CHECKING:
-    from gem_lightning.models.classifier import GemClassifier
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +99,9 @@ class GemDataModule(pl.LightningDataModule):
         # Row i: the rembg mask of prepared.items[i]'s training square, when background_swap is on.
         self.mask_array: Path | None = None
         self.augment_on_device = False
-        self.feature_datasets: dict[str, TensorDataset] | None = None  # head-only training (model.head_only)
+        # Each split as feature rows, served in place of the images: set for a head-only model by the
+        # training.head_only_features callback, which owns how they are computed.
+        self.feature_datasets: dict[str, TensorDataset] | None = None
         # The scan, the split plan (fixed for this module's life), the items, report, manifest and image arrays;
         # None until prepare_data.
         self.prepared: PreparedFolder | None = None
@@ -234,7 +232,7 @@ class GemDataModule(pl.LightningDataModule):
 
     # -- loaders -------------------------------------------------------------------------------------------
 
-    def _head_only_model(self) -> GemClassifier | None:
+    def _head_only_model(self) -> pl.LightningModule | None:
         model = self.trainer.lightning_module if self.trainer is not None else None
         return model if model is not None and model.hparams.get("head_only") else None
 
@@ -258,9 +256,6 @@ class GemDataModule(pl.LightningDataModule):
         return auto_settings.loader_processes(self.num_workers_setting, reads_only, self._model_on_gpu())
 
     def _loader(self, name: str, training: bool = False) -> DataLoader:
-        if self.feature_datasets is None and (model := self._head_only_model()) is not None:
-            # Asked for by the first loader, when Lightning has moved the model to its device.
-            self.feature_datasets = feature_datasets(model, self)
         dataset = self.feature_datasets[name] if self.feature_datasets is not None else self.datasets[name]
         workers = self.loader_processes(dataset)
         return DataLoader(

@@ -48,7 +48,7 @@ class GemClassifier(pl.LightningModule):
 
     # frozen_stages follows mmdetection's: nothing flows back through the kept stages, so a step is cheaper, and
     # generic edge and colour filters are not refitted to a few dozen photos per class. head_only trains on
-    # backbone features the data module computes once and caches (gem_lightning.models.backbone_features).
+    # backbone features computed once, cached and served in place of images (gem_lightning.training.head_only_features).
     def __init__(
         self,
         class_names: list[str],

@@ -1,4 +1,5 @@
-"""Build the Lightning Trainer from its config, accepting ``trainer.gpus`` as users still type it."""
+"""Build the Lightning Trainer from its config, accepting ``trainer.gpus`` as users still type it; every Trainer
+built here serves a head-only model its cached features (``HeadOnlyFeatures``)."""
 
 # Lightning 2 removed ``Trainer(gpus=...)``; the student report and many tutorials use it, so ``gpus`` is
 # kept as an alias: ``0`` means the CPU, ``N`` means N GPUs, ``-1`` all of them, ``"0,2"`` those indices.
@@ -18,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gem_lightning.errors import GemLightningError
 from gem_lightning.machine import auto_settings
+from gem_lightning.training.head_only_features import HeadOnlyFeatures
 
 
 def _gpus_to_devices(gpus: Any) -> tuple[str, Any]:
@@ -64,7 +66,8 @@ def resolve_devices(trainer_cfg: DictConfig | dict) -> dict[str, Any]:
 
 def build_trainer(trainer_cfg: DictConfig, **extra: Any) -> pl.Trainer:
     kwargs = resolve_devices(trainer_cfg)
-    if kwargs.get("enable_progress_bar") is False and extra.get("callbacks"):
+    extra["callbacks"] = [*extra.get("callbacks", []), HeadOnlyFeatures()]
+    if kwargs.get("enable_progress_bar") is False:
         # Lightning refuses a progress-bar callback beside enable_progress_bar=False; the flag is what the
         # user typed last (the callback comes from the default callbacks group), so it wins.
         extra["callbacks"] = [c for c in extra["callbacks"] if not isinstance(c, ProgressBar)]

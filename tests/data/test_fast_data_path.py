@@ -19,9 +19,9 @@ from gem_lightning.data.image_arrays import array_file, build_image_array, store
 from gem_lightning.data.image_dataset import GemImageDataset, collate_batch
 from gem_lightning.errors import GemLightningError
 from gem_lightning.machine.auto_settings import automatic_precision, cpu_has_native_bf16
-from gem_lightning.models.backbone_features import features_file
+from gem_lightning.training.head_only_features import features_file
 from gem_lightning.training.run import train
-from gem_lightning.training.trainer_factory import resolve_devices
+from gem_lightning.training.trainer_factory import build_trainer, resolve_devices
 from tests.helpers.configs import TINY_DEMO, compose_config
 from tests.helpers.workplace import GEMSTONES_DIR, needs_shared
 
@@ -135,16 +135,19 @@ def test_an_undecodable_file_is_one_clear_error(tmp_path):
 
 
 class _Batches(Callback):
-    """Shapes of what the model's training and validation steps receive."""
+    """Shapes of what the model's training, validation and test steps receive."""
 
     def __init__(self):
-        self.train, self.val = [], []
+        self.train, self.val, self.test = [], [], []
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
         self.train.append((tuple(batch[0].shape), batch[0].dtype))
 
     def on_validation_batch_start(self, trainer, module, batch, batch_idx, dataloader_idx=0):
         self.val.append((tuple(batch[0].shape), batch[0].dtype))
+
+    def on_test_batch_start(self, trainer, module, batch, batch_idx, dataloader_idx=0):
+        self.test.append((tuple(batch[0].shape), batch[0].dtype))
 
 
 def test_head_only_training_uses_cached_backbone_features(tmp_path, caplog):
@@ -156,7 +159,8 @@ def test_head_only_training_uses_cached_backbone_features(tmp_path, caplog):
     model, datamodule = result.model, result.datamodule
     assert 0.0 <= metrics["test/acc"] <= 1.0
     features_dim = model.head[-1].in_features
-    assert batches.train and all(shape[1:] == (features_dim,) for shape, _ in batches.train + batches.val)
+    seen = batches.train + batches.val + batches.test
+    assert batches.train and batches.test and all(shape[1:] == (features_dim,) for shape, _ in seen)
 
     # The cached rows are the backbone's features of the evaluation images, in the data module's order.
     stored = list((tmp_path / "cache" / "features").glob("*.npy"))
@@ -172,9 +176,14 @@ def test_head_only_training_uses_cached_backbone_features(tmp_path, caplog):
     every = GemImageDataset([(item.image_file, 0) for item in datamodule.prepared.items], None, 32)
     assert features_file(model, every, tmp_path / "cache", "32-true") == stored[0]
     mtime = stored[0].stat().st_mtime_ns
-    caplog.set_level("INFO", logger="gem_lightning.models.backbone_features")
+    caplog.set_level("INFO", logger="gem_lightning.training.head_only_features")
     train(compose_config([*TINY_DEMO, *overrides, "test=false"], tmp_path))
     assert stored[0].stat().st_mtime_ns == mtime and "backbone features from" in caplog.text
+
+    # A test of its own, with no fit before it to compute them, is served the features too.
+    on_its_own, batches = hydra.utils.instantiate(cfg.data), _Batches()
+    build_trainer(cfg.trainer, callbacks=[batches], logger=False).test(model, datamodule=on_its_own, verbose=False)
+    assert batches.test and all(shape[1:] == (features_dim,) for shape, _ in batches.test)
 
 
 def test_augmentation_on_the_device_gets_stored_squares_and_hands_on_image_size(tmp_path):

@@ -1,4 +1,5 @@
-"""A frozen backbone's features of every image, computed once and cached on disk (``model.head_only``)."""
+"""Head-only training (``model.head_only``): a frozen backbone's features of every image, computed once, cached
+on disk, and served by the data module in place of the images (the ``HeadOnlyFeatures`` callback)."""
 
 # With the backbone frozen, an epoch of head training only needs each image's pooled feature vector, which
 # never changes: computing them once turns an epoch into a few small matrix products, and every head-only
@@ -17,12 +18,14 @@ import logging
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import lightning.pytorch as pl
 import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
+from gem_lightning.data.datamodule import GemDataModule
 from gem_lightning.data.image_arrays import array_file
 from gem_lightning.data.image_dataset import GemImageDataset
 from gem_lightning.files.atomic_writes import write_bytes_atomically
@@ -30,7 +33,6 @@ from gem_lightning.files.locks import exclusive_lock
 from gem_lightning.inference.loop import run_over_dataset
 
 if TYPE_CHECKING:
-    from gem_lightning.data.datamodule import GemDataModule
     from gem_lightning.models.classifier import GemClassifier
 
 log = logging.getLogger(__name__)
@@ -136,3 +138,22 @@ def feature_datasets(model: GemClassifier, data: GemDataModule) -> dict[str, Ten
             columns.append(torch.tensor(dataset.leaked, dtype=torch.bool))
         served[name] = TensorDataset(*columns)
     return served
+
+
+class HeadOnlyFeatures(pl.Callback):
+    """For a head-only model, hands the data module every split as feature rows before the first loader is asked
+    for: at fit start (the model on its device), or at setup for a test or validation of its own. A no-op for
+    other models; ``train()`` always adds it."""
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            self._serve(trainer, pl_module)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._serve(trainer, pl_module)
+
+    @staticmethod
+    def _serve(trainer: pl.Trainer, model: Any) -> None:
+        data = trainer.datamodule
+        if model.hparams.get("head_only") and isinstance(data, GemDataModule) and data.feature_datasets is None:
+            data.feature_datasets = feature_datasets(model, data)
