@@ -61,24 +61,25 @@ class DataSchema:
 
 @dataclass
 class ModelSchema:
-    _target_: str = "gem_lightning.models.classifier.GemClassifier"
-    backbone: BackboneName = BackboneName.resnet18
-    pretrained: bool = True
-    allow_download: bool = False
-    label_smoothing: float = 0.0
-    dropout: float = 0.0
-    backbone_lr_scale: float = 1.0
-    mixup_alpha: float = 0.0
-    cutmix_alpha: float = 0.0
-    freeze_backbone_epochs: int = 0
-    frozen_stages: int = 0
-    head_only: bool = False
-    channels_last: bool = True
-    compile: bool = False
-    image_size: int = 224
-    augment_policy: str = "none"
-    optimizer: Any = None  # a _partial_ optimiser node (conf/optim/)
-    scheduler: Any = None  # a _partial_ schedule node (conf/scheduler/); empty for none
+    # Types only, as DataSchema: conf/model/resnet18.yaml (which the other backbones extend) holds the values.
+    _target_: str = MISSING
+    backbone: BackboneName = MISSING
+    pretrained: bool = MISSING
+    allow_download: bool = MISSING
+    label_smoothing: float = MISSING
+    dropout: float = MISSING
+    backbone_lr_scale: float = MISSING
+    mixup_alpha: float = MISSING
+    cutmix_alpha: float = MISSING
+    freeze_backbone_epochs: int = MISSING
+    frozen_stages: int = MISSING
+    head_only: bool = MISSING
+    channels_last: bool = MISSING
+    compile: bool = MISSING
+    image_size: int = MISSING
+    augment_policy: str = MISSING
+    optimizer: Any = MISSING  # a _partial_ optimiser node (conf/optim/)
+    scheduler: Any = MISSING  # a _partial_ schedule node (conf/scheduler/); empty for none
 
 
 def register_config_schemas() -> None:

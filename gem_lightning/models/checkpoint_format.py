@@ -45,6 +45,16 @@ DATA_KEYS_BEFORE_THEY_EXISTED = {
     "min_images_per_class": 1,  # every class with images was kept
     "background_swap": None,  # no background swap
 }
+# The same for the model's stored hyperparameters (its __init__ arguments but the optimiser and schedule).
+MODEL_KEYS_BEFORE_THEY_EXISTED = {
+    "backbone_lr_scale": 1.0,  # one learning rate for backbone and head
+    "mixup_alpha": 0.0,  # no MixUp
+    "cutmix_alpha": 0.0,  # no CutMix
+    "frozen_stages": 0,  # every stage trained
+    "head_only": False,  # the backbone trained on images
+    "channels_last": False,  # NCHW activations
+    "compile": False,  # no torch.compile
+}
 
 
 def read_checkpoint(path: str | Path, setting: str = "ckpt") -> dict:
@@ -84,8 +94,15 @@ def read_checkpoint(path: str | Path, setting: str = "ckpt") -> dict:
 
 
 def upgrade_checkpoint(checkpoint: dict) -> dict:
-    """Bring ``checkpoint``'s description to ``CHECKPOINT_FORMAT`` in place and return it. Format 1's stored config
-    names the flat modules (renamed here); a stored data config gets the keys it predates (their old values)."""
+    """Bring ``checkpoint`` to ``CHECKPOINT_FORMAT`` in place and return it. Format 1's stored config names the flat
+    modules (renamed here); a stored data config, the hyperparameters and the weights get the keys they predate,
+    with their old values."""
+    if isinstance(checkpoint.get("hyper_parameters"), dict):
+        checkpoint["hyper_parameters"] = {**MODEL_KEYS_BEFORE_THEY_EXISTED, **checkpoint["hyper_parameters"]}
+    if isinstance(checkpoint.get("state_dict"), dict):
+        # Written before calibration existed: uncalibrated. Before val/acc_best was kept: no maximum yet.
+        checkpoint["state_dict"].setdefault("temperature", torch.ones(()))
+        checkpoint["state_dict"].setdefault("val_acc_best.max_value", torch.tensor(float("-inf")))
     description = checkpoint.get(CHECKPOINT_KEY)
     if not isinstance(description, dict):
         return checkpoint

@@ -41,9 +41,9 @@ def _stage_metrics(stage: str, num_classes: int) -> MetricCollection:
 class GemClassifier(pl.LightningModule):
     """Classifies uint8 (or 0-1 float) RGB batches; normalisation by the backbone's own mean/std is inside.
 
-    The arguments are conf/model/*.yaml's keys (documented there); ``optimizer`` and ``scheduler`` are
-    ``_partial_`` factories taking the parameters and the optimiser. A checkpoint describes itself
-    (``description``), so ``from_checkpoint`` rebuilds the model from the file alone.
+    Build it from the composed config: the arguments are conf/model/*.yaml's keys, which hold their values;
+    ``optimizer`` and ``scheduler`` are ``_partial_`` factories. A checkpoint describes itself (``description``), so
+    ``from_checkpoint`` rebuilds the model from the file alone.
     """
 
     # frozen_stages follows mmdetection's: nothing flows back through the kept stages, so a step is cheaper, and
@@ -52,23 +52,24 @@ class GemClassifier(pl.LightningModule):
     def __init__(
         self,
         class_names: list[str],
-        backbone: str = "resnet18",
-        pretrained: bool = True,
-        allow_download: bool = False,
-        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
-        scheduler: Callable[..., Any] | None = None,
-        label_smoothing: float = 0.0,
-        dropout: float = 0.0,
-        backbone_lr_scale: float = 1.0,
-        mixup_alpha: float = 0.0,
-        cutmix_alpha: float = 0.0,
-        freeze_backbone_epochs: int = 0,
-        frozen_stages: int = 0,
-        image_size: int = 224,
-        augment_policy: str = "none",
-        head_only: bool = False,
-        channels_last: bool = True,
-        compile: bool = False,
+        *,
+        backbone: str,
+        pretrained: bool,
+        allow_download: bool,
+        optimizer: Callable[..., torch.optim.Optimizer] | None,
+        scheduler: Callable[..., Any] | None,
+        label_smoothing: float,
+        dropout: float,
+        backbone_lr_scale: float,
+        mixup_alpha: float,
+        cutmix_alpha: float,
+        freeze_backbone_epochs: int,
+        frozen_stages: int,
+        image_size: int,
+        augment_policy: str,
+        head_only: bool,
+        channels_last: bool,
+        compile: bool,
     ):
         super().__init__()
         # Plain Python types only, so checkpoints load with torch.load(weights_only=True).
@@ -101,8 +102,7 @@ class GemClassifier(pl.LightningModule):
         self.scheduler_factory = scheduler or None
         # The composed Hydra config of the run that trained this model, saved into every checkpoint.
         self.run_config: dict | None = None
-        # One photo as the loaders serve it: the model summary then shows real FLOPs and layer sizes
-        # instead of a FLOPs column of zeros.
+        # One photo as the loaders serve it, so the model summary shows real FLOPs and layer sizes, not zeros.
         self.example_input_array = torch.zeros(1, 3, image_size, image_size, dtype=torch.uint8)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.batch_mixer = batch_mixer(mixup_alpha, cutmix_alpha, num_classes)
@@ -208,9 +208,8 @@ class GemClassifier(pl.LightningModule):
         self._shared_step(batch, "val")
 
     def test_step(self, batch, batch_idx: int) -> None:
-        # In float32 whatever trainer.precision says: the evaluation report (collect_logits) computes the test
-        # logits in float32, and under bf16-mixed a few images flip, so the logged
-        # test/acc and report.md disagreed. One measurement, one number.
+        # In float32 whatever trainer.precision says, as the evaluation report computes them: under bf16-mixed a
+        # few images flipped, and the logged test/acc and report.md disagreed. One measurement, one number.
         with torch.autocast(self.device.type, enabled=False):
             self._shared_step(batch, "test")
 
@@ -238,14 +237,15 @@ class GemClassifier(pl.LightningModule):
     # -- optimisation --------------------------------------------------------------------------------------
 
     def configure_optimizers(self):
-        factory = self.optimizer_factory or (lambda params: torch.optim.Adam(params, lr=3e-4))
+        if self.optimizer_factory is None:  # rebuilt from a checkpoint, which keeps no optimiser
+            raise GemLightningError("this model has no optimiser to train with: build it from the composed config")
         # A frozen (head_only) backbone has nothing to optimise; weight decay must not touch it either. Two
         # named groups, so the backbone can learn slower than the new head and TensorBoard plots both rates.
         groups = [
             {"name": name, "params": [p for p in part.parameters() if p.requires_grad]}
             for name, part in (("backbone", self.backbone), ("head", self.head))
         ]
-        optimizer = factory(params=[group for group in groups if group["params"]])
+        optimizer = self.optimizer_factory(params=[group for group in groups if group["params"]])
         for group in optimizer.param_groups:
             if group["name"] == "backbone":
                 group["lr"] *= self.hparams.backbone_lr_scale
@@ -282,10 +282,6 @@ class GemClassifier(pl.LightningModule):
         description = checkpoint_format.upgrade_checkpoint(checkpoint).get(CHECKPOINT_KEY, {})
         self.run_config = description.get("config")
         self.calibration = description.get("calibration")
-        # Checkpoints written before calibration existed have no temperature: they are uncalibrated.
-        checkpoint["state_dict"].setdefault("temperature", torch.ones(()))
-        # Written before val/acc_best was kept in checkpoints: no maximum yet.
-        checkpoint["state_dict"].setdefault("val_acc_best.max_value", torch.tensor(float("-inf")))
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> GemClassifier:
@@ -293,8 +289,8 @@ class GemClassifier(pl.LightningModule):
 
         A file that is not a gem-lightning checkpoint raises one GemLightningError (see read_checkpoint).
         """
-        path = Path(path)
-        checkpoint_format.read_checkpoint(path)
-        # The checkpoint's own weights replace the pretrained ones, so never look for those.
-        model = cls.load_from_checkpoint(path, map_location=map_location, pretrained=False, weights_only=True)
+        settings = checkpoint_format.read_checkpoint(path)["hyper_parameters"]  # completed for older checkpoints
+        # The checkpoint's own weights replace the pretrained ones, so never look for those; no optimiser is kept.
+        settings = {**settings, "pretrained": False, "optimizer": None, "scheduler": None}
+        model = cls.load_from_checkpoint(Path(path), map_location=map_location, weights_only=True, **settings)
         return model.eval()

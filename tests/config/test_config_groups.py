@@ -13,9 +13,10 @@ from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.loggers import Logger
 from omegaconf import MISSING, OmegaConf
 
-from gem_lightning.config.schema import DataSchema
+from gem_lightning.config.schema import DataSchema, ModelSchema
 from gem_lightning.data.datamodule import GemDataModule
 from gem_lightning.errors import GemLightningError
+from gem_lightning.models.classifier import GemClassifier
 from gem_lightning.models.lr_schedules import steps_per_batch
 from gem_lightning.training.run import _instantiate_each
 from gem_lightning.training.trainer_factory import build_trainer
@@ -46,15 +47,18 @@ def test_data_options_instantiate(option, tmp_path):
     assert datamodule.batch_size == cfg.data.batch_size
 
 
-def test_the_data_yaml_is_the_one_place_data_settings_have_values(tmp_path):
-    # The schema types the keys, the data module takes each without a default: a value lives only in the YAML.
-    schema_keys = {field.name for field in dataclasses.fields(DataSchema)} - {"_target_"}
-    parameters = list(inspect.signature(GemDataModule.__init__).parameters.values())[1:]
+@pytest.mark.parametrize(
+    ("group", "schema", "built"), [("data", DataSchema, GemDataModule), ("model", ModelSchema, GemClassifier)]
+)
+def test_the_yaml_is_the_one_place_data_and_model_settings_have_values(group, schema, built, tmp_path):
+    # The schema types the keys, the class takes each without a default: a value lives only in the YAML.
+    schema_keys = {field.name for field in dataclasses.fields(schema)} - {"_target_"}
+    parameters = [p for p in inspect.signature(built.__init__).parameters.values() if p.kind is p.KEYWORD_ONLY]
     assert {p.name for p in parameters} == schema_keys
-    assert all(p.default is inspect.Parameter.empty and p.kind is p.KEYWORD_ONLY for p in parameters)
-    assert all(field.default is MISSING for field in dataclasses.fields(DataSchema))
-    data = compose_config([], tmp_path).data
-    assert not OmegaConf.missing_keys(data) and set(data) - {"_target_"} == schema_keys
+    assert all(p.default is inspect.Parameter.empty for p in parameters)
+    assert all(field.default is MISSING for field in dataclasses.fields(schema))
+    node = compose_config([], tmp_path)[group]
+    assert not OmegaConf.missing_keys(node) and set(node) - {"_target_"} == schema_keys
 
 
 @pytest.mark.parametrize("option", _options("augment"))

@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 
 from gem_lightning.config.composition import compose_train_config
 from gem_lightning.data.datamodule import GemDataModule
+from gem_lightning.models.classifier import GemClassifier
 from tests.helpers.workplace import CONFIG_DIR
 
 # A demo run small enough for a 2-core CPU: 10 classes x 12 images of 48 px, trained at 32 px.
@@ -43,3 +44,10 @@ def folder_datamodule(root: Path, workdir: Path, overrides: list[str] = ()) -> G
     16 px squares, batches of 4, no loader processes, no augmentation."""
     shrunk = [f"data.root={root}", "data.image_size=16", "data.batch_size=4", "data.num_workers=0", "augment=none"]
     return hydra.utils.instantiate(compose_config([*shrunk, *overrides], workdir).data)
+
+
+def composed_model(class_names: list[str], workdir: Path, overrides: list[str] = ()) -> GemClassifier:
+    """The model train.py would build for ``class_names``, without pretrained weights: ResNet-18 unless
+    ``overrides`` say otherwise."""
+    cfg = compose_config(["model.pretrained=false", *overrides], workdir)
+    return hydra.utils.instantiate(cfg.model, class_names=list(class_names))

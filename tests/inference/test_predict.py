@@ -20,7 +20,7 @@ from gem_lightning.data.image_dataset import evaluation_dataset
 from gem_lightning.errors import GemLightningError
 from gem_lightning.inference.logits import collect_logits
 from gem_lightning.inference.predictor import Predictor
-from gem_lightning.models.classifier import GemClassifier
+from tests.helpers.configs import composed_model
 from tests.helpers.workplace import GEMSTONES_DIR, needs_shared
 
 # What output=*.json promises its readers.
@@ -249,7 +249,7 @@ def test_a_pass_over_a_dataset_leaves_the_global_random_state_alone(tmp_path):
         path = tmp_path / f"{index}.png"
         Image.fromarray(np.full((20, 20, 3), 60 * index, dtype=np.uint8)).save(path)
         items.append((path, index % 2))
-    model = GemClassifier(["a", "b"], backbone="resnet18", pretrained=False)
+    model = composed_model(["a", "b"], tmp_path, ["data.image_size=32"])
     torch.manual_seed(0)
     before = torch.get_rng_state()
     logits = collect_logits(model, evaluation_dataset(items, 32), batch_size=2, progress=False)

@@ -13,12 +13,13 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from gem_lightning.config.composition import compose_train_config
-from gem_lightning.config.schema import DataSchema
+from gem_lightning.config.schema import DataSchema, ModelSchema
 from gem_lightning.inference.predictor import Predictor
 from gem_lightning.models.checkpoint_format import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_KEY,
     DATA_KEYS_BEFORE_THEY_EXISTED,
+    MODEL_KEYS_BEFORE_THEY_EXISTED,
     read_checkpoint,
     upgrade_checkpoint,
 )
@@ -35,6 +36,11 @@ FIRST_DATA_KEYS = {
     *("batch_size", "num_workers", "pin_memory", "max_image_pixels", "max_classes", "train_transform"),
     *("augment_policy", "demo"),
 }
+# The first model's arguments (9671e2c's GemClassifier; optimiser and schedule are never stored).
+FIRST_MODEL_KEYS = {
+    *("class_names", "backbone", "pretrained", "allow_download", "label_smoothing", "dropout"),
+    *("freeze_backbone_epochs", "image_size", "augment_policy"),
+}
 
 
 def _targets(node) -> list[str]:
@@ -47,11 +53,13 @@ def _targets(node) -> list[str]:
 
 
 def _format_1_checkpoint(weights_from: Path, path: Path) -> Path:
-    """This run's weights under the format-1 description (same tiny demo: 10 classes, ResNet-18 at 32 px)."""
+    """This run's weights under the format-1 description (same tiny demo: 10 classes, ResNet-18 at 32 px), with
+    only the first model's hyperparameters and no temperature, as the oldest checkpoints have them."""
     old = json.loads(FORMAT_1.read_text())
     checkpoint = torch.load(weights_from, map_location="cpu", weights_only=True)
     assert old[CHECKPOINT_KEY]["class_names"] == checkpoint[CHECKPOINT_KEY]["class_names"]
-    checkpoint["hyper_parameters"] = old["hyper_parameters"]
+    checkpoint["hyper_parameters"] = {key: old["hyper_parameters"][key] for key in FIRST_MODEL_KEYS}
+    del checkpoint["state_dict"]["temperature"]
     checkpoint[CHECKPOINT_KEY] = old[CHECKPOINT_KEY]
     torch.save(checkpoint, path)
     return path
@@ -64,6 +72,9 @@ def test_a_checkpoint_written_before_the_package_tree_loads_with_todays_module_p
 
     model = GemClassifier.from_checkpoint(path)
     assert read_checkpoint(path)[CHECKPOINT_KEY]["format"] == CHECKPOINT_FORMAT
+    # The keys the first model lacked do what the code did before them: channels first, the backbone trained.
+    assert model.hparams.channels_last is False and model.hparams.head_only is False
+    assert model.memory_format == torch.contiguous_format and float(model.temperature) == 1.0
     # Every stored _target_ names what a run composed today would: same nodes, same objects.
     composed = compose_train_config(CONFIG_DIR, [*TINY_DEMO, "scheduler=warmup_cosine", "background=grabcut"])
     for node in ("data", "background", "background_swap", "scheduler", "callbacks"):
@@ -81,11 +92,15 @@ def test_a_checkpoint_written_before_the_package_tree_loads_with_todays_module_p
     assert not skipped and abs(float(prediction.probabilities.sum()) - 1) < 1e-5
 
 
-def test_every_data_key_added_since_the_first_stored_config_has_its_old_value_on_record():
-    # Fails when a data key is added without saying what older checkpoints did before it existed.
-    today = {field.name for field in dataclasses.fields(DataSchema)}
-    assert today == FIRST_DATA_KEYS | set(DATA_KEYS_BEFORE_THEY_EXISTED)
+def test_every_key_added_since_the_first_checkpoint_has_its_old_value_on_record():
+    # Fails when a data or model key is added without saying what older checkpoints did before it existed.
+    data_today = {field.name for field in dataclasses.fields(DataSchema)}
+    assert data_today == FIRST_DATA_KEYS | set(DATA_KEYS_BEFORE_THEY_EXISTED)
     assert not FIRST_DATA_KEYS & set(DATA_KEYS_BEFORE_THEY_EXISTED)
+    stored = {"class_names"} | {field.name for field in dataclasses.fields(ModelSchema)}
+    model_today = stored - {"_target_", "optimizer", "scheduler"}
+    assert model_today == FIRST_MODEL_KEYS | set(MODEL_KEYS_BEFORE_THEY_EXISTED)
+    assert not FIRST_MODEL_KEYS & set(MODEL_KEYS_BEFORE_THEY_EXISTED)
 
 
 def test_a_data_config_stored_before_a_key_existed_rebuilds_with_the_old_behaviour(tmp_path):

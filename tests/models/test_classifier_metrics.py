@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from gem_lightning.models.classifier import GemClassifier
+from tests.helpers.configs import composed_model
 
 NUM_CLASSES = 87
 
@@ -29,7 +29,7 @@ def test_logged_validation_metrics_match_an_independent_computation(tmp_path):
     prototypes = torch.randint(0, 256, (NUM_CLASSES, 3, 32, 32), dtype=torch.uint8, generator=generator)
     train_set = _noisy_prototypes(960, prototypes, generator)
     val_set = _noisy_prototypes(432, prototypes, generator)
-    model = GemClassifier([f"class {i}" for i in range(NUM_CLASSES)], backbone="resnet18", pretrained=False)
+    model = composed_model([f"class {i}" for i in range(NUM_CLASSES)], tmp_path, ["data.image_size=32"])
     trainer = pl.Trainer(
         max_epochs=1,
         accelerator="cpu",
