@@ -18,7 +18,6 @@ import logging
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 import numpy as np
@@ -31,9 +30,7 @@ from gem_lightning.data.image_dataset import GemImageDataset
 from gem_lightning.files.atomic_writes import write_bytes_atomically
 from gem_lightning.files.locks import exclusive_lock
 from gem_lightning.inference.loop import run_over_dataset
-
-if TYPE_CHECKING:
-    from gem_lightning.models.classifier import GemClassifier
+from gem_lightning.models.classifier import GemClassifier
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +150,7 @@ class HeadOnlyFeatures(pl.Callback):
         self._serve(trainer, pl_module)
 
     @staticmethod
-    def _serve(trainer: pl.Trainer, model: Any) -> None:
+    def _serve(trainer: pl.Trainer, model: pl.LightningModule) -> None:
         data = trainer.datamodule
         if model.hparams.get("head_only") and isinstance(data, GemDataModule) and data.feature_datasets is None:
             data.feature_datasets = feature_datasets(model, data)
