@@ -148,10 +148,10 @@ class ParityCheck:
         return self.max_abs_difference < tolerance
 
 
-def check_images(model: GemClassifier, files: list[Path] | None, count: int = 8) -> torch.Tensor:
+def check_images(predictor: Predictor, files: list[Path] | None, count: int = 8) -> torch.Tensor:
     """A uint8 batch to compare on: real photos when given (as prediction prepares them), else seeded noise."""
-    size = int(model.hparams.image_size)
-    usable, skipped = usable_images(files or [], max_pixels=50_000_000, limit=count)
+    size = int(predictor.model.hparams.image_size)
+    usable, skipped = usable_images(files or [], max_pixels=predictor.max_image_pixels, limit=count)
     for item in skipped:
         log.warning("not comparing on %s: %s", item.source, item.reason)
     if usable:
@@ -205,7 +205,7 @@ def export_checkpoint(
     output_dir = Path(output_dir) if output_dir else default_dir
     output_dir.mkdir(parents=True, exist_ok=True)
     info = metadata(predictor)
-    images = check_images(predictor.model, check_files)
+    images = check_images(predictor, check_files)
     # Batch 2 for tracing: batch 1 would let the exporter treat the batch size as a constant.
     example = images[:2] if len(images) >= 2 else images.repeat(2, 1, 1, 1)
     checks = []

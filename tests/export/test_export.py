@@ -12,7 +12,6 @@ from gem_lightning.cli import export as export_command
 from gem_lightning.errors import GemLightningError
 from gem_lightning.export.formats import check_images, export_checkpoint, onnx_probabilities, torchscript_probabilities
 from gem_lightning.inference.predictor import Predictor
-from gem_lightning.models.classifier import GemClassifier
 
 
 def test_exports_match_pytorch_on_real_images_at_any_batch_size(trained_demo_run, tmp_path, capsys):
@@ -23,8 +22,9 @@ def test_exports_match_pytorch_on_real_images_at_any_batch_size(trained_demo_run
     printed = capsys.readouterr().out
     assert printed.count("probabilities match PyTorch") == 2
 
-    model = GemClassifier.from_checkpoint(run.checkpoint)
-    images = check_images(model, photos, count=7)  # a batch size the export never saw
+    predictor = Predictor(run.checkpoint, progress=False)
+    model = predictor.model
+    images = check_images(predictor, photos, count=7)  # a batch size the export never saw
     with torch.inference_mode():
         expected = model.probabilities(images)
     for path, run_file in (
