@@ -80,3 +80,18 @@ def test_train_py_with_a_missing_rembg_model_stops_with_one_line(tmp_path):
     line = the_one_error_line(result)
     assert "u2net.onnx" in line and str(tmp_path / "models") in line
     assert not (tmp_path / "cache" / "prepared").exists()
+
+
+def test_a_data_config_of_ones_own_that_leaves_out_keys_names_them_in_one_line(tmp_path):
+    # The values live in conf/data/gemstones.yaml only, so a data config written from scratch must give them.
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "mine.yaml").write_text(
+        "defaults:\n  - /schema/data/typed@_here_\n  - _self_\n"
+        "_target_: gem_lightning.data.datamodule.GemDataModule\n"
+        "root: ${paths.cache_dir}/demo_gems\ncache_dir: ${paths.cache_dir}\nsplit: pooled\n"
+    )
+    typed = [sys.executable, "train.py", "--config-dir", str(tmp_path), "data=mine", "model.pretrained=false"]
+    result = subprocess.run(typed, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    line = the_one_error_line(result)
+    assert line.startswith("error: data.val_fraction, data.test_fraction, data.split_seed,")
+    assert "data.augment_on: no value given" in line and "data.root" not in line
