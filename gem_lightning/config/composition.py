@@ -9,11 +9,12 @@ trials, and the inference commands' own (``conf/predict.yaml``, ``evaluate.yaml`
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from gem_lightning.config.schema import PROJECT_ROOT, register_config_schemas
 from gem_lightning.errors import GemLightningError
@@ -45,4 +46,26 @@ def compose_train_config(config_dir: Path, overrides: list[str]) -> DictConfig:
     cfg = compose_config("train", overrides, config_dir, return_hydra_config=True)
     # ${hydra:runtime.output_dir} in conf/paths needs the Hydra config set, as inside a real run.
     HydraConfig.instance().set_config(cfg)
+    check_every_key_has_a_value(cfg)
     return cfg
+
+
+def check_every_key_has_a_value(cfg: DictConfig) -> None:
+    """One line naming every key of a train config left at ``???`` (Hydra's own node aside): e.g. a data config of
+    the user's own that leaves out keys, whose values only conf/data/gemstones.yaml holds."""
+    missing = [key for key in _keys_without_value(OmegaConf.to_container(cfg)) if not key.startswith("hydra.")]
+    if missing:
+        raise GemLightningError(
+            f"{', '.join(missing)}: no value given; set it on the command line or in your config "
+            "(conf/data/gemstones.yaml and conf/model/resnet18.yaml give every data and model key a value)"
+        )
+
+
+def _keys_without_value(node: Any, prefix: str = "") -> list[str]:
+    # Read unresolved, from a plain container: OmegaConf.missing_keys fails on an interpolation to a missing value.
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    found = []
+    for key, value in items:
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        found += [dotted] if isinstance(value, str) and value == "???" else _keys_without_value(value, dotted)
+    return found

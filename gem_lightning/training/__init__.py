@@ -1,6 +1,6 @@
 """``train(cfg)``: the Trainer factory, the callbacks (TensorBoard layout, weight averaging, head-only features),
 the optimiser checks and the multirun summary.
 
-Imports ``data``, ``models``, ``inference``, ``evaluation``, ``machine``, ``files`` and ``choices``; ``sweeps``,
-bench and train.py import it.
+Imports ``config``, ``data``, ``models``, ``inference``, ``evaluation``, ``machine``, ``files`` and ``choices``;
+``sweeps``, bench and train.py import it.
 """

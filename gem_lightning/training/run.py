@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gem_lightning.choices import plain_value
+from gem_lightning.config.composition import check_every_key_has_a_value
 from gem_lightning.data.datamodule import GemDataModule
 from gem_lightning.data.report import CONTACT_SHEET_NAME, REPORT_NAME
 from gem_lightning.errors import GemLightningError
@@ -87,12 +88,7 @@ def check_run_settings(cfg: DictConfig) -> dict | None:
     A key without a value, a GPU the machine lacks, the checkpoint to resume, the optimiser and scheduler
     settings, and the pretrained weights file.
     """
-    missing = [key for key in _keys_without_value(OmegaConf.to_container(cfg)) if not key.startswith("hydra.")]
-    if missing:  # e.g. a data config of the user's own that leaves out keys gemstones.yaml gives values
-        raise GemLightningError(
-            f"{', '.join(missing)}: no value given; set it on the command line or in your config "
-            "(conf/data/gemstones.yaml and conf/model/resnet18.yaml give every data and model key a value)"
-        )
+    check_every_key_has_a_value(cfg)
     resolve_devices(cfg.trainer)
     ckpt_path = cfg.get("ckpt_path")
     resumed = read_checkpoint(ckpt_path, setting="ckpt_path") if ckpt_path else None
@@ -100,17 +96,6 @@ def check_run_settings(cfg: DictConfig) -> dict | None:
     if cfg.model.get("pretrained"):
         pretrained_weights_file(plain_value(cfg.model.backbone), bool(cfg.model.get("allow_download")))
     return resumed
-
-
-def _keys_without_value(node: Any, prefix: str = "") -> list[str]:
-    """The dotted keys whose value is ``???`` (read unresolved: OmegaConf.missing_keys fails on an
-    interpolation that points at one)."""
-    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
-    found = []
-    for key, value in items:
-        dotted = f"{prefix}.{key}" if prefix else str(key)
-        found += [dotted] if isinstance(value, str) and value == "???" else _keys_without_value(value, dotted)
-    return found
 
 
 def _check_resumable(checkpoint: dict, ckpt_path: str, class_names: Sequence[str]) -> None:

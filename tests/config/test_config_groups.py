@@ -61,6 +61,11 @@ def test_the_yaml_is_the_one_place_data_and_model_settings_have_values(group, sc
     assert not OmegaConf.missing_keys(node) and set(node) - {"_target_"} == schema_keys
 
 
+def test_a_key_left_without_a_value_is_named_before_any_work(tmp_path):
+    with pytest.raises(GemLightningError, match=r"^data\.val_fraction, model\.dropout: no value given"):
+        compose_config(["data.val_fraction=???", "model.dropout=???"], tmp_path)
+
+
 @pytest.mark.parametrize("option", _options("augment"))
 def test_augment_policies_give_uint8_squares(option, tmp_path):
     cfg = compose_config([f"augment={option}", "data.image_size=40"], tmp_path)
