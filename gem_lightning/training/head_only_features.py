@@ -140,7 +140,7 @@ def feature_datasets(model: GemClassifier, data: GemDataModule) -> dict[str, Ten
 class HeadOnlyFeatures(pl.Callback):
     """For a head-only model, hands the data module every split as feature rows before the first loader is asked
     for: at fit start (the model on its device), or at setup for a test or validation of its own. A no-op for
-    other models; ``train()`` always adds it."""
+    other models; ``build_trainer`` adds it to every Trainer."""
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
