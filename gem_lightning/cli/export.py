@@ -17,7 +17,15 @@ from gem_lightning.inference.user_photos import find_images
 def run(cfg: DictConfig) -> int:
     files = find_images(cfg.input) if cfg.input else None
     checkpoint = cfg.ckpt if isinstance(cfg.ckpt, str) else list(cfg.ckpt)
-    checks = export_checkpoint(checkpoint, cfg.output_dir, tuple(cfg.formats), files, cfg.tolerance, cfg.tta)
+    checks = export_checkpoint(
+        checkpoint,
+        cfg.output_dir,
+        tuple(cfg.formats),
+        files,
+        cfg.tolerance,
+        cfg.tta,
+        set_coverage=cfg.prediction_sets.coverage,
+    )
     for check in checks:
         print(
             f"{check.file}: probabilities match PyTorch within {check.max_abs_difference:.2e} "

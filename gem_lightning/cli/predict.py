@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
@@ -19,16 +20,34 @@ from rich.table import Table
 from gem_lightning.cli.front_end import run_command
 from gem_lightning.errors import GemLightningError
 from gem_lightning.files.atomic_writes import write_text_atomically
-from gem_lightning.inference.predictor import ImagePrediction, Predictor, top_k
+from gem_lightning.inference.predictor import ImagePrediction, Predictor
 from gem_lightning.inference.user_photos import SkippedImage, find_images
+from gem_lightning.trust.answers import Answering, answering_for
 
 OUTPUT_FORMATS = (".json", ".csv")
 
 
+def _set_description(answering: Answering) -> dict | None:
+    fitted = answering.prediction_sets
+    if fitted is None:
+        return None
+    return {
+        "coverage": answering.coverage,
+        "score": fitted.score,
+        "threshold": fitted.threshold(answering.coverage),
+        "fitted_on": f"{len(fitted.calibration_scores)} {fitted.split} images",
+    }
+
+
 def predictions_document(
-    predictor: Predictor, predictions: list[ImagePrediction], skipped: list[SkippedImage], k: int
+    predictor: Predictor,
+    predictions: list[ImagePrediction],
+    skipped: list[SkippedImage],
+    k: int,
+    answering: Answering,
 ) -> dict:
     """The JSON written by ``output=*.json`` (tests/inference/test_predict.py holds its schema)."""
+    answers = answering.answers(torch.stack([item.probabilities for item in predictions]), k) if predictions else []
     return {
         "checkpoint": str(predictor.checkpoint),
         "checkpoints": [str(path) for path in predictor.checkpoints],
@@ -38,35 +57,48 @@ def predictions_document(
         "image_size": predictor.image_size,
         "background": predictor.describe_background(),
         "temperature": predictor.temperature,
+        # null: the checkpoint has no fitted sets (calibrate it with evaluate), or the answer averages models/views.
+        "prediction_sets": _set_description(answering),
+        "taxonomy": answering.taxonomy.name,
         "predictions": [
             {
                 "file": str(item.source),
                 "model_input": str(item.model_input),
-                "top_k": [
-                    {"class": name, "probability": probability}
-                    for name, probability in top_k(item.probabilities, predictor.class_names, k)
-                ],
+                "answer": answer.sentence(),
+                "top_k": [{"class": name, "probability": probability} for name, probability in answer.top],
+                "prediction_set": answer.prediction_set,
+                "family": None
+                if answer.family is None
+                else {
+                    "name": answer.family.family,
+                    "probability": answer.family.probability,
+                    "classes": [{"class": name, "probability": p} for name, p in answer.family.members],
+                },
             }
-            for item in predictions
+            for item, answer in zip(predictions, answers, strict=True)
         ],
         "skipped": [{"file": str(item.source), "reason": item.reason} for item in skipped],
     }
 
 
 def predictions_csv(document: dict, k: int) -> str:
-    """One row per photo: file, class_1, probability_1, ... class_k, probability_k, skipped (the reason)."""
+    """One row per photo: file, answer, class_1, probability_1, ... class_k, probability_k, prediction_set (its
+    classes joined by "; "), family, skipped (the reason)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     ranks = range(1, k + 1)
-    writer.writerow(["file", *(f"{kind}_{rank}" for rank in ranks for kind in ("class", "probability")), "skipped"])
+    header = ["file", "answer", *(f"{kind}_{rank}" for rank in ranks for kind in ("class", "probability"))]
+    writer.writerow([*header, "prediction_set", "family", "skipped"])
     for row in document["predictions"]:
         cells = []
         for entry in row["top_k"]:
             cells += [entry["class"], f"{entry['probability']:.6f}"]
         cells += [""] * (2 * k - len(cells))
-        writer.writerow([row["file"], *cells, ""])
+        members = "; ".join(row["prediction_set"]) if row["prediction_set"] is not None else ""
+        family = row["family"]["name"] if row["family"] else ""
+        writer.writerow([row["file"], row["answer"], *cells, members, family, ""])
     for row in document["skipped"]:
-        writer.writerow([row["file"], *([""] * (2 * k)), row["reason"]])
+        writer.writerow([row["file"], "", *([""] * (2 * k)), "", "", row["reason"]])
     return buffer.getvalue()
 
 
@@ -76,10 +108,11 @@ def _print_table(document: dict) -> None:
     table.add_column("top class")
     table.add_column("probability", justify="right")
     table.add_column("next")
+    table.add_column("answer")
     for row in document["predictions"]:
         first, *rest = row["top_k"]
         others = ", ".join(f"{entry['class']} {entry['probability']:.3f}" for entry in rest)
-        table.add_row(row["file"], first["class"], f"{first['probability']:.3f}", others)
+        table.add_row(row["file"], first["class"], f"{first['probability']:.3f}", others, row["answer"])
     Console().print(table)
     for row in document["skipped"]:
         print(f"skipped {row['file']}: {row['reason']}")
@@ -93,9 +126,10 @@ def run(cfg: DictConfig) -> int:
         raise GemLightningError(f"top_k={cfg.top_k} must be at least 1")
     files = find_images(cfg.input)  # before loading the model: a typo in input= fails at once
     predictor = Predictor.from_command_config(cfg)
+    answering = answering_for(predictor, cfg)
     k = min(cfg.top_k, len(predictor.class_names))
     predictions, skipped = predictor.predict_files(files)
-    document = predictions_document(predictor, predictions, skipped, k)
+    document = predictions_document(predictor, predictions, skipped, k, answering)
     _print_table(document)
     if output is not None:
         text = json.dumps(document, indent=1) if output.suffix.lower() == ".json" else predictions_csv(document, k)

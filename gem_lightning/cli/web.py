@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 from gem_lightning.cli.front_end import run_command
 from gem_lightning.errors import GemLightningError
 from gem_lightning.inference.predictor import Predictor
+from gem_lightning.trust.answers import answering_for
 from gem_lightning.web.page import build_page
 
 
@@ -30,7 +31,7 @@ def _check_port_free(host: str, port: int) -> None:
 def run(cfg: DictConfig) -> int:
     _check_port_free(cfg.host, cfg.port)  # before the model loads
     predictor = Predictor.from_command_config(cfg, progress=False)
-    page = build_page(predictor)
+    page = build_page(predictor, answering_for(predictor, cfg))
     # Larger uploads are refused by Gradio before they are stored.
     page.launch(server_name=cfg.host, server_port=cfg.port, share=cfg.share, max_file_size=f"{cfg.max_upload_mb}mb")
     return 0

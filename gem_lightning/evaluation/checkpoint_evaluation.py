@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,9 @@ from gem_lightning.evaluation.report import write_evaluation_report
 from gem_lightning.inference.logits import collect_logits
 from gem_lightning.inference.predictor import Predictor
 from gem_lightning.models.classifier import GemClassifier
+from gem_lightning.trust.answers import Answering
+from gem_lightning.trust.families import Taxonomy
+from gem_lightning.trust.prediction_sets import fit_prediction_sets
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +69,24 @@ def datamodule_of(model: GemClassifier, checkpoint: Path) -> GemDataModule:
 
 
 def calibrate_checkpoint(
-    model: GemClassifier, checkpoint: Path, datamodule: GemDataModule, options: dict
+    model: GemClassifier, checkpoint: Path, datamodule: GemDataModule, options: dict, set_settings: Mapping
 ) -> CalibrationResult:
     """Fit ``model``'s temperature on its run's validation split (one view: a property of the checkpoint, which
-    test-time views and ensembles then average), store it in the checkpoint and in the model."""
+    test-time views and ensembles then average), then the prediction sets on the calibrated probabilities
+    (``set_settings``: the ``prediction_sets`` config node); store both in the checkpoint and in the model."""
     validation = collect_logits(model, datamodule.datasets["val"], description="validation logits", **options)
     calibration = calibrate(validation.outputs, validation.targets, split="val")
-    store_calibration(checkpoint, calibration)
+    prediction_sets = fit_prediction_sets(
+        (validation.outputs / calibration.temperature).softmax(-1),
+        validation.targets,
+        score=set_settings["score"],
+        penalty=set_settings["penalty"],
+        free_ranks=set_settings["free_ranks"],
+        split="val",
+    )
+    store_calibration(checkpoint, calibration, prediction_sets)
     model.temperature.fill_(calibration.temperature)
+    model.prediction_sets = prediction_sets.as_dict()
     log.info(
         "temperature %.3f fitted on %d validation images (NLL %.4f -> %.4f, ECE %.4f -> %.4f), stored in %s",
         calibration.temperature,
@@ -118,10 +132,14 @@ def evaluate_checkpoint(
     datamodule: GemDataModule | None = None,
     shift: str | None = None,
     shift_mask_model: str = "u2netp",
+    *,
+    set_settings: Mapping,
+    taxonomy: Taxonomy,
 ) -> EvaluationRun:
     """Calibrate (optionally), evaluate and write the report; ``datamodule`` reuses a live one (train.py).
 
     ``shift`` evaluates shifted copies of the split's photos instead (gem_lightning.data.shifted_photos).
+    ``set_settings`` (the ``prediction_sets`` node) and ``taxonomy`` say how answers are worded and measured.
     """
     checked_choice(split, SPLITS, "split", hint=" (or input=<labelled folder>)")
     if shift is not None and input_folder is not None:
@@ -145,7 +163,9 @@ def evaluate_checkpoint(
         # Every member on its own run's validation split; the first one's data module is at hand.
         members = zip(predictor.models, predictor.checkpoints, strict=True)
         fitted = [
-            calibrate_checkpoint(member, path, datamodule if index == 0 else datamodule_of(member, path), options)
+            calibrate_checkpoint(
+                member, path, datamodule if index == 0 else datamodule_of(member, path), options, set_settings
+            )
             for index, (member, path) in enumerate(members)
         ]
         calibration = fitted[0]
@@ -168,7 +188,8 @@ def evaluate_checkpoint(
         if shift is not None:
             name, data = f"{split}-shift-{shift}", f"the {split} split of {datamodule.root}, shift={shift}"
     result, temperature = predictor.logits(predictor.member_datasets(dataset), description=f"evaluating {name}")
-    evaluation = evaluate_logits(result, predictor.class_names, temperature)
+    answering = Answering(predictor.class_names, taxonomy, predictor.prediction_sets, set_settings["coverage"])
+    evaluation = evaluate_logits(result, predictor.class_names, temperature, answering)
     name += predictor.folder_suffix
     folder = Path(output_dir) if output_dir else run_dir_of(checkpoint) / "evaluation" / name
     context = {

@@ -23,7 +23,9 @@ from gem_lightning.evaluation.calibration import (
     negative_log_likelihood,
     reliability_bins,
 )
+from gem_lightning.evaluation.trust_metrics import TrustEvaluation, trust_evaluation
 from gem_lightning.inference.loop import DatasetOutputs
+from gem_lightning.trust.answers import Answering
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class Evaluation:
     confidence: torch.Tensor  # (N,) calibrated top-1 probability
     reliability_before: list[ReliabilityBin]
     reliability_after: list[ReliabilityBin]
+    trust: TrustEvaluation | None  # prediction sets and families (None: evaluated without answering rules)
 
 
 def _accuracy(probabilities: torch.Tensor, targets: torch.Tensor, k: int) -> float:
@@ -80,7 +83,10 @@ def most_confused_pairs(confusion: torch.Tensor, class_names: list[str], limit: 
     return pairs[:limit]
 
 
-def evaluate_logits(result: DatasetOutputs, class_names: list[str], temperature: float) -> Evaluation:
+def evaluate_logits(
+    result: DatasetOutputs, class_names: list[str], temperature: float, answering: Answering | None = None
+) -> Evaluation:
+    """Every figure from one pass of raw logits; ``answering`` adds prediction sets and gem families."""
     logits, targets = result.outputs, result.targets
     num_classes = len(class_names)
     raw = logits.softmax(-1)
@@ -114,6 +120,12 @@ def evaluate_logits(result: DatasetOutputs, class_names: list[str], temperature:
     wrong = (predicted != targets).nonzero().flatten()
     # The model's most confident mistakes first: those are the ones worth looking at.
     misclassified = sorted(wrong.tolist(), key=lambda i: -float(confidence[i]))
+    trust = trust_evaluation(calibrated, targets, list(class_names), answering) if answering else None
+    if trust is not None:
+        summary["family_top1"] = trust.family_top1
+        for row in trust.sets:
+            summary[f"set_coverage_{round(100 * row.target)}"] = row.coverage
+            summary[f"set_size_{round(100 * row.target)}"] = row.mean_size
     return Evaluation(
         class_names=list(class_names),
         temperature=temperature,
@@ -127,4 +139,5 @@ def evaluate_logits(result: DatasetOutputs, class_names: list[str], temperature:
         confidence=confidence,
         reliability_before=reliability_bins(raw, targets),
         reliability_after=reliability_bins(calibrated, targets),
+        trust=trust,
     )

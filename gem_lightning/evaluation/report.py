@@ -20,6 +20,13 @@ from matplotlib.figure import Figure
 from gem_lightning.data.image_dataset import evaluation_dataset
 from gem_lightning.evaluation.calibration import CalibrationResult, ReliabilityBin
 from gem_lightning.evaluation.metrics import Evaluation
+from gem_lightning.evaluation.trust_report import (
+    CSV_TRUST_COLUMNS,
+    class_trust_cells,
+    csv_trust_cells,
+    trust_document,
+    trust_lines,
+)
 from gem_lightning.files.atomic_writes import write_bytes_atomically, write_text_atomically
 
 REPORT_FILE = "report.md"
@@ -177,10 +184,17 @@ def _markdown(evaluation: Evaluation, context: dict, calibration: CalibrationRes
             )
     else:
         lines.append("No image was confused with another class.")
-    lines += ["", f"![confusion matrix]({CONFUSION_FILE})", "", "## Per class (weakest F1 first)", ""]
-    lines += ["| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+    lines += ["", f"![confusion matrix]({CONFUSION_FILE})", ""]
+    if evaluation.trust is not None:
+        lines += trust_lines(evaluation.trust, s["top1"])
+    names, cells = class_trust_cells(evaluation.trust)
+    lines += ["## Per class (weakest F1 first)", ""]
+    lines += [" | ".join(["| class | precision | recall | F1 | support", *names]) + " |"]
+    lines += ["|---|---|---|---|---" + "|---" * len(names) + "|"]
     for row in sorted(evaluation.classes, key=lambda r: (r.f1, r.name)):
-        lines.append(f"| {row.name} | {row.precision:.3f} | {row.recall:.3f} | {row.f1:.3f} | {row.support} |")
+        extra = cells[evaluation.class_names.index(row.name)] if cells else []
+        line = f"| {row.name} | {row.precision:.3f} | {row.recall:.3f} | {row.f1:.3f} | {row.support}"
+        lines.append(" | ".join([line, *extra]) + " |")
     lines += ["", f"## Misclassified images ({len(evaluation.misclassified)})", ""]
     if drew_gallery:
         lines.append(f"![misclassified images]({GALLERY_FILE})")
@@ -219,6 +233,7 @@ def write_evaluation_report(
         "summary": evaluation.summary,
         "calibration": calibration.as_dict() if calibration else None,
         "classes": [asdict(row) for row in evaluation.classes],
+        "trust": trust_document(evaluation.trust),
         "confused_pairs": [{**asdict(pair), "total": pair.total} for pair in evaluation.confused_pairs],
         "misclassified": [
             {
@@ -234,9 +249,11 @@ def write_evaluation_report(
     write_text_atomically(folder / "evaluation.json", json.dumps(document, indent=1))
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["class", "precision", "recall", "f1", "support"])
-    for row in evaluation.classes:
-        writer.writerow([row.name, f"{row.precision:.4f}", f"{row.recall:.4f}", f"{row.f1:.4f}", row.support])
+    writer.writerow(["class", "precision", "recall", "f1", "support", *CSV_TRUST_COLUMNS])
+    trust_rows = csv_trust_cells(evaluation.trust, len(evaluation.classes))
+    for row, extra in zip(evaluation.classes, trust_rows, strict=True):
+        metrics = [f"{row.precision:.4f}", f"{row.recall:.4f}", f"{row.f1:.4f}"]
+        writer.writerow([row.name, *metrics, row.support, *extra])
     write_text_atomically(folder / "per_class.csv", buffer.getvalue())
     report = folder / REPORT_FILE
     write_text_atomically(report, _markdown(evaluation, context, calibration, drew_gallery))

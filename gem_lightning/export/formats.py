@@ -33,6 +33,7 @@ from gem_lightning.inference.logits import TTA_VIEWS
 from gem_lightning.inference.predictor import Predictor
 from gem_lightning.inference.user_photos import usable_images
 from gem_lightning.models.classifier import GemClassifier
+from gem_lightning.trust.prediction_sets import REPORTED_COVERAGES, PredictionSets
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,26 @@ class ExportableEnsemble(nn.Module):
         return probabilities.clamp_min(torch.finfo(probabilities.dtype).tiny).log(), probabilities
 
 
-def metadata(predictor: Predictor) -> dict:
+def _prediction_sets(predictor: Predictor, coverage: float) -> dict | None:
+    """What a runtime needs to form the prediction sets from the probabilities output (null for an ensemble
+    or views, which the sets were not fitted on)."""
+    if predictor.prediction_sets is None:
+        return None
+    fitted = PredictionSets(**predictor.prediction_sets)
+    return {
+        "score": fitted.score,
+        "penalty": fitted.penalty,
+        "free_ranks": fitted.free_ranks,
+        "coverage": coverage,
+        "threshold": fitted.threshold(coverage),
+        "thresholds": {str(target): fitted.threshold(target) for target in REPORTED_COVERAGES},
+        "rule": "a class is in the set when its score is at most the threshold (lac: 1 - probability; aps: the "
+        "summed probability of the classes at least as probable; raps: aps + penalty per rank past free_ranks); "
+        "the most probable class always is",
+    }
+
+
+def metadata(predictor: Predictor, set_coverage: float) -> dict:
     model = predictor.model
     size = int(model.hparams.image_size)
     return {
@@ -91,6 +111,7 @@ def metadata(predictor: Predictor) -> dict:
         "logits": "log of the averaged calibrated probabilities" if predictor.averaging else "the model's logits",
         "preprocessing": f"upright RGB, shorter side resized to {size} (antialiased), centre crop {size}x{size}",
         "background": (model.run_config or {}).get("background"),
+        "prediction_sets": _prediction_sets(predictor, set_coverage),
     }
 
 
@@ -193,6 +214,8 @@ def export_checkpoint(
     check_files: list[Path] | None = None,
     tolerance: float = 1e-4,
     tta: str = "none",
+    *,
+    set_coverage: float,
 ) -> list[ParityCheck]:
     """Export ``checkpoint`` (or an ensemble, a list) with test-time views ``tta`` in ``formats`` and check each
     file; raises if one differs beyond ``tolerance``."""
@@ -204,7 +227,7 @@ def export_checkpoint(
     default_dir = run_dir_of(predictor.checkpoint) / f"export{predictor.folder_suffix}"
     output_dir = Path(output_dir) if output_dir else default_dir
     output_dir.mkdir(parents=True, exist_ok=True)
-    info = metadata(predictor)
+    info = metadata(predictor, set_coverage)
     images = check_images(predictor, check_files)
     # Batch 2 for tracing: batch 1 would let the exporter treat the batch size as a constant.
     example = images[:2] if len(images) >= 2 else images.repeat(2, 1, 1, 1)

@@ -148,6 +148,12 @@ class Predictor:
         before averaging."""
         return float(self.model.temperature) if self.calibrated and not self.averaging else 1.0
 
+    @property
+    def prediction_sets(self) -> dict | None:
+        """The conformal fit stored in the checkpoint (gem_lightning.trust.prediction_sets), when it applies:
+        to one checkpoint's own calibrated probabilities, not to an average of models or views."""
+        return self.model.prediction_sets if self.calibrated and not self.averaging else None
+
     def describe_model(self) -> str:
         """``best.ckpt``, or ``an ensemble of 3 checkpoints, tta=dihedral (8 views)``."""
         if not self.averaging:
@@ -260,9 +266,3 @@ class Predictor:
         results = [DatasetOutputs(out if self.tta != "none" else out[:, 0], no_labels, no_labels) for out in per_model]
         combined, temperature = self._combined(results)
         return (combined.outputs / temperature).softmax(-1)
-
-
-def top_k(probabilities: torch.Tensor, class_names: list[str], k: int) -> list[tuple[str, float]]:
-    """The ``k`` most probable (class, probability) pairs of one image, most probable first."""
-    values, indices = probabilities.topk(min(k, len(class_names)))
-    return [(class_names[int(i)], float(v)) for v, i in zip(values, indices, strict=True)]

@@ -97,6 +97,7 @@ class GemClassifier(pl.LightningModule):
         # saved in the state dict, so every copy of the checkpoint predicts with it. 1.0 = uncalibrated.
         self.register_buffer("temperature", torch.ones(()))
         self.calibration: dict | None = None  # how the temperature was fitted (NLL and ECE before/after)
+        self.prediction_sets: dict | None = None  # conformal scores fitted after it (gem_lightning.trust)
         self.optimizer_factory = optimizer
         # scheduler=none composes an empty node: no schedule.
         self.scheduler_factory = scheduler or None
@@ -273,6 +274,7 @@ class GemClassifier(pl.LightningModule):
             "config": self.run_config,
             "temperature": float(self.temperature),
             "calibration": self.calibration,
+            "prediction_sets": self.prediction_sets,
         }
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -282,6 +284,7 @@ class GemClassifier(pl.LightningModule):
         description = checkpoint_format.upgrade_checkpoint(checkpoint).get(CHECKPOINT_KEY, {})
         self.run_config = description.get("config")
         self.calibration = description.get("calibration")
+        self.prediction_sets = description.get("prediction_sets")
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> GemClassifier:

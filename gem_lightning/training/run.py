@@ -231,7 +231,13 @@ def _calibrate_and_report(
 ) -> tuple[dict[str, float], Path]:
     """Calibrate the best checkpoint on the validation split (stored in it) and write the test report."""
     predictor = Predictor(best_checkpoint, cache_dir=cfg.paths.cache_dir, batch_size=cfg.data.batch_size)
-    evaluation = evaluate_checkpoint(predictor, output_dir=output_dir / "evaluation" / "test", datamodule=datamodule)
+    evaluation = evaluate_checkpoint(
+        predictor,
+        output_dir=output_dir / "evaluation" / "test",
+        datamodule=datamodule,
+        set_settings=cfg.prediction_sets,
+        taxonomy=hydra.utils.instantiate(cfg.taxonomy),
+    )
     # On the test split, held out from the fit: test/loss is the NLL before, these are the rest.
     summary = evaluation.evaluation.summary
     calibration_metrics = {

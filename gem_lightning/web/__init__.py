@@ -1,4 +1,4 @@
 """The Gradio page that identifies an uploaded photo through the predictor.
 
-Imports ``inference``.
+Imports ``inference`` and ``trust``.
 """

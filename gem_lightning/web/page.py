@@ -14,7 +14,8 @@ import os
 from pathlib import Path
 
 from gem_lightning.errors import GemLightningError
-from gem_lightning.inference.predictor import Predictor, top_k
+from gem_lightning.inference.predictor import Predictor
+from gem_lightning.trust.answers import Answering
 
 TOP_K = 5
 
@@ -29,8 +30,8 @@ def _import_gradio():
     return gradio
 
 
-def build_page(predictor: Predictor):
-    """The Gradio Blocks app for ``predictor``."""
+def build_page(predictor: Predictor, answering: Answering):
+    """The Gradio Blocks app for ``predictor``; ``answering`` words the answer (set, family) above the bars."""
     gr = _import_gradio()
 
     def identify(photo: dict | str | None):
@@ -39,13 +40,13 @@ def build_page(predictor: Predictor):
         # predictor's check says which of them it is.
         path = photo.get("path") if isinstance(photo, dict) else photo
         if not path:
-            return None, None
+            return None, None, ""
         predictions, skipped = predictor.predict_files([Path(path)])
         if skipped:
             raise gr.Error(f"cannot use this file: {skipped[0].reason}")
         (prediction,) = predictions
-        ranked = top_k(prediction.probabilities, predictor.class_names, TOP_K)
-        return predictor.model_view(prediction.model_input), dict(ranked)
+        (answer,) = answering.answers(prediction.probabilities[None], TOP_K)
+        return predictor.model_view(prediction.model_input), dict(answer.top), f"**{answer.sentence()}**"
 
     classes = len(predictor.class_names)
     with gr.Blocks(title="gem-lightning: identify a gemstone") as page:
@@ -60,6 +61,8 @@ def build_page(predictor: Predictor):
             cut_out = gr.Image(
                 label=f"what the model sees ({steps})", format="png", interactive=False, elem_id="cut-out"
             )
+        # "Ruby or Spinel, 90 % sure": the prediction set, and the family when the class is unsure.
+        answer = gr.Markdown(elem_id="answer")
         ranking = gr.Label(num_top_classes=TOP_K, label=f"top {TOP_K} (calibrated confidence)", elem_id="top-classes")
-        photo.change(identify, inputs=photo, outputs=[cut_out, ranking], preprocess=False)
+        photo.change(identify, inputs=photo, outputs=[cut_out, ranking, answer], preprocess=False)
     return page

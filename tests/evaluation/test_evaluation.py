@@ -115,6 +115,10 @@ def test_training_run_calibrates_its_checkpoint_and_writes_the_report(trained_de
     # The temperature is in the weights, so every loader of the checkpoint predicts with it.
     assert float(checkpoint["state_dict"]["temperature"]) == pytest.approx(calibration["temperature"])
     assert float(GemClassifier.from_checkpoint(run.checkpoint).temperature) == pytest.approx(calibration["temperature"])
+    # The prediction sets were fitted on the same validation images, after the temperature, and stored beside it.
+    sets = checkpoint["gem_lightning"]["prediction_sets"]
+    assert sets["split"] == "val" and len(sets["calibration_scores"]) == calibration["images"]
+    assert sets["score"] == "lac" and sets["calibration_scores"] == sorted(sets["calibration_scores"])
 
     folder = run.run_dir / "evaluation" / "test"
     for name in ("report.md", "confusion_matrix.png", "reliability_diagram.png", "evaluation.json", "per_class.csv"):
@@ -135,6 +139,14 @@ def test_training_run_calibrates_its_checkpoint_and_writes_the_report(trained_de
     report = (folder / "report.md").read_text()
     assert "![confusion matrix](confusion_matrix.png)" in report and "## Most-confused class pairs" in report
     assert f"| {calibration['nll_before']:.4f} | {calibration['nll_after']:.4f} |" in report
+    # Sets at 80, 90 and 95 % and the families (the demo has three corundum classes).
+    assert "## Prediction sets" in report and "| 90.0 % |" in report and "## Gem families" in report
+    assert summary["set_size_80"] <= summary["set_size_90"] <= summary["set_size_95"]
+    assert summary["family_top1"] >= summary["top1"]
+    assert "| corundum | 3 |" in report  # Ruby, Sapphire Pink, Sapphire Blue
+    family_of = {row["class"]: row["family"] for row in rows}
+    assert family_of["Ruby"] == family_of["Sapphire Pink"] == "corundum" and family_of["Diamond"] == "diamond"
+    assert all(0 <= float(row["set_coverage"]) <= 1 for row in rows if int(row["support"]))
     assert run.metrics["calibration/temperature"] == pytest.approx(calibration["temperature"])
     assert run.metrics["test/ece_calibrated"] == pytest.approx(summary["ece_after"])
     assert run.metrics["test/nll_calibrated"] == pytest.approx(summary["nll_after"])

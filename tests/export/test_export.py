@@ -12,6 +12,7 @@ from gem_lightning.cli import export as export_command
 from gem_lightning.errors import GemLightningError
 from gem_lightning.export.formats import check_images, export_checkpoint, onnx_probabilities, torchscript_probabilities
 from gem_lightning.inference.predictor import Predictor
+from gem_lightning.trust.prediction_sets import PredictionSets
 
 
 def test_exports_match_pytorch_on_real_images_at_any_batch_size(trained_demo_run, tmp_path, capsys):
@@ -42,6 +43,14 @@ def test_exports_match_pytorch_on_real_images_at_any_batch_size(trained_demo_run
     info = json.loads({p.key: p.value for p in proto.metadata_props}["gem_lightning.json"])
     assert info["class_names"] == list(run.class_names)
     assert info["temperature"] == pytest.approx(float(model.temperature))
+    # The prediction sets' threshold at the default coverage, which the probabilities output is compared with.
+    fitted = PredictionSets(**model.prediction_sets)
+    assert info["prediction_sets"]["coverage"] == 0.9 and info["prediction_sets"]["score"] == "lac"
+    assert info["prediction_sets"]["threshold"] == fitted.threshold(0.9)
+    # The rule as model.json states it: lac's score within the threshold, and the most probable class.
+    stated = (1 - expected.double()) <= info["prediction_sets"]["threshold"]
+    stated[torch.arange(len(expected)), expected.argmax(dim=1)] = True
+    assert fitted.sets(expected, 0.9).equal(stated)
     extra = {"gem_lightning.json": ""}
     torch.jit.load(str(out / "model.torchscript.pt"), _extra_files=extra)
     assert json.loads(extra["gem_lightning.json"]) == info == json.loads((out / "model.json").read_text())
@@ -49,7 +58,7 @@ def test_exports_match_pytorch_on_real_images_at_any_batch_size(trained_demo_run
 
 def test_an_unknown_format_is_refused(trained_demo_run, tmp_path):
     with pytest.raises(GemLightningError, match="choose from onnx, torchscript"):
-        export_checkpoint(trained_demo_run.checkpoint, tmp_path, formats=("tflite",))
+        export_checkpoint(trained_demo_run.checkpoint, tmp_path, formats=("tflite",), set_coverage=0.9)
 
 
 def _other_member(checkpoint, path, **hyper_parameters):
@@ -80,12 +89,13 @@ def test_an_ensemble_with_test_time_views_exports_as_the_predictor_predicts(trai
     info = json.loads((out / "model.json").read_text())
     assert info["tta"] == "dihedral" and [m["checkpoint"] for m in info["members"]] == ["best.ckpt", "other.ckpt"]
     assert info["temperature"] == 1.0
+    assert info["prediction_sets"] is None  # fitted per checkpoint, not on an average
 
 
 def test_members_of_two_image_sizes_are_one_error(trained_demo_run, tmp_path):
     other = _other_member(trained_demo_run.checkpoint, tmp_path / "larger.ckpt", image_size=48)
     with pytest.raises(GemLightningError, match="the members take 32 and 48 px images; one exported file takes one"):
-        export_checkpoint([trained_demo_run.checkpoint, other], tmp_path / "out")
+        export_checkpoint([trained_demo_run.checkpoint, other], tmp_path / "out", set_coverage=0.9)
 
 
 def _batch(run, count: int) -> torch.Tensor:

@@ -26,19 +26,37 @@ from tests.helpers.workplace import GEMSTONES_DIR, needs_shared
 # What output=*.json promises its readers.
 PREDICTIONS_SCHEMA = {
     "type": "object",
-    "required": ["checkpoint", "class_count", "image_size", "background", "temperature", "predictions", "skipped"],
+    "required": [
+        "checkpoint",
+        "class_count",
+        "image_size",
+        "background",
+        "temperature",
+        "prediction_sets",
+        "taxonomy",
+        "predictions",
+        "skipped",
+    ],  # fmt: skip
     "properties": {
         "class_count": {"type": "integer", "minimum": 1},
         "image_size": {"type": "integer", "minimum": 16},
         "temperature": {"type": "number", "exclusiveMinimum": 0},
+        "prediction_sets": {
+            "type": ["object", "null"],
+            "required": ["coverage", "score", "threshold", "fitted_on"],
+            "properties": {"coverage": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}},
+        },
         "predictions": {
             "type": "array",
             "items": {
                 "type": "object",
-                "required": ["file", "model_input", "top_k"],
+                "required": ["file", "model_input", "answer", "top_k", "prediction_set", "family"],
                 "properties": {
                     "file": {"type": "string"},
                     "model_input": {"type": "string"},
+                    "answer": {"type": "string", "minLength": 1},
+                    "prediction_set": {"type": ["array", "null"], "minItems": 1, "items": {"type": "string"}},
+                    "family": {"type": ["object", "null"], "required": ["name", "probability", "classes"]},
                     "top_k": {
                         "type": "array",
                         "minItems": 1,
@@ -98,7 +116,12 @@ def test_predict_command_writes_json_with_full_distributions_and_skips_bad_files
         assert sorted(names) == sorted(run.class_names)  # every class once
         assert sum(probabilities) == pytest.approx(1.0, abs=1e-5)
         assert probabilities == sorted(probabilities, reverse=True)
-    # The run calibrated its best checkpoint; predictions use that temperature.
+        # The set holds the top class and is ranked like the probabilities; the answer names it.
+        assert row["prediction_set"] == names[: len(row["prediction_set"])]
+        assert row["answer"].endswith(f"{document['prediction_sets']['coverage']:.0%} sure")
+        assert " or ".join(row["prediction_set"]) in row["answer"] or "one of" in row["answer"]
+    # The run calibrated its best checkpoint and fitted its prediction sets; predictions use both.
+    assert document["prediction_sets"]["score"] == "lac" and document["prediction_sets"]["coverage"] == 0.9
     stored = torch.load(run.checkpoint, weights_only=True)["gem_lightning"]["temperature"]
     assert document["temperature"] == pytest.approx(stored)
     printed = capsys.readouterr().out
@@ -116,16 +139,20 @@ def test_predict_command_writes_csv(trained_demo_run, tmp_path):
     assert len(rows) == 2
     assert list(rows[0]) == [
         "file",
+        "answer",
         "class_1",
         "probability_1",
         "class_2",
         "probability_2",
         "class_3",
         "probability_3",
+        "prediction_set",
+        "family",
         "skipped",
     ]
     for row in rows:
         assert row["class_1"] in run.class_names
+        assert row["prediction_set"].split("; ")[0] == row["class_1"] and row["answer"]
         assert float(row["probability_1"]) >= float(row["probability_2"]) >= float(row["probability_3"])
 
 

@@ -110,6 +110,10 @@ def test_upload_a_gem_photo_and_see_the_cut_out_and_top_5(request, tmp_path):
         assert percents == sorted(percents, reverse=True)
         headline = browser.find_element(By.CSS_SELECTOR, "#top-classes .output-class").text
         assert headline == names[0]
+        # The answer in words: the prediction set (the top class first) and its coverage.
+        wait.until(lambda b: "sure" in b.find_element(By.CSS_SELECTOR, "#answer").text)
+        answer = browser.find_element(By.CSS_SELECTOR, "#answer").text
+        assert names[0] in answer and answer.endswith("90% sure"), answer
         # The stone as the model sees it, served by the page.
         wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#cut-out img"))
         source = browser.find_element(By.CSS_SELECTOR, "#cut-out img").get_attribute("src")

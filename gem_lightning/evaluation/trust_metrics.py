@@ -1,0 +1,93 @@
+"""How far a model's answers can be trusted on a labelled split: prediction-set coverage and size, and
+accuracy per gem family, from the same calibrated probabilities as every other figure of the evaluation."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from gem_lightning.trust.answers import Answering
+from gem_lightning.trust.prediction_sets import REPORTED_COVERAGES, set_quality
+
+
+@dataclass(frozen=True)
+class SetRow:
+    target: float  # the coverage asked for
+    coverage: float  # the share of images whose set held the true class
+    mean_size: float
+    single: float  # the share of images answered with one class
+
+
+@dataclass(frozen=True)
+class FamilyRow:
+    family: str
+    classes: int
+    images: int
+    top1: float  # class accuracy of its images
+    family_top1: float  # the most probable family is theirs
+
+
+@dataclass(frozen=True)
+class TrustEvaluation:
+    sets: list[SetRow]  # one per REPORTED_COVERAGES (and the answers' coverage); empty without fitted sets
+    set_score: str | None  # the fitted non-conformity score, None without fitted sets
+    coverage: float  # the answers' coverage, which the per-class columns use
+    class_families: list[str]  # per class, in class order
+    class_coverage: list[float]  # per class, in class order (nan for a class without images)
+    class_set_size: list[float]
+    family_top1: float
+    families: list[FamilyRow]  # the families of two or more classes, weakest first
+    family_answers: int  # images answered with a family (unsure of the class)
+    family_answers_right: int  # of those, the family was right
+    family_answers_class_right: int  # of those, the top class was right
+
+
+def trust_evaluation(
+    probabilities: torch.Tensor, targets: torch.Tensor, class_names: list[str], answering: Answering
+) -> TrustEvaluation:
+    """``probabilities`` (N, C) calibrated; ``targets`` (N,) class indices."""
+    sets, class_coverage, class_size = [], [math.nan] * len(class_names), [math.nan] * len(class_names)
+    fitted = answering.prediction_sets
+    if fitted is not None:
+        for target in sorted({*REPORTED_COVERAGES, answering.coverage}):
+            quality = set_quality(fitted.sets(probabilities, target), targets)
+            sets.append(SetRow(target, quality.coverage, quality.mean_size, quality.single))
+        chosen = fitted.sets(probabilities, answering.coverage)
+        for index in range(len(class_names)):
+            members = targets == index
+            if members.any():
+                quality = set_quality(chosen[members], targets[members])
+                class_coverage[index], class_size[index] = quality.coverage, quality.mean_size
+    names, family_index = answering.taxonomy.families(class_names)
+    true_family = family_index[targets]
+    predicted_family = answering.taxonomy.family_probabilities(probabilities, class_names).argmax(dim=1)
+    predicted = probabilities.argmax(dim=1)
+    families = []
+    for number, name in enumerate(names):
+        members = true_family == number
+        size = int((family_index == number).sum())
+        if size > 1 and members.any():
+            top1 = float((predicted[members] == targets[members]).double().mean())
+            right = float((predicted_family[members] == number).double().mean())
+            families.append(FamilyRow(name, size, int(members.sum()), top1, right))
+    families.sort(key=lambda row: (row.family_top1, row.family))
+    answered = [
+        (index, answer.family.family)
+        for index, answer in enumerate(answering.answers(probabilities, 1))
+        if answer.family is not None
+    ]
+    return TrustEvaluation(
+        sets=sets,
+        set_score=fitted.score if fitted is not None else None,
+        coverage=answering.coverage,
+        class_families=[answering.taxonomy.family_of(name) for name in class_names],
+        class_coverage=class_coverage,
+        class_set_size=class_size,
+        family_top1=float((predicted_family == true_family).double().mean()),
+        families=families,
+        family_answers=len(answered),
+        family_answers_right=sum(names[int(true_family[i])] == family for i, family in answered),
+        family_answers_class_right=sum(int(predicted[i] == targets[i]) for i, _ in answered),
+    )

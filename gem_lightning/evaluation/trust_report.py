@@ -1,0 +1,103 @@
+"""The evaluation report's parts on trust: prediction-set coverage and size, gem families, and their
+per-class columns in ``report.md``, ``per_class.csv`` and ``evaluation.json``."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+
+from gem_lightning.evaluation.trust_metrics import TrustEvaluation
+
+CSV_TRUST_COLUMNS = ("family", "set_coverage", "set_size")
+
+
+def _percent(value: float) -> str:
+    return f"{100 * value:.1f} %"
+
+
+def _share(value: float) -> str:
+    return "-" if math.isnan(value) else _percent(value)
+
+
+def _size(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.2f}"
+
+
+def trust_lines(trust: TrustEvaluation, top1: float) -> list[str]:
+    """The report's sections on prediction sets and gem families."""
+    lines = ["## Prediction sets", ""]
+    if not trust.sets:
+        lines += [
+            "Not measured: the checkpoint holds no fitted sets (evaluate it with calibrate=true), or this answer "
+            "averages several models or views, which the sets were not fitted on.",
+            "",
+        ]
+    else:
+        lines += [
+            f"Split-conformal sets (score `{trust.set_score}`, fitted on the validation split after the temperature): "
+            "each image's set should hold its true class at least as often as asked, on images like the "
+            "validation ones. Photos unlike them (another source, another background) can fall short; the "
+            "coverage measured here says by how much.",
+            "",
+            "| coverage asked | coverage measured | mean set size | one class |",
+            "|---|---|---|---|",
+        ]
+        for row in trust.sets:
+            lines.append(
+                f"| {_percent(row.target)} | {_percent(row.coverage)} | {row.mean_size:.2f} | {_percent(row.single)} |"
+            )
+        lines.append("")
+    lines += [
+        "## Gem families",
+        "",
+        f"Family top-1 (the most probable family, its classes' probabilities summed, is the true one): "
+        f"{_percent(trust.family_top1)}, against class top-1 {_percent(top1)}. Answers unsure of the class "
+        f"but sure of the family: {trust.family_answers}; the family was right in {trust.family_answers_right} "
+        f"of them, the top class in {trust.family_answers_class_right}.",
+        "",
+    ]
+    if trust.families:
+        lines += ["| family | classes | images | class top-1 | family top-1 |", "|---|---|---|---|---|"]
+        for row in trust.families:
+            lines.append(
+                f"| {row.family} | {row.classes} | {row.images} | {_percent(row.top1)} | {_percent(row.family_top1)} |"
+            )
+        lines.append("")
+    return lines
+
+
+def trust_document(trust: TrustEvaluation | None) -> dict | None:
+    if trust is None:
+        return None
+    document = asdict(trust)
+    # JSON has no NaN: a class without images has no coverage.
+    for key in ("class_coverage", "class_set_size"):
+        document[key] = [None if math.isnan(value) else value for value in document[key]]
+    return document
+
+
+def class_trust_cells(trust: TrustEvaluation | None) -> tuple[list[str], list[list[str]]]:
+    """(column names, cells per class in class order) that the per-class table of ``report.md`` adds."""
+    if trust is None:
+        return [], []
+    names = ["family"]
+    if trust.sets:
+        names += [f"set coverage ({_percent(trust.coverage)})", "set size"]
+    cells = []
+    for index, family in enumerate(trust.class_families):
+        row = [family]
+        if trust.sets:
+            row += [_share(trust.class_coverage[index]), _size(trust.class_set_size[index])]
+        cells.append(row)
+    return names, cells
+
+
+def csv_trust_cells(trust: TrustEvaluation | None, classes: int) -> list[list[str]]:
+    """``CSV_TRUST_COLUMNS`` for every class, in class order (empty where not measured)."""
+    if trust is None:
+        return [["", "", ""] for _ in range(classes)]
+    rows = []
+    for family, coverage, size in zip(trust.class_families, trust.class_coverage, trust.class_set_size, strict=True):
+        measured = bool(trust.sets) and not math.isnan(coverage)
+        rows.append([family, f"{coverage:.4f}" if measured else "", f"{size:.4f}" if measured else ""])
+    return rows

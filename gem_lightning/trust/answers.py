@@ -1,0 +1,73 @@
+"""One photo's answer in words and fields, from its calibrated probabilities: the top classes, the prediction
+set at the chosen coverage, and the family when the class is unsure. ``predict``, the web page and the
+evaluation report's gallery all word answers here, so they say the same thing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import hydra
+import torch
+
+from gem_lightning.trust.families import FamilyAnswer, Taxonomy
+from gem_lightning.trust.prediction_sets import PredictionSets
+
+LONGEST_SET_NAMED = 4  # a larger set is named by its size and first classes
+
+
+@dataclass(frozen=True)
+class Answer:
+    top: list[tuple[str, float]]  # the k most probable (class, probability), most probable first
+    prediction_set: list[str] | None  # the set's classes, most probable first; None without fitted sets
+    coverage: float | None  # the set's coverage
+    family: FamilyAnswer | None
+
+    def sentence(self) -> str:
+        """``Ruby or Spinel, 90 % sure``; ``a garnet (75 %): Rhodolite 45 %, Almandine 30 %. ...``"""
+        parts = []
+        if self.family is not None:
+            members = ", ".join(f"{name} {probability:.0%}" for name, probability in self.family.members)
+            parts.append(f"a {self.family.family} ({self.family.probability:.0%}): {members}")
+        if self.prediction_set is None:
+            name, probability = self.top[0]
+            parts.append(f"{name} ({probability:.0%})")
+        elif len(self.prediction_set) <= LONGEST_SET_NAMED:
+            parts.append(f"{' or '.join(self.prediction_set)}, {self.coverage:.0%} sure")
+        else:
+            named = ", ".join(self.prediction_set[:LONGEST_SET_NAMED])
+            parts.append(f"one of {len(self.prediction_set)} classes ({named}, ...), {self.coverage:.0%} sure")
+        return "; ".join(parts)
+
+
+class Answering:
+    """How probabilities become answers for one model: its classes, taxonomy and (when fitted) its sets."""
+
+    def __init__(self, class_names: list[str], taxonomy: Taxonomy, prediction_sets: dict | None, coverage: float):
+        """``prediction_sets``: the fit as a checkpoint stores it (``PredictionSets.as_dict()``), or None."""
+        self.class_names, self.taxonomy, self.coverage = class_names, taxonomy, coverage
+        self.prediction_sets = PredictionSets(**prediction_sets) if prediction_sets else None
+        if self.prediction_sets is not None:
+            self.prediction_sets.threshold(coverage)  # a bad coverage fails before any photo is read
+
+    def answers(self, probabilities: torch.Tensor, k: int) -> list[Answer]:
+        """One answer per row of (N, C) calibrated probabilities."""
+        k = min(k, len(self.class_names))
+        sets = self.prediction_sets.sets(probabilities, self.coverage) if self.prediction_sets else None
+        result = []
+        for row, photo in enumerate(probabilities):
+            values, indices = photo.topk(k)
+            top = [(self.class_names[int(i)], float(v)) for v, i in zip(values, indices, strict=True)]
+            members = None
+            if sets is not None:
+                order = photo.argsort(descending=True)
+                members = [self.class_names[int(i)] for i in order if sets[row, i]]
+            result.append(Answer(top, members, self.coverage if sets is not None else None,
+                                 self.taxonomy.family_answer(photo, self.class_names)))  # fmt: skip
+        return result
+
+
+def answering_for(predictor, cfg) -> Answering:
+    """The answering rules a command's config gives a predictor (``inference.predictor.Predictor``): its
+    ``taxonomy`` and ``prediction_sets`` nodes, with the checkpoint's fitted sets where they apply."""
+    taxonomy = hydra.utils.instantiate(cfg.taxonomy)
+    return Answering(predictor.class_names, taxonomy, predictor.prediction_sets, cfg.prediction_sets.coverage)
