@@ -60,7 +60,11 @@ def _flatten(config: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def _log_hyperparameters(loggers: list[Logger], run_config: dict, metric: str) -> None:
-    params = _flatten({k: v for k, v in run_config.items() if k != "paths"})
+    settings = {k: v for k, v in run_config.items() if k != "paths"}
+    if isinstance(settings.get("taxonomy"), dict):
+        # Its class entries are a table of facts, not settings to compare runs by; its name and rule stay.
+        settings["taxonomy"] = {k: v for k, v in settings["taxonomy"].items() if k != "classes"}
+    params = _flatten(settings)
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
             # Registering the metric makes TensorBoard's HParams view show it beside the parameters.
