@@ -44,6 +44,9 @@ def test_two_epochs_write_checkpoints_events_and_a_self_describing_checkpoint(tm
 
     hparams = (run_dir / "tensorboard" / "hparams.yaml").read_text()
     assert "optim/lr: 0.0003" in hparams and "augment/name: colour_preserving" in hparams
+    # The answering settings are hyperparameters; the taxonomy's table of classes is not.
+    assert "prediction_sets/score: lac" in hparams and "taxonomy/name: gemstones" in hparams
+    assert "taxonomy/classes" not in hparams
     scalars = _scalar_tags(run_dir / "tensorboard")
     assert len(scalars["train/loss"]) == 2 and len(scalars["val/loss"]) == 2
     # Both losses are logged at the same steps, so the custom "overfitting" chart overlays them.
