@@ -51,10 +51,11 @@ def trust_evaluation(
     sets, class_coverage, class_size = [], [math.nan] * len(class_names), [math.nan] * len(class_names)
     fitted = answering.prediction_sets
     if fitted is not None:
-        for target in sorted({*REPORTED_COVERAGES, answering.coverage}):
-            quality = set_quality(fitted.sets(probabilities, target), targets)
+        by_target = {target: fitted.sets(probabilities, target) for target in {*REPORTED_COVERAGES, answering.coverage}}
+        for target in sorted(by_target):
+            quality = set_quality(by_target[target], targets)
             sets.append(SetRow(target, quality.coverage, quality.mean_size, quality.single))
-        chosen = fitted.sets(probabilities, answering.coverage)
+        chosen = by_target[answering.coverage]
         for index in range(len(class_names)):
             members = targets == index
             if members.any():
@@ -62,7 +63,7 @@ def trust_evaluation(
                 class_coverage[index], class_size[index] = quality.coverage, quality.mean_size
     names, family_index = answering.taxonomy.families(class_names)
     true_family = family_index[targets]
-    predicted_family = answering.taxonomy.family_probabilities(probabilities, class_names).argmax(dim=1)
+    predicted_family = answering.taxonomy.family_probabilities(probabilities, family_index).argmax(dim=1)
     predicted = probabilities.argmax(dim=1)
     families = []
     for number, name in enumerate(names):
@@ -73,11 +74,9 @@ def trust_evaluation(
             right = float((predicted_family[members] == number).double().mean())
             families.append(FamilyRow(name, size, int(members.sum()), top1, right))
     families.sort(key=lambda row: (row.family_top1, row.family))
-    answered = [
-        (index, answer.family.family)
-        for index, answer in enumerate(answering.answers(probabilities, 1))
-        if answer.family is not None
-    ]
+    # Only the family part of each answer: the sets are measured above.
+    family_answers = [answering.taxonomy.family_answer(photo, class_names) for photo in probabilities]
+    answered = [(index, answer.family) for index, answer in enumerate(family_answers) if answer is not None]
     return TrustEvaluation(
         sets=sets,
         set_score=fitted.score if fitted is not None else None,

@@ -55,11 +55,11 @@ class Taxonomy:
         index = torch.tensor([names.index(self.family_of(name)) for name in class_names])
         return names, index
 
-    def family_probabilities(self, probabilities: torch.Tensor, class_names: list[str]) -> torch.Tensor:
-        """(N, F) probability of each family (its classes summed), families in ``families()`` order."""
-        names, index = self.families(class_names)
-        summed = torch.zeros(len(probabilities), len(names), dtype=probabilities.dtype)
-        return summed.index_add_(1, index, probabilities)
+    @staticmethod
+    def family_probabilities(probabilities: torch.Tensor, family_index: torch.Tensor) -> torch.Tensor:
+        """(N, F) probability of each family (its classes summed); ``family_index`` as ``families()`` gives it."""
+        summed = torch.zeros(len(probabilities), int(family_index.max()) + 1, dtype=probabilities.dtype)
+        return summed.index_add_(1, family_index, probabilities)
 
     def family_answer(self, probabilities: torch.Tensor, class_names: list[str]) -> FamilyAnswer | None:
         """For one photo's (C,) probabilities: the family answer when the best class is below
