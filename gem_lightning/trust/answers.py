@@ -1,6 +1,6 @@
 """One photo's answer in words and fields, from its calibrated probabilities: the top classes, the prediction
-set at the chosen coverage, and the family when the class is unsure. ``predict``, the web page and the
-evaluation report's gallery all word answers here, so they say the same thing."""
+set at the chosen coverage, and the family when the class is unsure. ``predict`` and the web page word
+answers here, so they say the same thing; the evaluation report measures the same sets and family answers."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ class Answer:
     family: FamilyAnswer | None
 
     def sentence(self) -> str:
-        """``Ruby or Spinel, 90 % sure``; ``a garnet (75 %): Rhodolite 45 %, Almandine 30 %. ...``"""
+        """``Ruby or Spinel, 90% sure``; ``a garnet (75%): Rhodolite 45%, Almandine 30%; ...``"""
         parts = []
         if self.family is not None:
             members = ", ".join(f"{name} {probability:.0%}" for name, probability in self.family.members)
