@@ -18,8 +18,8 @@ from gem_lightning.data.demo import DemoGemSet
 from gem_lightning.data.image_arrays import array_file, build_image_array, stored_image, stored_side
 from gem_lightning.data.image_dataset import GemImageDataset, collate_batch
 from gem_lightning.errors import GemLightningError
+from gem_lightning.inference.backbone_features import features_file
 from gem_lightning.machine.auto_settings import automatic_precision, cpu_has_native_bf16
-from gem_lightning.training.head_only_features import features_file
 from gem_lightning.training.run import train
 from gem_lightning.training.trainer_factory import build_trainer, resolve_devices
 from tests.helpers.configs import TINY_DEMO, compose_config
@@ -176,7 +176,7 @@ def test_head_only_training_uses_cached_backbone_features(tmp_path, caplog):
     every = GemImageDataset([(item.image_file, 0) for item in datamodule.prepared.items], None, 32)
     assert features_file(model, every, tmp_path / "cache", "32-true") == stored[0]
     mtime = stored[0].stat().st_mtime_ns
-    caplog.set_level("INFO", logger="gem_lightning.training.head_only_features")
+    caplog.set_level("INFO", logger="gem_lightning.inference.backbone_features")
     train(compose_config([*TINY_DEMO, *overrides, "test=false"], tmp_path))
     assert stored[0].stat().st_mtime_ns == mtime and "backbone features from" in caplog.text
 
