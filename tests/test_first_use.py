@@ -222,6 +222,7 @@ def test_killing_prepare_ends_its_workers_and_the_rerun_does_only_the_rest(tmp_p
         "-m",
         "gem_lightning.cli.prepare",
         *TINY_DEMO,
+        "data.demo.images_per_class=4",  # 40 photos: enough to kill the run part-way, few to redo
         "background=rembg",
         "background.backend.model=u2netp",
         "background.workers=2",
@@ -248,7 +249,7 @@ def test_killing_prepare_ends_its_workers_and_the_rerun_does_only_the_rest(tmp_p
 
     rerun = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert f"done {120 - done_before}, cached {done_before}," in rerun.stdout + rerun.stderr
+    assert f"done {40 - done_before}, cached {done_before}," in rerun.stdout + rerun.stderr
 
 
 # -- a killed train.py resumed into its own folder ----------------------------------------------------------
