@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import sys
 
-import hydra
 from omegaconf import DictConfig
 
 from gem_lightning.cli.front_end import run_command
@@ -38,12 +37,7 @@ def print_evaluation(run: EvaluationRun) -> None:
 
 def run(cfg: DictConfig) -> int:
     predictor = Predictor.from_command_config(cfg)
-    settings = {
-        "shift": cfg.shift,
-        "shift_mask_model": cfg.shift_mask_model,
-        "set_settings": cfg.prediction_sets,
-        "taxonomy": hydra.utils.instantiate(cfg.taxonomy),
-    }
+    settings = {"shift": cfg.shift, "shift_mask_model": cfg.shift_mask_model, "answer_config": cfg}
     print_evaluation(evaluate_checkpoint(predictor, cfg.split, cfg.input, cfg.calibrate, cfg.output_dir, **settings))
     return 0
 

@@ -39,6 +39,19 @@ def _set_description(answering: Answering) -> dict | None:
     }
 
 
+def _novelty_description(answering: Answering) -> dict | None:
+    fitted = answering.novelty
+    if fitted is None:
+        return None
+    threshold = fitted.threshold(answering.accept)
+    return {
+        "accept": answering.accept,
+        "threshold": threshold if threshold != float("inf") else None,
+        "fitted_on": f"centroids of {fitted.training_images} training images, "
+        f"distances of {len(fitted.calibration_distances)} {fitted.split} images",
+    }
+
+
 def predictions_document(
     predictor: Predictor,
     predictions: list[ImagePrediction],
@@ -47,7 +60,10 @@ def predictions_document(
     answering: Answering,
 ) -> dict:
     """The JSON written by ``output=*.json`` (tests/inference/test_predict.py holds its schema)."""
-    answers = answering.answers(torch.stack([item.probabilities for item in predictions]), k) if predictions else []
+    answers = []
+    if predictions:
+        probabilities = torch.stack([item.probabilities for item in predictions])
+        answers = answering.answers(probabilities, k, torch.stack([item.features for item in predictions]))
     return {
         "checkpoint": str(predictor.checkpoint),
         "checkpoints": [str(path) for path in predictor.checkpoints],
@@ -60,11 +76,16 @@ def predictions_document(
         # null: the checkpoint has no fitted sets (calibrate it with evaluate), or the answer averages models/views.
         "prediction_sets": _set_description(answering),
         "taxonomy": answering.taxonomy.name,
+        # null: the checkpoint has no novelty fit (calibrate it with evaluate); every photo then gets a class.
+        "novelty": _novelty_description(answering),
         "predictions": [
             {
                 "file": str(item.source),
                 "model_input": str(item.model_input),
                 "answer": answer.sentence(),
+                # false: "not one of the classes I know"; novelty: distance to the nearest class centroid
+                "known": answer.known,
+                "novelty": answer.novelty,
                 "top_k": [{"class": name, "probability": probability} for name, probability in answer.top],
                 "prediction_set": answer.prediction_set,
                 "family": None
@@ -82,12 +103,12 @@ def predictions_document(
 
 
 def predictions_csv(document: dict, k: int) -> str:
-    """One row per photo: file, answer, class_1, probability_1, ... class_k, probability_k, prediction_set (its
-    classes joined by "; "), family, skipped (the reason)."""
+    """One row per photo: file, answer, known (yes, no, or empty without a novelty fit), class_1, probability_1,
+    ... class_k, probability_k, prediction_set (its classes joined by "; "), family, skipped (the reason)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     ranks = range(1, k + 1)
-    header = ["file", "answer", *(f"{kind}_{rank}" for rank in ranks for kind in ("class", "probability"))]
+    header = ["file", "answer", "known", *(f"{kind}_{rank}" for rank in ranks for kind in ("class", "probability"))]
     writer.writerow([*header, "prediction_set", "family", "skipped"])
     for row in document["predictions"]:
         cells = []
@@ -96,9 +117,10 @@ def predictions_csv(document: dict, k: int) -> str:
         cells += [""] * (2 * k - len(cells))
         members = "; ".join(row["prediction_set"]) if row["prediction_set"] is not None else ""
         family = row["family"]["name"] if row["family"] else ""
-        writer.writerow([row["file"], row["answer"], *cells, members, family, ""])
+        known = {True: "yes", False: "no", None: ""}[row["known"]]
+        writer.writerow([row["file"], row["answer"], known, *cells, members, family, ""])
     for row in document["skipped"]:
-        writer.writerow([row["file"], "", *([""] * (2 * k)), "", "", row["reason"]])
+        writer.writerow([row["file"], "", "", *([""] * (2 * k)), "", "", row["reason"]])
     return buffer.getvalue()
 
 
@@ -114,6 +136,9 @@ def _print_table(document: dict) -> None:
         others = ", ".join(f"{entry['class']} {entry['probability']:.3f}" for entry in rest)
         table.add_row(row["file"], first["class"], f"{first['probability']:.3f}", others, row["answer"])
     Console().print(table)
+    unknown = sum(row["known"] is False for row in document["predictions"])
+    if unknown:
+        print(f"{unknown} photo(s) answered 'not one of the classes I know': far from every class the model learnt")
     for row in document["skipped"]:
         print(f"skipped {row['file']}: {row['reason']}")
 

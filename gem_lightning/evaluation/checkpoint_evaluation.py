@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
-from omegaconf import OmegaConf
+import torch
+from omegaconf import DictConfig, OmegaConf
 
 from gem_lightning.choices import checked_choice
 from gem_lightning.data.datamodule import GemDataModule
@@ -24,11 +25,12 @@ from gem_lightning.errors import GemLightningError
 from gem_lightning.evaluation.calibration import CalibrationResult, calibrate, store_calibration
 from gem_lightning.evaluation.metrics import Evaluation, evaluate_logits
 from gem_lightning.evaluation.report import write_evaluation_report
+from gem_lightning.inference.backbone_features import prepared_image_features
 from gem_lightning.inference.logits import collect_logits
 from gem_lightning.inference.predictor import Predictor
 from gem_lightning.models.classifier import GemClassifier
-from gem_lightning.trust.answers import Answering
-from gem_lightning.trust.families import Taxonomy
+from gem_lightning.trust.answers import answering_for
+from gem_lightning.trust.novelty import fit_novelty
 from gem_lightning.trust.prediction_sets import fit_prediction_sets
 
 log = logging.getLogger(__name__)
@@ -73,7 +75,8 @@ def calibrate_checkpoint(
 ) -> CalibrationResult:
     """Fit ``model``'s temperature on its run's validation split (one view: a property of the checkpoint, which
     test-time views and ensembles then average), then the prediction sets on the calibrated probabilities
-    (``set_settings``: the ``prediction_sets`` config node); store both in the checkpoint and in the model."""
+    (``set_settings``: the ``prediction_sets`` config node) and the novelty rule on the backbone features of the
+    training and validation photos; store all three in the checkpoint and in the model."""
     validation = collect_logits(model, datamodule.datasets["val"], description="validation logits", **options)
     calibration = calibrate(validation.outputs, validation.targets, split="val")
     prediction_sets = fit_prediction_sets(
@@ -84,9 +87,20 @@ def calibrate_checkpoint(
         free_ranks=set_settings["free_ranks"],
         split="val",
     )
-    store_calibration(checkpoint, calibration, prediction_sets)
+    training = datamodule.datasets["train"]
+    # The training photos as validation sees them (no augmentation), from the cached pass head-only runs share.
+    features = prepared_image_features(model, datamodule)
+    novelty = fit_novelty(
+        features[training.rows],
+        torch.tensor([label for _, label in training.items]),
+        validation.features,
+        len(model.class_names),
+        split="val",
+    )
+    store_calibration(checkpoint, calibration, prediction_sets, novelty)
     model.temperature.fill_(calibration.temperature)
     model.prediction_sets = prediction_sets.as_dict()
+    model.novelty = novelty.as_dict()
     log.info(
         "temperature %.3f fitted on %d validation images (NLL %.4f -> %.4f, ECE %.4f -> %.4f), stored in %s",
         calibration.temperature,
@@ -133,13 +147,13 @@ def evaluate_checkpoint(
     shift: str | None = None,
     shift_mask_model: str = "u2netp",
     *,
-    set_settings: Mapping,
-    taxonomy: Taxonomy,
+    answer_config: DictConfig,
 ) -> EvaluationRun:
     """Calibrate (optionally), evaluate and write the report; ``datamodule`` reuses a live one (train.py).
 
     ``shift`` evaluates shifted copies of the split's photos instead (gem_lightning.data.shifted_photos).
-    ``set_settings`` (the ``prediction_sets`` node) and ``taxonomy`` say how answers are worded and measured.
+    ``answer_config``: the command's (or run's) config, whose ``prediction_sets``, ``taxonomy`` and ``novelty``
+    nodes say how sets are fitted and how answers are worded and measured (``trust.answers.answering_for``).
     """
     checked_choice(split, SPLITS, "split", hint=" (or input=<labelled folder>)")
     if shift is not None and input_folder is not None:
@@ -164,7 +178,11 @@ def evaluate_checkpoint(
         members = zip(predictor.models, predictor.checkpoints, strict=True)
         fitted = [
             calibrate_checkpoint(
-                member, path, datamodule if index == 0 else datamodule_of(member, path), options, set_settings
+                member,
+                path,
+                datamodule if index == 0 else datamodule_of(member, path),
+                options,
+                answer_config.prediction_sets,
             )
             for index, (member, path) in enumerate(members)
         ]
@@ -188,7 +206,7 @@ def evaluate_checkpoint(
         if shift is not None:
             name, data = f"{split}-shift-{shift}", f"the {split} split of {datamodule.root}, shift={shift}"
     result, temperature = predictor.logits(predictor.member_datasets(dataset), description=f"evaluating {name}")
-    answering = Answering(predictor.class_names, taxonomy, predictor.prediction_sets, set_settings["coverage"])
+    answering = answering_for(predictor, answer_config)  # after calibrating: the fits just stored
     evaluation = evaluate_logits(result, predictor.class_names, temperature, answering)
     name += predictor.folder_suffix
     folder = Path(output_dir) if output_dir else run_dir_of(checkpoint) / "evaluation" / name

@@ -63,7 +63,7 @@ class Evaluation:
     confidence: torch.Tensor  # (N,) calibrated top-1 probability
     reliability_before: list[ReliabilityBin]
     reliability_after: list[ReliabilityBin]
-    trust: TrustEvaluation | None  # prediction sets and families (None: evaluated without answering rules)
+    trust: TrustEvaluation | None  # sets, families, novelty (None: evaluated without answering rules)
 
 
 def _accuracy(probabilities: torch.Tensor, targets: torch.Tensor, k: int) -> float:
@@ -86,7 +86,8 @@ def most_confused_pairs(confusion: torch.Tensor, class_names: list[str], limit: 
 def evaluate_logits(
     result: DatasetOutputs, class_names: list[str], temperature: float, answering: Answering | None = None
 ) -> Evaluation:
-    """Every figure from one pass of raw logits; ``answering`` adds prediction sets and gem families."""
+    """Every figure from one pass of raw logits; ``answering`` adds prediction sets, gem families and (with the
+    pass's features) the share of photos the novelty rule turns away."""
     logits, targets = result.outputs, result.targets
     num_classes = len(class_names)
     raw = logits.softmax(-1)
@@ -120,9 +121,12 @@ def evaluate_logits(
     wrong = (predicted != targets).nonzero().flatten()
     # The model's most confident mistakes first: those are the ones worth looking at.
     misclassified = sorted(wrong.tolist(), key=lambda i: -float(confidence[i]))
-    trust = trust_evaluation(calibrated, targets, list(class_names), answering) if answering else None
+    trust = trust_evaluation(calibrated, targets, list(class_names), answering, result.features) if answering else None
     if trust is not None:
         summary["family_top1"] = trust.family_top1
+        if trust.novelty is not None:
+            summary["unknown_share"] = trust.novelty.unknown / trust.novelty.images
+            summary["top1_known"] = trust.novelty.top1_known
         for row in trust.sets:
             summary[f"set_coverage_{round(100 * row.target)}"] = row.coverage
             summary[f"set_size_{round(100 * row.target)}"] = row.mean_size

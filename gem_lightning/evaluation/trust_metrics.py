@@ -1,5 +1,6 @@
-"""How far a model's answers can be trusted on a labelled split: prediction-set coverage and size, and
-accuracy per gem family, from the same calibrated probabilities as every other figure of the evaluation."""
+"""How far a model's answers can be trusted on a labelled split: prediction-set coverage and size, accuracy
+per gem family, and how many photos the novelty rule turns away, from the same calibrated probabilities and
+the same pass's backbone features as every other figure of the evaluation."""
 
 from __future__ import annotations
 
@@ -30,6 +31,17 @@ class FamilyRow:
 
 
 @dataclass(frozen=True)
+class NoveltyRow:
+    accept: float  # the share of validation gems kept as known
+    threshold: float  # the nearest-centroid distance beyond which a photo is "not one I know"
+    unknown: int  # photos answered "not one of the classes I know" (all of them gems of known classes here)
+    images: int
+    top1_known: float  # class accuracy of the photos kept (nan when none is)
+    unknown_wrong: int  # of the photos turned away, those whose top class was wrong
+    median_distance: float
+
+
+@dataclass(frozen=True)
 class TrustEvaluation:
     sets: list[SetRow]  # one per REPORTED_COVERAGES (and the answers' coverage); empty without fitted sets
     set_score: str | None  # the fitted non-conformity score, None without fitted sets
@@ -42,12 +54,37 @@ class TrustEvaluation:
     family_answers: int  # images answered with a family (unsure of the class)
     family_answers_right: int  # of those, the family was right
     family_answers_class_right: int  # of those, the top class was right
+    novelty: NoveltyRow | None  # None without a novelty fit or features
+
+
+def novelty_row(
+    answering: Answering, features: torch.Tensor | None, predicted: torch.Tensor, targets: torch.Tensor
+) -> NoveltyRow | None:
+    distances = answering.distances(features)
+    if distances is None:
+        return None
+    known = answering.known(distances)
+    right = predicted == targets
+    return NoveltyRow(
+        accept=answering.accept,
+        threshold=answering.novelty.threshold(answering.accept),
+        unknown=int((~known).sum()),
+        images=len(targets),
+        top1_known=float(right[known].double().mean()) if known.any() else math.nan,
+        unknown_wrong=int((~right[~known]).sum()),
+        median_distance=float(distances.median()),
+    )
 
 
 def trust_evaluation(
-    probabilities: torch.Tensor, targets: torch.Tensor, class_names: list[str], answering: Answering
+    probabilities: torch.Tensor,
+    targets: torch.Tensor,
+    class_names: list[str],
+    answering: Answering,
+    features: torch.Tensor | None = None,
 ) -> TrustEvaluation:
-    """``probabilities`` (N, C) calibrated; ``targets`` (N,) class indices."""
+    """``probabilities`` (N, C) calibrated; ``targets`` (N,) class indices; ``features`` (N, F) the backbone
+    features the novelty rule measures (None: not measured)."""
     sets, class_coverage, class_size = [], [math.nan] * len(class_names), [math.nan] * len(class_names)
     fitted = answering.prediction_sets
     if fitted is not None:
@@ -89,4 +126,5 @@ def trust_evaluation(
         family_answers=len(answered),
         family_answers_right=sum(names[int(true_family[i])] == family for i, family in answered),
         family_answers_class_right=sum(int(predicted[i] == targets[i]) for i, _ in answered),
+        novelty=novelty_row(answering, features, predicted, targets),
     )

@@ -1,5 +1,5 @@
-"""The evaluation report's parts on trust: prediction-set coverage and size, gem families, and their
-per-class columns in ``report.md``, ``per_class.csv`` and ``evaluation.json``."""
+"""The evaluation report's parts on trust: prediction-set coverage and size, gem families, the photos turned
+away as unknown, and their per-class columns in ``report.md``, ``per_class.csv`` and ``evaluation.json``."""
 
 from __future__ import annotations
 
@@ -63,7 +63,25 @@ def trust_lines(trust: TrustEvaluation, top1: float) -> list[str]:
                 f"| {row.family} | {row.classes} | {row.images} | {_percent(row.top1)} | {_percent(row.family_top1)} |"
             )
         lines.append("")
-    return lines
+    return lines + novelty_lines(trust)
+
+
+def novelty_lines(trust: TrustEvaluation) -> list[str]:
+    lines = ["## Not one of the classes I know", ""]
+    row = trust.novelty
+    if row is None:
+        return lines + ["Not measured: the checkpoint holds no novelty fit (evaluate it with calibrate=true).", ""]
+    kept = "-" if math.isnan(row.top1_known) else _percent(row.top1_known)
+    return lines + [
+        f"A photo farther from every class centroid (cosine distance of backbone features) than {row.threshold:.4f}, "
+        f'the distance within which {_percent(row.accept)} of the validation gems fall, is answered "not one of '
+        f'the classes I know". Every image here is a gem of a known class, so each one turned away is a false '
+        f"alarm: {row.unknown} of {row.images} ({_percent(row.unknown / row.images)}; about "
+        f"{_percent(1 - row.accept)} is expected on photos like the validation ones, more on photos unlike them). "
+        f"Of those, {row.unknown_wrong} had a wrong top class. Top-1 of the photos kept: {kept}. Median "
+        f"distance: {row.median_distance:.4f}.",
+        "",
+    ]
 
 
 def trust_document(trust: TrustEvaluation | None) -> dict | None:
@@ -73,6 +91,9 @@ def trust_document(trust: TrustEvaluation | None) -> dict | None:
     # JSON has no NaN: a class without images has no coverage.
     for key in ("class_coverage", "class_set_size"):
         document[key] = [None if math.isnan(value) else value for value in document[key]]
+    if document["novelty"] is not None:  # nor Infinity (accept=1)
+        novelty = document["novelty"]
+        novelty.update({key: None for key in ("threshold", "top1_known") if not math.isfinite(novelty[key])})
     return document
 
 

@@ -40,9 +40,17 @@ def tta_views(tta: str) -> tuple[Callable[[torch.Tensor], torch.Tensor], ...]:
     return TTA_VIEWS[checked_choice(tta, TTA_VIEWS, "tta")]
 
 
-def view_logits(model: GemClassifier, images: torch.Tensor, views: Sequence[Callable]) -> torch.Tensor:
-    """(N, V, C) float32 logits of a batch on the model's device, one column per test-time view."""
-    return torch.stack([model(view(images)).float() for view in views], dim=1)
+def view_logits(
+    model: GemClassifier, images: torch.Tensor, views: Sequence[Callable]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, V, C) float32 logits of a batch on the model's device, one column per test-time view, and (N, F)
+    the backbone features of the first view (the photo as it is), which the logits were computed from."""
+    logits, first_features = [], None
+    for view in views:
+        features = model.features(view(images)).float()
+        first_features = features if first_features is None else first_features
+        logits.append(model.head(features).float())
+    return torch.stack(logits, dim=1), first_features
 
 
 def collect_logits(
@@ -55,7 +63,8 @@ def collect_logits(
     tta: str = "none",
 ) -> DatasetOutputs:
     """Run ``model`` (in eval mode, on its own device, in float32) over ``dataset`` in batches, with a progress
-    bar. The outputs are raw logits (before temperature): (N, V, C) with test-time views (``tta``), else (N, C)."""
+    bar. The outputs are raw logits (before temperature): (N, V, C) with test-time views (``tta``), else (N, C);
+    the features those of the photos as they are (N, F)."""
     views = tta_views(tta)
     model.eval()
     passed = run_over_dataset(
@@ -73,7 +82,7 @@ def collect_logits(
 def averaged_probabilities(results: list[DatasetOutputs], temperatures: list[float]) -> DatasetOutputs:
     """One prediction from several models' (and views') logits: each divided by its own model's temperature,
     made probabilities, and averaged. Returned as logits, log(mean), so softmax gives the mean back and the one
-    evaluation path takes it with temperature 1."""
+    evaluation path takes it with temperature 1. The features stay the first model's (its novelty fit's space)."""
     probabilities = [
         (result.outputs / temperature).softmax(-1).reshape(len(result.outputs), -1, result.outputs.shape[-1])
         for result, temperature in zip(results, temperatures, strict=True)

@@ -2,7 +2,8 @@
 
 ``run_over_dataset(compute, dataset, ...)`` batches the dataset in its order, moves each batch of uint8 images
 to ``device``, calls ``compute`` on it in inference mode (inside ``forward_context``, e.g. the trainer's
-precision), and returns the outputs stacked on the CPU with the batches' targets and leak flags.
+precision), and returns the outputs stacked on the CPU with the batches' targets and leak flags. ``compute``
+may return (outputs, features): the logits and the backbone features they came from, kept from one pass.
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ class DatasetOutputs:
     outputs: torch.Tensor  # (N, ...) as compute returned it, on the CPU
     targets: torch.Tensor  # (N,) int64; -1 where unlabelled
     leaked: torch.Tensor  # (N,) bool; all false when the dataset has no leak flags
+    features: torch.Tensor | None = None  # (N, F) backbone features, when compute returned them
 
 
 def run_over_dataset(
-    compute: Callable[[torch.Tensor], torch.Tensor],
+    compute: Callable[[torch.Tensor], torch.Tensor | tuple[torch.Tensor, torch.Tensor]],
     dataset: Dataset,
     device: torch.device,
     batch_size: int = 32,
@@ -50,16 +52,21 @@ def run_over_dataset(
         # a cache instead) leaves shuffling and dropout of the run around it as they were.
         generator=torch.Generator(),
     )
-    outputs, targets, leaked = [], [], []
+    outputs, features, targets, leaked = [], [], [], []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, disable=not progress, transient=True) as bar, torch.inference_mode(), forward_context():
         task = bar.add_task(description, total=len(dataset))
         for batch in loader:
             images = batch[0].to(device, non_blocking=True)
-            outputs.append(compute(images).cpu())
+            computed = compute(images)
+            if isinstance(computed, tuple):
+                computed, batch_features = computed
+                features.append(batch_features.cpu())
+            outputs.append(computed.cpu())
             targets.append(torch.as_tensor(batch[1]))
             leaked.append(torch.as_tensor(batch[2]).bool() if len(batch) == 3 else torch.zeros(len(images), dtype=bool))
             bar.advance(task, len(images))
     if not outputs:
         raise GemLightningError("no images to run the model on")
-    return DatasetOutputs(torch.cat(outputs), torch.cat(targets).long(), torch.cat(leaked))
+    stacked_features = torch.cat(features) if features else None
+    return DatasetOutputs(torch.cat(outputs), torch.cat(targets).long(), torch.cat(leaked), stacked_features)

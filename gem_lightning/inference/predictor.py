@@ -47,6 +47,7 @@ class ImagePrediction:
     source: Path  # the user's file
     model_input: Path  # the file the model decoded: the cut-out in the cache, or the photo itself
     probabilities: torch.Tensor  # (num_classes,), calibrated unless asked otherwise
+    features: torch.Tensor  # (F,) the first checkpoint's backbone features of the photo as it is
 
 
 class Predictor:
@@ -154,6 +155,12 @@ class Predictor:
         to one checkpoint's own calibrated probabilities, not to an average of models or views."""
         return self.model.prediction_sets if self.calibrated and not self.averaging else None
 
+    @property
+    def novelty(self) -> dict | None:
+        """The first checkpoint's novelty fit (gem_lightning.trust.novelty): it measures that checkpoint's
+        features of the photo as it is, which every prediction carries, ensemble or not."""
+        return self.model.novelty
+
     def describe_model(self) -> str:
         """``best.ckpt``, or ``an ensemble of 3 checkpoints, tta=dihedral (8 views)``."""
         if not self.averaging:
@@ -237,8 +244,8 @@ class Predictor:
         result, temperature = self.logits(self.member_datasets(dataset))
         probabilities = (result.outputs / temperature).softmax(-1)
         predictions = [
-            ImagePrediction(source, model_input, row)
-            for (source, model_input), row in zip(pairs, probabilities, strict=True)
+            ImagePrediction(source, model_input, row, features)
+            for (source, model_input), row, features in zip(pairs, probabilities, result.features, strict=True)
         ]
         return predictions, skipped
 
@@ -262,7 +269,7 @@ class Predictor:
         views = tta_views(self.tta)
         no_labels = torch.empty(0)
         with torch.inference_mode():
-            per_model = [view_logits(model.eval(), images.to(self.device), views).cpu() for model in self.models]
+            per_model = [view_logits(model.eval(), images.to(self.device), views)[0].cpu() for model in self.models]
         results = [DatasetOutputs(out if self.tta != "none" else out[:, 0], no_labels, no_labels) for out in per_model]
         combined, temperature = self._combined(results)
         return (combined.outputs / temperature).softmax(-1)

@@ -57,6 +57,35 @@ MODEL_KEYS_BEFORE_THEY_EXISTED = {
 }
 
 
+# What a model learns after training (on its validation split) and keeps in its description, attributes of the
+# same names on GemClassifier: the record of the temperature fit, the conformal prediction sets, the novelty rule.
+FITTED = ("calibration", "prediction_sets", "novelty")
+
+
+def description_of(model) -> dict:
+    """A GemClassifier's description: everything inference needs besides the weights."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "class_names": model.class_names,
+        "image_size": model.hparams.image_size,
+        "mean": list(model.mean),
+        "std": list(model.std),
+        "backbone": model.hparams.backbone,
+        "augment_policy": model.hparams.augment_policy,
+        "config": model.run_config,
+        "temperature": float(model.temperature),
+        **{name: getattr(model, name) for name in FITTED},
+    }
+
+
+def restore_description(model, checkpoint: dict) -> None:
+    """Give a GemClassifier being loaded the run config and the fits its checkpoint describes."""
+    description = upgrade_checkpoint(checkpoint).get(CHECKPOINT_KEY, {})
+    model.run_config = description.get("config")
+    for name in FITTED:
+        setattr(model, name, description.get(name))
+
+
 def read_checkpoint(path: str | Path, setting: str = "ckpt") -> dict:
     """The checkpoint at ``path`` as a dict, or one GemLightningError saying what is wrong with the file.
 

@@ -17,7 +17,7 @@ from gem_lightning.errors import GemLightningError
 from gem_lightning.models import checkpoint_format
 from gem_lightning.models.backbones import create_backbone
 from gem_lightning.models.batch_mixing import batch_mixer
-from gem_lightning.models.checkpoint_format import CHECKPOINT_FORMAT, CHECKPOINT_KEY
+from gem_lightning.models.checkpoint_format import CHECKPOINT_KEY
 from gem_lightning.models.lr_schedules import STEP_SCHEDULE_ARGUMENT, steps_per_batch
 
 STAGES = ("train", "val", "test")
@@ -96,8 +96,10 @@ class GemClassifier(pl.LightningModule):
         # Temperature scaling (gem_lightning.evaluation.calibration): fitted on the validation split after training and
         # saved in the state dict, so every copy of the checkpoint predicts with it. 1.0 = uncalibrated.
         self.register_buffer("temperature", torch.ones(()))
+        # Fitted after training on the validation split, stored in the description (checkpoint_format.FITTED):
         self.calibration: dict | None = None  # how the temperature was fitted (NLL and ECE before/after)
-        self.prediction_sets: dict | None = None  # conformal scores fitted after it (gem_lightning.trust)
+        self.prediction_sets: dict | None = None  # conformal scores fitted after it (trust.prediction_sets)
+        self.novelty: dict | None = None  # class centroids and validation distances (trust.novelty)
         self.optimizer_factory = optimizer
         # scheduler=none composes an empty node: no schedule.
         self.scheduler_factory = scheduler or None
@@ -262,29 +264,14 @@ class GemClassifier(pl.LightningModule):
     # -- a checkpoint that describes itself ----------------------------------------------------------------
 
     def description(self) -> dict:
-        """Everything inference needs besides the weights."""
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "class_names": self.class_names,
-            "image_size": self.hparams.image_size,
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "backbone": self.hparams.backbone,
-            "augment_policy": self.hparams.augment_policy,
-            "config": self.run_config,
-            "temperature": float(self.temperature),
-            "calibration": self.calibration,
-            "prediction_sets": self.prediction_sets,
-        }
+        """Everything inference needs besides the weights (``checkpoint_format.description_of``)."""
+        return checkpoint_format.description_of(self)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[CHECKPOINT_KEY] = self.description()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        description = checkpoint_format.upgrade_checkpoint(checkpoint).get(CHECKPOINT_KEY, {})
-        self.run_config = description.get("config")
-        self.calibration = description.get("calibration")
-        self.prediction_sets = description.get("prediction_sets")
+        checkpoint_format.restore_description(self, checkpoint)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> GemClassifier:

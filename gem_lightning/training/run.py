@@ -239,8 +239,7 @@ def _calibrate_and_report(
         predictor,
         output_dir=output_dir / "evaluation" / "test",
         datamodule=datamodule,
-        set_settings=cfg.prediction_sets,
-        taxonomy=hydra.utils.instantiate(cfg.taxonomy),
+        answer_config=cfg,
     )
     # On the test split, held out from the fit: test/loss is the NLL before, these are the rest.
     summary = evaluation.evaluation.summary

@@ -1,6 +1,7 @@
-"""One photo's answer in words and fields, from its calibrated probabilities: the top classes, the prediction
-set at the chosen coverage, and the family when the class is unsure. ``predict`` and the web page word
-answers here, so they say the same thing; the evaluation report measures the same sets and family answers."""
+"""One photo's answer in words and fields, from its calibrated probabilities and backbone features: the top
+classes, the prediction set at the chosen coverage, the family when the class is unsure, and "not one of the
+classes I know" when the photo is far from all of them. ``predict`` and the web page word answers here, so they
+say the same thing; the evaluation report measures the same sets, family answers and novelty."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import hydra
 import torch
 
 from gem_lightning.trust.families import FamilyAnswer, Taxonomy
+from gem_lightning.trust.novelty import Novelty, check_accept
 from gem_lightning.trust.prediction_sets import PredictionSets
 
 LONGEST_SET_NAMED = 4  # a larger set is named by its size and first classes
@@ -21,9 +23,16 @@ class Answer:
     prediction_set: list[str] | None  # the set's classes, most probable first; None without fitted sets
     coverage: float | None  # the set's coverage
     family: FamilyAnswer | None
+    known: bool | None  # within the novelty threshold of some class; None without a novelty fit or features
+    novelty: float | None  # cosine distance of the photo's features to the nearest class centroid
+    classes: int  # how many classes the model knows
 
     def sentence(self) -> str:
-        """``Ruby or Spinel, 90% sure``; ``a garnet (75%): Rhodolite 45%, Almandine 30%; ...``"""
+        """``Ruby or Spinel, 90% sure``; ``a garnet (75%): Rhodolite 45%, Almandine 30%; ...``;
+        ``not one of the 87 classes I know (nearest: Ruby, 40%)``"""
+        if self.known is False:
+            name, probability = self.top[0]
+            return f"not one of the {self.classes} classes I know (nearest: {name}, {probability:.0%})"
         parts = []
         if self.family is not None:
             members = ", ".join(f"{name} {probability:.0%}" for name, probability in self.family.members)
@@ -40,19 +49,42 @@ class Answer:
 
 
 class Answering:
-    """How probabilities become answers for one model: its classes, taxonomy and (when fitted) its sets."""
+    """How probabilities become answers for one model: its classes, taxonomy and (when fitted) its sets and
+    novelty rule."""
 
-    def __init__(self, class_names: list[str], taxonomy: Taxonomy, prediction_sets: dict | None, coverage: float):
-        """``prediction_sets``: the fit as a checkpoint stores it (``PredictionSets.as_dict()``), or None."""
+    def __init__(
+        self,
+        class_names: list[str],
+        taxonomy: Taxonomy,
+        prediction_sets: dict | None,
+        coverage: float,
+        *,
+        novelty: dict | None,
+        accept: float,
+    ):
+        """``prediction_sets``, ``novelty``: the fits as a checkpoint stores them (``as_dict()``), or None.
+        ``accept``: the share of validation gems the novelty rule keeps as known."""
         self.class_names, self.taxonomy, self.coverage = class_names, taxonomy, coverage
         self.prediction_sets = PredictionSets(**prediction_sets) if prediction_sets else None
         if self.prediction_sets is not None:
             self.prediction_sets.threshold(coverage)  # a bad coverage fails before any photo is read
+        self.novelty = Novelty(**novelty) if novelty else None
+        self.accept = check_accept(accept)
 
-    def answers(self, probabilities: torch.Tensor, k: int) -> list[Answer]:
-        """One answer per row of (N, C) calibrated probabilities."""
+    def distances(self, features: torch.Tensor | None) -> torch.Tensor | None:
+        """(N,) each photo's distance to the nearest class centroid; None without a novelty fit or features."""
+        return self.novelty.distances(features) if self.novelty is not None and features is not None else None
+
+    def known(self, distances: torch.Tensor) -> torch.Tensor:
+        """(N,) bool: which of these distances the novelty rule keeps (the rest: "not one I know")."""
+        return distances <= self.novelty.threshold(self.accept)
+
+    def answers(self, probabilities: torch.Tensor, k: int, features: torch.Tensor | None = None) -> list[Answer]:
+        """One answer per row of (N, C) calibrated probabilities, with (N, F) backbone features when known."""
         k = min(k, len(self.class_names))
         sets = self.prediction_sets.sets(probabilities, self.coverage) if self.prediction_sets else None
+        distances = self.distances(features)
+        known = self.known(distances) if distances is not None else None
         result = []
         for row, photo in enumerate(probabilities):
             values, indices = photo.topk(k)
@@ -61,13 +93,25 @@ class Answering:
             if sets is not None:
                 order = photo.argsort(descending=True)
                 members = [self.class_names[int(i)] for i in order if sets[row, i]]
-            result.append(Answer(top, members, self.coverage if sets is not None else None,
-                                 self.taxonomy.family_answer(photo, self.class_names)))  # fmt: skip
+            result.append(
+                Answer(
+                    top,
+                    members,
+                    self.coverage if sets is not None else None,
+                    self.taxonomy.family_answer(photo, self.class_names),
+                    None if known is None else bool(known[row]),
+                    None if distances is None else float(distances[row]),
+                    len(self.class_names),
+                )
+            )
         return result
 
 
 def answering_for(predictor, cfg) -> Answering:
     """The answering rules a command's config gives a predictor (``inference.predictor.Predictor``): its
-    ``taxonomy`` and ``prediction_sets`` nodes, with the checkpoint's fitted sets where they apply."""
+    ``taxonomy``, ``prediction_sets`` and ``novelty`` nodes, with the checkpoint's fits where they apply."""
     taxonomy = hydra.utils.instantiate(cfg.taxonomy)
-    return Answering(predictor.class_names, taxonomy, predictor.prediction_sets, cfg.prediction_sets.coverage)
+    coverage, accept = cfg.prediction_sets.coverage, cfg.novelty.accept
+    return Answering(
+        predictor.class_names, taxonomy, predictor.prediction_sets, coverage, novelty=predictor.novelty, accept=accept
+    )

@@ -45,7 +45,7 @@ def build_page(predictor: Predictor, answering: Answering):
         if skipped:
             raise gr.Error(f"cannot use this file: {skipped[0].reason}")
         (prediction,) = predictions
-        (answer,) = answering.answers(prediction.probabilities[None], TOP_K)
+        (answer,) = answering.answers(prediction.probabilities[None], TOP_K, prediction.features[None])
         return predictor.model_view(prediction.model_input), dict(answer.top), f"**{answer.sentence()}**"
 
     classes = len(predictor.class_names)
@@ -61,7 +61,8 @@ def build_page(predictor: Predictor, answering: Answering):
             cut_out = gr.Image(
                 label=f"what the model sees ({steps})", format="png", interactive=False, elem_id="cut-out"
             )
-        # "Ruby or Spinel, 90 % sure": the prediction set, and the family when the class is unsure.
+        # "Ruby or Spinel, 90 % sure": the prediction set, and the family when the class is unsure; "not one
+        # of the 87 classes I know" for a photo far from all of them.
         answer = gr.Markdown(elem_id="answer")
         ranking = gr.Label(num_top_classes=TOP_K, label=f"top {TOP_K} (calibrated confidence)", elem_id="top-classes")
         photo.change(identify, inputs=photo, outputs=[cut_out, ranking, answer], preprocess=False)

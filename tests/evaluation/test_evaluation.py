@@ -119,6 +119,12 @@ def test_training_run_calibrates_its_checkpoint_and_writes_the_report(trained_de
     sets = checkpoint["gem_lightning"]["prediction_sets"]
     assert sets["split"] == "val" and len(sets["calibration_scores"]) == calibration["images"]
     assert sets["score"] == "lac" and sets["calibration_scores"] == sorted(sets["calibration_scores"])
+    # And the novelty rule: a centroid per class from the training photos, the validation photos' distances.
+    novelty = checkpoint["gem_lightning"]["novelty"]
+    assert novelty["training_images"] == len(run.datamodule.datasets["train"])
+    assert novelty["centroids"].shape == (len(run.class_names), 512)  # ResNet-18's pooled features
+    distances = novelty["calibration_distances"]
+    assert len(distances) == calibration["images"] and distances == sorted(distances) and 0 <= distances[0]
 
     folder = run.run_dir / "evaluation" / "test"
     for name in ("report.md", "confusion_matrix.png", "reliability_diagram.png", "evaluation.json", "per_class.csv"):
@@ -147,6 +153,11 @@ def test_training_run_calibrates_its_checkpoint_and_writes_the_report(trained_de
     family_of = {row["class"]: row["family"] for row in rows}
     assert family_of["Ruby"] == family_of["Sapphire Pink"] == "corundum" and family_of["Diamond"] == "diamond"
     assert all(0 <= float(row["set_coverage"]) <= 1 for row in rows if int(row["support"]))
+    # Test gems turned away as "not one I know": counted, and the kept ones' top-1 beside it.
+    novelty_row = document["trust"]["novelty"]
+    assert novelty_row["accept"] == 0.95 and novelty_row["images"] == summary["images"]
+    assert summary["unknown_share"] == novelty_row["unknown"] / summary["images"]
+    assert f"{novelty_row['unknown']} of {int(summary['images'])}" in report and "## Not one of the classes" in report
     assert run.metrics["calibration/temperature"] == pytest.approx(calibration["temperature"])
     assert run.metrics["test/ece_calibrated"] == pytest.approx(summary["ece_after"])
     assert run.metrics["test/nll_calibrated"] == pytest.approx(summary["nll_after"])

@@ -18,6 +18,7 @@ from gem_lightning.cli import predict
 from gem_lightning.config import composition as train_config
 from gem_lightning.data.image_dataset import evaluation_dataset
 from gem_lightning.errors import GemLightningError
+from gem_lightning.inference.backbone_features import prepared_image_features
 from gem_lightning.inference.logits import collect_logits
 from gem_lightning.inference.predictor import Predictor
 from tests.helpers.configs import composed_model
@@ -34,6 +35,7 @@ PREDICTIONS_SCHEMA = {
         "temperature",
         "prediction_sets",
         "taxonomy",
+        "novelty",
         "predictions",
         "skipped",
     ],  # fmt: skip
@@ -46,15 +48,22 @@ PREDICTIONS_SCHEMA = {
             "required": ["coverage", "score", "threshold", "fitted_on"],
             "properties": {"coverage": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}},
         },
+        "novelty": {
+            "type": ["object", "null"],
+            "required": ["accept", "threshold", "fitted_on"],
+            "properties": {"accept": {"type": "number", "exclusiveMinimum": 0, "maximum": 1}},
+        },
         "predictions": {
             "type": "array",
             "items": {
                 "type": "object",
-                "required": ["file", "model_input", "answer", "top_k", "prediction_set", "family"],
+                "required": ["file", "model_input", "answer", "known", "novelty", "top_k", "prediction_set", "family"],
                 "properties": {
                     "file": {"type": "string"},
                     "model_input": {"type": "string"},
                     "answer": {"type": "string", "minLength": 1},
+                    "known": {"type": ["boolean", "null"]},
+                    "novelty": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
                     "prediction_set": {"type": ["array", "null"], "minItems": 1, "items": {"type": "string"}},
                     "family": {"type": ["object", "null"], "required": ["name", "probability", "classes"]},
                     "top_k": {
@@ -118,10 +127,18 @@ def test_predict_command_writes_json_with_full_distributions_and_skips_bad_files
         assert probabilities == sorted(probabilities, reverse=True)
         # The set holds the top class and is ranked like the probabilities; the answer names it.
         assert row["prediction_set"] == names[: len(row["prediction_set"])]
-        assert row["answer"].endswith(f"{document['prediction_sets']['coverage']:.0%} sure")
-        assert " or ".join(row["prediction_set"]) in row["answer"] or "one of" in row["answer"]
-    # The run calibrated its best checkpoint and fitted its prediction sets; predictions use both.
+        # Known: the set in words. Farther from every class than the novelty threshold: no class claimed.
+        assert row["known"] == (row["novelty"] <= document["novelty"]["threshold"])
+        if row["known"]:
+            assert row["answer"].endswith(f"{document['prediction_sets']['coverage']:.0%} sure")
+            assert " or ".join(row["prediction_set"]) in row["answer"] or "one of" in row["answer"]
+        else:
+            assert row["answer"] == f"not one of the {classes} classes I know (nearest: {names[0]}, " + (
+                f"{probabilities[0]:.0%})"
+            )
+    # The run calibrated its best checkpoint and fitted its prediction sets and novelty rule; predictions use them.
     assert document["prediction_sets"]["score"] == "lac" and document["prediction_sets"]["coverage"] == 0.9
+    assert document["novelty"]["accept"] == 0.95 and document["novelty"]["fitted_on"].startswith("centroids of")
     stored = torch.load(run.checkpoint, weights_only=True)["gem_lightning"]["temperature"]
     assert document["temperature"] == pytest.approx(stored)
     printed = capsys.readouterr().out
@@ -140,6 +157,7 @@ def test_predict_command_writes_csv(trained_demo_run, tmp_path):
     assert list(rows[0]) == [
         "file",
         "answer",
+        "known",
         "class_1",
         "probability_1",
         "class_2",
@@ -153,6 +171,7 @@ def test_predict_command_writes_csv(trained_demo_run, tmp_path):
     for row in rows:
         assert row["class_1"] in run.class_names
         assert row["prediction_set"].split("; ")[0] == row["class_1"] and row["answer"]
+        assert row["known"] in ("yes", "no") and row["answer"].startswith("not one of") == (row["known"] == "no")
         assert float(row["probability_1"]) >= float(row["probability_2"]) >= float(row["probability_3"])
 
 
@@ -167,6 +186,11 @@ def test_predictions_match_the_training_evaluation_path(trained_demo_run):
     assert not skipped
     got = torch.stack([p.probabilities for p in predictions])
     torch.testing.assert_close(got, (expected.outputs / predictor.temperature).softmax(-1))
+    # Its features are those calibration fitted the novelty rule on (the run's cached pass): one distance each.
+    features = torch.stack([p.features for p in predictions])
+    cached = prepared_image_features(predictor.model, run.datamodule)[dataset.rows]
+    torch.testing.assert_close(features, cached, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(features, expected.features)
     # Uncalibrated: the same ranking, other probabilities (the run's temperature is not 1).
     raw = Predictor(run.checkpoint, calibrated=False, progress=False)
     raw_predictions, _ = raw.predict_files(sources[:4])

@@ -42,7 +42,7 @@ def test_the_taxonomy_lists_every_kaggle_class_and_groups_the_known_relatives():
 
 def test_an_unsure_class_answer_becomes_a_family_answer():
     names = ["Rhodolite", "Almandine", "Pyrope", "Ruby", "Obsidian"]
-    answering = Answering(names, _taxonomy(), None, 0.9)
+    answering = Answering(names, _taxonomy(), None, 0.9, novelty=None, accept=0.95)
     unsure, sure, spread = answering.answers(
         torch.tensor([[0.45, 0.30, 0.03, 0.22, 0.0], [0.9, 0.05, 0.0, 0.05, 0.0], [0.3, 0.0, 0.0, 0.4, 0.3]]), 3
     )
