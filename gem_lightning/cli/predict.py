@@ -22,7 +22,7 @@ from gem_lightning.errors import GemLightningError
 from gem_lightning.files.atomic_writes import write_text_atomically
 from gem_lightning.inference.predictor import ImagePrediction, Predictor
 from gem_lightning.inference.user_photos import SkippedImage, find_images
-from gem_lightning.trust.answers import Answering, answering_for
+from gem_lightning.trust.answers import Answer, Answering, answering_for
 
 OUTPUT_FORMATS = (".json", ".csv")
 
@@ -50,6 +50,15 @@ def _novelty_description(answering: Answering) -> dict | None:
         "fitted_on": f"centroids of {fitted.training_images} training images, "
         f"distances of {len(fitted.calibration_distances)} {fitted.split} images",
     }
+
+
+def _nearest_rows(answer: Answer, class_names: list[str]) -> list[dict] | None:
+    if answer.nearest is None:
+        return None
+    return [
+        {"class": class_names[near.class_index], "file": str(near.file), "distance": near.distance}
+        for near in answer.nearest
+    ]
 
 
 def predictions_document(
@@ -86,6 +95,17 @@ def predictions_document(
                 # false: "not one of the classes I know"; novelty: distance to the nearest class centroid
                 "known": answer.known,
                 "novelty": answer.novelty,
+                # For each of the top classes its nearest training photos: real examples to compare with.
+                "nearest_training_photos": None
+                if answer.nearest is None
+                else [
+                    {
+                        "class": predictor.class_names[near.class_index],
+                        "file": str(near.file),
+                        "distance": near.distance,
+                    }
+                    for near in answer.nearest
+                ],
                 "top_k": [{"class": name, "probability": probability} for name, probability in answer.top],
                 "prediction_set": answer.prediction_set,
                 "family": None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,8 +21,6 @@ from torchmetrics.functional.classification import multiclass_calibration_error
 from gem_lightning.errors import GemLightningError
 from gem_lightning.files.atomic_writes import write_bytes_atomically
 from gem_lightning.models.checkpoint_format import CHECKPOINT_KEY
-from gem_lightning.trust.novelty import Novelty
-from gem_lightning.trust.prediction_sets import PredictionSets
 
 log = logging.getLogger(__name__)
 
@@ -127,18 +126,16 @@ def calibrate(logits: torch.Tensor, targets: torch.Tensor, split: str = "val") -
     )
 
 
-def store_calibration(
-    checkpoint_path: Path, result: CalibrationResult, prediction_sets: PredictionSets, novelty: Novelty
-) -> None:
-    """Write the temperature, the prediction sets fitted after it and the novelty rule into the checkpoint
-    (replacing the file atomically); weights stay untouched."""
+def store_calibration(checkpoint_path: Path, result: CalibrationResult, fitted_after: Mapping[str, dict]) -> None:
+    """Write the temperature and what was fitted after it (``fitted_after``: the ``as_dict()`` of the prediction
+    sets, the novelty rule and the training photos, by their names in ``checkpoint_format.FITTED``) into the
+    checkpoint, replacing the file atomically; weights stay untouched."""
     checkpoint_path = Path(checkpoint_path)
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
     checkpoint["state_dict"]["temperature"] = torch.tensor(result.temperature)
     checkpoint[CHECKPOINT_KEY]["temperature"] = result.temperature
     checkpoint[CHECKPOINT_KEY]["calibration"] = result.as_dict()
-    checkpoint[CHECKPOINT_KEY]["prediction_sets"] = prediction_sets.as_dict()
-    checkpoint[CHECKPOINT_KEY]["novelty"] = novelty.as_dict()
+    checkpoint[CHECKPOINT_KEY].update(fitted_after)
     buffer = io.BytesIO()
     torch.save(checkpoint, buffer)
     try:

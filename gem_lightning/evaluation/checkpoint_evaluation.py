@@ -30,6 +30,7 @@ from gem_lightning.inference.logits import collect_logits
 from gem_lightning.inference.predictor import Predictor
 from gem_lightning.models.classifier import GemClassifier
 from gem_lightning.trust.answers import answering_for
+from gem_lightning.trust.nearest_photos import TrainingPhotos
 from gem_lightning.trust.novelty import fit_novelty
 from gem_lightning.trust.prediction_sets import fit_prediction_sets
 
@@ -75,8 +76,8 @@ def calibrate_checkpoint(
 ) -> CalibrationResult:
     """Fit ``model``'s temperature on its run's validation split (one view: a property of the checkpoint, which
     test-time views and ensembles then average), then the prediction sets on the calibrated probabilities
-    (``set_settings``: the ``prediction_sets`` config node) and the novelty rule on the backbone features of the
-    training and validation photos; store all three in the checkpoint and in the model."""
+    (``set_settings``: the ``prediction_sets`` config node), and from the backbone features of the training and
+    validation photos the novelty rule and the training photos to show; store them in the checkpoint and the model."""
     validation = collect_logits(model, datamodule.datasets["val"], description="validation logits", **options)
     calibration = calibrate(validation.outputs, validation.targets, split="val")
     prediction_sets = fit_prediction_sets(
@@ -89,18 +90,18 @@ def calibrate_checkpoint(
     )
     training = datamodule.datasets["train"]
     # The training photos as validation sees them (no augmentation), from the cached pass head-only runs share.
-    features = prepared_image_features(model, datamodule)
-    novelty = fit_novelty(
-        features[training.rows],
-        torch.tensor([label for _, label in training.items]),
-        validation.features,
-        len(model.class_names),
-        split="val",
-    )
-    store_calibration(checkpoint, calibration, prediction_sets, novelty)
+    features = prepared_image_features(model, datamodule)[training.rows]
+    labels = torch.tensor([label for _, label in training.items])
+    files = [datamodule.prepared.items[row].source for row in training.rows]
+    fitted_after = {
+        "prediction_sets": prediction_sets.as_dict(),
+        "novelty": fit_novelty(features, labels, validation.features, len(model.class_names), split="val").as_dict(),
+        "training_photos": TrainingPhotos.of(features, labels, files, datamodule.root).as_dict(),
+    }
+    store_calibration(checkpoint, calibration, fitted_after)
     model.temperature.fill_(calibration.temperature)
-    model.prediction_sets = prediction_sets.as_dict()
-    model.novelty = novelty.as_dict()
+    for name, fit in fitted_after.items():
+        setattr(model, name, fit)
     log.info(
         "temperature %.3f fitted on %d validation images (NLL %.4f -> %.4f, ECE %.4f -> %.4f), stored in %s",
         calibration.temperature,

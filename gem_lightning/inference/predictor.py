@@ -161,6 +161,11 @@ class Predictor:
         features of the photo as it is, which every prediction carries, ensemble or not."""
         return self.model.novelty
 
+    @property
+    def training_photos(self) -> dict | None:
+        """The first checkpoint's training photos (gem_lightning.trust.nearest_photos), in the same space."""
+        return self.model.training_photos
+
     def describe_model(self) -> str:
         """``best.ckpt``, or ``an ensemble of 3 checkpoints, tta=dihedral (8 views)``."""
         if not self.averaging:

@@ -58,8 +58,9 @@ MODEL_KEYS_BEFORE_THEY_EXISTED = {
 
 
 # What a model learns after training (on its validation split) and keeps in its description, attributes of the
-# same names on GemClassifier: the record of the temperature fit, the conformal prediction sets, the novelty rule.
-FITTED = ("calibration", "prediction_sets", "novelty")
+# same names on GemClassifier: the record of the temperature fit, the conformal prediction sets, the novelty rule
+# and the training photos it can show as look-alikes.
+FITTED = ("calibration", "prediction_sets", "novelty", "training_photos")
 
 
 def description_of(model) -> dict:

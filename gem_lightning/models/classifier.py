@@ -100,6 +100,7 @@ class GemClassifier(pl.LightningModule):
         self.calibration: dict | None = None  # how the temperature was fitted (NLL and ECE before/after)
         self.prediction_sets: dict | None = None  # conformal scores fitted after it (trust.prediction_sets)
         self.novelty: dict | None = None  # class centroids and validation distances (trust.novelty)
+        self.training_photos: dict | None = None  # their features and files (trust.nearest_photos)
         self.optimizer_factory = optimizer
         # scheduler=none composes an empty node: no schedule.
         self.scheduler_factory = scheduler or None

@@ -1,7 +1,8 @@
 """One photo's answer in words and fields, from its calibrated probabilities and backbone features: the top
 classes, the prediction set at the chosen coverage, the family when the class is unsure, and "not one of the
-classes I know" when the photo is far from all of them. ``predict`` and the web page word answers here, so they
-say the same thing; the evaluation report measures the same sets, family answers and novelty."""
+classes I know" when the photo is far from all of them, and the training photos it most resembles in each of its
+top classes. ``predict`` and the web page form answers here, so they say the same thing; the evaluation report
+measures the same sets, family answers and novelty."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import hydra
 import torch
 
 from gem_lightning.trust.families import FamilyAnswer, Taxonomy
+from gem_lightning.trust.nearest_photos import CLASSES_SHOWN, NearPhoto, TrainingPhotos
 from gem_lightning.trust.novelty import Novelty, check_accept
 from gem_lightning.trust.prediction_sets import PredictionSets
 
@@ -26,6 +28,7 @@ class Answer:
     known: bool | None  # within the novelty threshold of some class; None without a novelty fit or features
     novelty: float | None  # cosine distance of the photo's features to the nearest class centroid
     classes: int  # how many classes the model knows
+    nearest: list[NearPhoto] | None  # the nearest training photos of each of the top classes, in their order
 
     def sentence(self) -> str:
         """``Ruby or Spinel, 90% sure``; ``a garnet (75%): Rhodolite 45%, Almandine 30%; ...``;
@@ -61,15 +64,17 @@ class Answering:
         *,
         novelty: dict | None,
         accept: float,
+        training_photos: dict | None = None,
     ):
-        """``prediction_sets``, ``novelty``: the fits as a checkpoint stores them (``as_dict()``), or None.
-        ``accept``: the share of validation gems the novelty rule keeps as known."""
+        """``prediction_sets``, ``novelty``, ``training_photos``: the fits as a checkpoint stores them
+        (``as_dict()``), or None. ``accept``: the share of validation gems the novelty rule keeps as known."""
         self.class_names, self.taxonomy, self.coverage = class_names, taxonomy, coverage
         self.prediction_sets = PredictionSets(**prediction_sets) if prediction_sets else None
         if self.prediction_sets is not None:
             self.prediction_sets.threshold(coverage)  # a bad coverage fails before any photo is read
         self.novelty = Novelty(**novelty) if novelty else None
         self.accept = check_accept(accept)
+        self.training_photos = TrainingPhotos(**training_photos) if training_photos else None
 
     def distances(self, features: torch.Tensor | None) -> torch.Tensor | None:
         """(N,) each photo's distance to the nearest class centroid; None without a novelty fit or features."""
@@ -85,6 +90,10 @@ class Answering:
         sets = self.prediction_sets.sets(probabilities, self.coverage) if self.prediction_sets else None
         distances = self.distances(features)
         known = self.known(distances) if distances is not None else None
+        nearest = None
+        if self.training_photos is not None and features is not None:
+            top_classes = probabilities.topk(min(CLASSES_SHOWN, len(self.class_names)), dim=1).indices
+            nearest = [sum(per_class, []) for per_class in self.training_photos.nearest(features, top_classes)]
         result = []
         for row, photo in enumerate(probabilities):
             values, indices = photo.topk(k)
@@ -102,6 +111,7 @@ class Answering:
                     None if known is None else bool(known[row]),
                     None if distances is None else float(distances[row]),
                     len(self.class_names),
+                    None if nearest is None else nearest[row],
                 )
             )
         return result
@@ -113,5 +123,11 @@ def answering_for(predictor, cfg) -> Answering:
     taxonomy = hydra.utils.instantiate(cfg.taxonomy)
     coverage, accept = cfg.prediction_sets.coverage, cfg.novelty.accept
     return Answering(
-        predictor.class_names, taxonomy, predictor.prediction_sets, coverage, novelty=predictor.novelty, accept=accept
+        predictor.class_names,
+        taxonomy,
+        predictor.prediction_sets,
+        coverage,
+        novelty=predictor.novelty,
+        accept=accept,
+        training_photos=predictor.training_photos,
     )

@@ -1,4 +1,4 @@
 """The Gradio page that identifies an uploaded photo through the predictor.
 
-Imports ``inference`` and ``trust``.
+Imports ``inference``, ``trust`` and ``data`` (to show training photos, decoded as training decoded them).
 """

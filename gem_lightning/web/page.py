@@ -1,7 +1,8 @@
 """The page that identifies a gem photo in the browser (command: ``gem-web``)."""
 
-# Upload (or paste) a photo; the page shows the stone as the model sees it, cut out as in training, and the
-# top-5 classes with calibrated confidence bars.
+# Upload (or paste) a photo; the page shows the stone as the model sees it, cut out as in training, the answer
+# in words, the top-5 classes with calibrated confidence bars, and the training photos it most resembles in each
+# of its top classes.
 #
 # Why Gradio: its ``Label`` component is exactly a top-k list with confidence bars and its ``Image`` input
 # handles upload, drag-and-drop and paste, so the page is a dozen lines with no front-end code to keep;
@@ -13,11 +14,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from PIL import Image, UnidentifiedImageError
+
+from gem_lightning.data.image_files import load_rgb
 from gem_lightning.errors import GemLightningError
 from gem_lightning.inference.predictor import Predictor
-from gem_lightning.trust.answers import Answering
+from gem_lightning.trust.answers import Answer, Answering
 
 TOP_K = 5
+THUMBNAIL = 160  # the longer side, in pixels, of a training photo shown as a look-alike
 
 
 def _import_gradio():
@@ -30,6 +35,19 @@ def _import_gradio():
     return gradio
 
 
+def look_alikes(answer: Answer, class_names: list[str]) -> list[tuple[Image.Image, str]]:
+    """(thumbnail, "class (distance)") of the answer's nearest training photos that can still be read."""
+    shown = []
+    for near in answer.nearest or []:
+        try:
+            image = load_rgb(near.file, min_side=THUMBNAIL)
+        except (OSError, UnidentifiedImageError):  # moved or deleted since training: one thumbnail fewer
+            continue
+        image.thumbnail((THUMBNAIL, THUMBNAIL))
+        shown.append((image, f"{class_names[near.class_index]} ({near.distance:.2f})"))
+    return shown
+
+
 def build_page(predictor: Predictor, answering: Answering):
     """The Gradio Blocks app for ``predictor``; ``answering`` words the answer (set, family) above the bars."""
     gr = _import_gradio()
@@ -40,13 +58,14 @@ def build_page(predictor: Predictor, answering: Answering):
         # predictor's check says which of them it is.
         path = photo.get("path") if isinstance(photo, dict) else photo
         if not path:
-            return None, None, ""
+            return None, None, "", []
         predictions, skipped = predictor.predict_files([Path(path)])
         if skipped:
             raise gr.Error(f"cannot use this file: {skipped[0].reason}")
         (prediction,) = predictions
         (answer,) = answering.answers(prediction.probabilities[None], TOP_K, prediction.features[None])
-        return predictor.model_view(prediction.model_input), dict(answer.top), f"**{answer.sentence()}**"
+        shown = look_alikes(answer, predictor.class_names)
+        return predictor.model_view(prediction.model_input), dict(answer.top), f"**{answer.sentence()}**", shown
 
     classes = len(predictor.class_names)
     with gr.Blocks(title="gem-lightning: identify a gemstone") as page:
@@ -65,5 +84,10 @@ def build_page(predictor: Predictor, answering: Answering):
         # of the 87 classes I know" for a photo far from all of them.
         answer = gr.Markdown(elem_id="answer")
         ranking = gr.Label(num_top_classes=TOP_K, label=f"top {TOP_K} (calibrated confidence)", elem_id="top-classes")
-        photo.change(identify, inputs=photo, outputs=[cut_out, ranking, answer], preprocess=False)
+        # Real examples to compare with: the nearest training photos of each top class (cosine distance).
+        nearest = gr.Gallery(
+            label="nearest training photos of the top classes", elem_id="nearest", columns=6, height="auto"
+        )
+        outputs = [cut_out, ranking, answer, nearest]
+        photo.change(identify, inputs=photo, outputs=outputs, preprocess=False)
     return page

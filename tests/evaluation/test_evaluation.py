@@ -125,6 +125,11 @@ def test_training_run_calibrates_its_checkpoint_and_writes_the_report(trained_de
     assert novelty["centroids"].shape == (len(run.class_names), 512)  # ResNet-18's pooled features
     distances = novelty["calibration_distances"]
     assert len(distances) == calibration["images"] and distances == sorted(distances) and 0 <= distances[0]
+    # And the training photos to show as look-alikes: one feature row and file per training photo.
+    photos = checkpoint["gem_lightning"]["training_photos"]
+    assert (
+        photos["features"].shape == (len(photos["files"]), 512) and len(photos["files"]) == novelty["training_images"]
+    )
 
     folder = run.run_dir / "evaluation" / "test"
     for name in ("report.md", "confusion_matrix.png", "reliability_diagram.png", "evaluation.json", "per_class.csv"):

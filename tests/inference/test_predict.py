@@ -21,6 +21,7 @@ from gem_lightning.errors import GemLightningError
 from gem_lightning.inference.backbone_features import prepared_image_features
 from gem_lightning.inference.logits import collect_logits
 from gem_lightning.inference.predictor import Predictor
+from gem_lightning.trust.nearest_photos import TrainingPhotos
 from tests.helpers.configs import composed_model
 from tests.helpers.workplace import GEMSTONES_DIR, needs_shared
 
@@ -57,13 +58,27 @@ PREDICTIONS_SCHEMA = {
             "type": "array",
             "items": {
                 "type": "object",
-                "required": ["file", "model_input", "answer", "known", "novelty", "top_k", "prediction_set", "family"],
+                "required": [
+                    "file",
+                    "model_input",
+                    "answer",
+                    "known",
+                    "novelty",
+                    "nearest_training_photos",
+                    "top_k",
+                    "prediction_set",
+                    "family",
+                ],  # fmt: skip
                 "properties": {
                     "file": {"type": "string"},
                     "model_input": {"type": "string"},
                     "answer": {"type": "string", "minLength": 1},
                     "known": {"type": ["boolean", "null"]},
                     "novelty": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
+                    "nearest_training_photos": {
+                        "type": ["array", "null"],
+                        "items": {"type": "object", "required": ["class", "file", "distance"]},
+                    },
                     "prediction_set": {"type": ["array", "null"], "minItems": 1, "items": {"type": "string"}},
                     "family": {"type": ["object", "null"], "required": ["name", "probability", "classes"]},
                     "top_k": {
@@ -136,6 +151,11 @@ def test_predict_command_writes_json_with_full_distributions_and_skips_bad_files
             assert row["answer"] == f"not one of the {classes} classes I know (nearest: {names[0]}, " + (
                 f"{probabilities[0]:.0%})"
             )
+        # The nearest training photos of each of the top 3 classes, two each, nearest first: real files.
+        nearest = row["nearest_training_photos"]
+        assert [entry["class"] for entry in nearest] == [name for name in names[:3] for _ in range(2)]
+        assert all(Path(entry["file"]).is_file() for entry in nearest)
+        assert nearest[0]["distance"] <= nearest[1]["distance"]
     # The run calibrated its best checkpoint and fitted its prediction sets and novelty rule; predictions use them.
     assert document["prediction_sets"]["score"] == "lac" and document["prediction_sets"]["coverage"] == 0.9
     assert document["novelty"]["accept"] == 0.95 and document["novelty"]["fitted_on"].startswith("centroids of")
@@ -197,6 +217,19 @@ def test_predictions_match_the_training_evaluation_path(trained_demo_run):
     for calibrated, uncalibrated in zip(predictions[:4], raw_predictions, strict=True):
         assert calibrated.probabilities.argmax() == uncalibrated.probabilities.argmax()
     assert predictor.temperature != pytest.approx(1.0)
+
+
+def test_a_training_photo_resembles_itself_most(trained_demo_run):
+    run = trained_demo_run
+    predictor = Predictor(run.checkpoint, cache_dir=run.workdir / "cache", progress=False)
+    photos = TrainingPhotos(**predictor.training_photos)
+    assert len(photos.files) == len(run.datamodule.datasets["train"])
+    item = next(item for item in run.datamodule.prepared.items if item.split == "train")
+    photo = Path(run.datamodule.root) / item.source
+    (prediction,), _ = predictor.predict_files([photo])
+    label = torch.tensor([[run.class_names.index(item.label)]])
+    (((nearest, second),),) = photos.nearest(prediction.features[None], label, per_class=2)
+    assert nearest.file == photo and nearest.distance < 2e-3 < second.distance
 
 
 def test_a_tensor_of_the_wrong_size_or_type_is_one_clear_error(trained_demo_run):

@@ -125,6 +125,10 @@ def test_upload_a_gem_photo_and_see_the_cut_out_and_top_5(request, tmp_path):
         answer = browser.find_element(By.CSS_SELECTOR, "#answer").text
         assert answer == expected.sentence() and names[0] in answer, answer
         assert answer.endswith("90% sure") if expected.known else answer.startswith("not one of the 10 classes")
+        # The nearest training photos of the top 3 classes, two each, captioned with their class.
+        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#nearest img")) == 6)
+        captions = browser.find_element(By.CSS_SELECTOR, "#nearest").text
+        assert all(name in captions for name in names[:3]), captions
         # The stone as the model sees it, served by the page.
         wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#cut-out img"))
         source = browser.find_element(By.CSS_SELECTOR, "#cut-out img").get_attribute("src")
