@@ -96,16 +96,7 @@ def predictions_document(
                 "known": answer.known,
                 "novelty": answer.novelty,
                 # For each of the top classes its nearest training photos: real examples to compare with.
-                "nearest_training_photos": None
-                if answer.nearest is None
-                else [
-                    {
-                        "class": predictor.class_names[near.class_index],
-                        "file": str(near.file),
-                        "distance": near.distance,
-                    }
-                    for near in answer.nearest
-                ],
+                "nearest_training_photos": _nearest_rows(answer, predictor.class_names),
                 "top_k": [{"class": name, "probability": probability} for name, probability in answer.top],
                 "prediction_set": answer.prediction_set,
                 "family": None
