@@ -27,31 +27,6 @@ from gem_lightning.trust.answers import Answer, Answering, answering_for
 OUTPUT_FORMATS = (".json", ".csv")
 
 
-def _set_description(answering: Answering) -> dict | None:
-    fitted = answering.prediction_sets
-    if fitted is None:
-        return None
-    return {
-        "coverage": answering.coverage,
-        "score": fitted.score,
-        "threshold": fitted.threshold(answering.coverage),
-        "fitted_on": f"{len(fitted.calibration_scores)} {fitted.split} images",
-    }
-
-
-def _novelty_description(answering: Answering) -> dict | None:
-    fitted = answering.novelty
-    if fitted is None:
-        return None
-    threshold = fitted.threshold(answering.accept)
-    return {
-        "accept": answering.accept,
-        "threshold": threshold if threshold != float("inf") else None,
-        "fitted_on": f"centroids of {fitted.training_images} training images, "
-        f"distances of {len(fitted.calibration_distances)} {fitted.split} images",
-    }
-
-
 def _nearest_rows(answer: Answer, class_names: list[str]) -> list[dict] | None:
     if answer.nearest is None:
         return None
@@ -73,6 +48,7 @@ def predictions_document(
     if predictions:
         probabilities = torch.stack([item.probabilities for item in predictions])
         answers = answering.answers(probabilities, k, torch.stack([item.features for item in predictions]))
+    fitted_sets = answering.prediction_sets
     return {
         "checkpoint": str(predictor.checkpoint),
         "checkpoints": [str(path) for path in predictor.checkpoints],
@@ -83,10 +59,10 @@ def predictions_document(
         "background": predictor.describe_background(),
         "temperature": predictor.temperature,
         # null: the checkpoint has no fitted sets (calibrate it with evaluate), or the answer averages models/views.
-        "prediction_sets": _set_description(answering),
+        "prediction_sets": None if fitted_sets is None else fitted_sets.describe(answering.coverage),
         "taxonomy": answering.taxonomy.name,
         # null: the checkpoint has no novelty fit (calibrate it with evaluate); every photo then gets a class.
-        "novelty": _novelty_description(answering),
+        "novelty": None if answering.novelty is None else answering.novelty.describe(answering.accept),
         "predictions": [
             {
                 "file": str(item.source),

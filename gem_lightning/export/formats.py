@@ -33,7 +33,7 @@ from gem_lightning.inference.logits import TTA_VIEWS
 from gem_lightning.inference.predictor import Predictor
 from gem_lightning.inference.user_photos import usable_images
 from gem_lightning.models.classifier import GemClassifier
-from gem_lightning.trust.prediction_sets import REPORTED_COVERAGES, PredictionSets
+from gem_lightning.trust.prediction_sets import PredictionSets
 
 log = logging.getLogger(__name__)
 
@@ -78,14 +78,8 @@ def _prediction_sets(predictor: Predictor, coverage: float) -> dict | None:
     or views, which the sets were not fitted on)."""
     if predictor.prediction_sets is None:
         return None
-    fitted = PredictionSets(**predictor.prediction_sets)
     return {
-        "score": fitted.score,
-        "penalty": fitted.penalty,
-        "free_ranks": fitted.free_ranks,
-        "coverage": coverage,
-        "threshold": fitted.threshold(coverage),
-        "thresholds": {str(target): fitted.threshold(target) for target in REPORTED_COVERAGES},
+        **PredictionSets(**predictor.prediction_sets).describe(coverage),
         "rule": "a class is in the set when its score is at most the threshold (lac: 1 - probability; aps: the "
         "summed probability of the classes at least as probable; raps: aps + penalty per rank past free_ranks); "
         "the most probable class always is",

@@ -69,6 +69,17 @@ class Novelty:
             )
         return nearest_class_distances(features, self.centroids)
 
+    def describe(self, accept: float) -> dict:
+        """The rule as predict's JSON states it: ``accept``, the threshold (null: every photo is known), and what
+        it was fitted on."""
+        threshold = self.threshold(accept)
+        return {
+            "accept": accept,
+            "threshold": threshold if math.isfinite(threshold) else None,
+            "fitted_on": f"centroids of {self.training_images} training images, "
+            f"distances of {len(self.calibration_distances)} {self.split} images",
+        }
+
     def as_dict(self) -> dict:
         """What a checkpoint stores (plain types and one tensor, so it loads with ``weights_only=True``)."""
         return {

@@ -70,6 +70,23 @@ class PredictionSets:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def describe(self, coverage: float) -> dict:
+        """The fit as predict's JSON and export's ``model.json`` state it: score, settings, the threshold at
+        ``coverage`` and at each reported coverage (null: every class), and what it was fitted on."""
+
+        def finite(value: float) -> float | None:
+            return value if math.isfinite(value) else None
+
+        return {
+            "score": self.score,
+            "penalty": self.penalty,
+            "free_ranks": self.free_ranks,
+            "coverage": coverage,
+            "threshold": finite(self.threshold(coverage)),
+            "thresholds": {str(target): finite(self.threshold(target)) for target in REPORTED_COVERAGES},
+            "fitted_on": f"{len(self.calibration_scores)} {self.split} images",
+        }
+
 
 def fit_prediction_sets(
     probabilities: torch.Tensor,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -71,3 +72,11 @@ def test_a_bad_coverage_or_score_is_one_line():
         fitted.threshold(90)
     with pytest.raises(GemLightningError, match=r"conformal.score='apss': use one of lac, aps, raps"):
         fit_prediction_sets(probabilities, labels, score="apss")
+
+
+def test_a_fit_describes_itself_in_plain_json_even_where_every_class_is_in():
+    probabilities, labels = _seeded_model(9, seed=3)
+    fitted = fit_prediction_sets(probabilities, labels)
+    described = fitted.describe(0.95)  # ceil(10 * 0.95) = 10 > 9 scores: every class, no finite threshold
+    assert described["threshold"] is None and described["thresholds"]["0.8"] == fitted.threshold(0.8)
+    assert described["fitted_on"] == "9 val images" and json.loads(json.dumps(described, allow_nan=False))
