@@ -16,7 +16,7 @@ import hashlib
 import io
 import logging
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -76,8 +76,14 @@ def backbone_features(
     model's device, inside ``forward_context`` (the trainer's precision); read from the cache when there.
     A read-only cache (which the data module has warned about) gets them computed and not stored."""
     target = features_file(model, images, cache_dir, precision)
-
-    def compute() -> torch.Tensor:
+    writable = folder_is_writable(cache_dir, "paths.cache_dir")
+    # A read-only cache cannot hold the lock file either; nothing is written there, so nothing needs locking.
+    with exclusive_lock(target.with_suffix(".lock")) if writable else nullcontext():
+        if target.is_file():
+            log.info("backbone features from %s", target)
+            return torch.from_numpy(np.load(target))
+        stored = f"once into {target}" if writable else "(not stored: the cache is read-only)"
+        log.info("computing %s features of %d images %s", model.hparams.backbone, len(images), stored)
         was_training = model.training
         model.eval()
         features = run_over_dataset(
@@ -89,26 +95,10 @@ def backbone_features(
             forward_context=forward_context,
         ).outputs
         model.train(was_training)
-        return features
-
-    if not folder_is_writable(cache_dir, "paths.cache_dir"):
-        if target.is_file():
-            return torch.from_numpy(np.load(target))
-        log.info(
-            "computing %s features of %d images (not stored: the cache is read-only)",
-            model.hparams.backbone,
-            len(images),
-        )
-        return compute()
-    with exclusive_lock(target.with_suffix(".lock")):
-        if target.is_file():
-            log.info("backbone features from %s", target)
-            return torch.from_numpy(np.load(target))
-        log.info("computing %s features of %d images once into %s", model.hparams.backbone, len(images), target)
-        features = compute()
-        buffer = io.BytesIO()
-        np.save(buffer, features.numpy())
-        write_bytes_atomically(target, buffer.getvalue())
+        if writable:
+            buffer = io.BytesIO()
+            np.save(buffer, features.numpy())
+            write_bytes_atomically(target, buffer.getvalue())
     return features
 
 
