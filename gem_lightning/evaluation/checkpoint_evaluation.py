@@ -218,6 +218,13 @@ def evaluate_checkpoint(
         "background": predictor.describe_background(),
     }
     report = write_evaluation_report(
-        folder, evaluation, context, [path for path, _ in dataset.items], sources, predictor.image_size, calibration
+        folder,
+        evaluation,
+        context,
+        [path for path, _ in dataset.items],
+        sources,
+        predictor.image_size,
+        calibration,
+        explained_by=model,
     )
     return EvaluationRun(report, evaluation, calibration)

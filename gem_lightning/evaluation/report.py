@@ -2,7 +2,8 @@
 
 Figures (matplotlib, drawn off-screen): the confusion matrix, normalised per true class and sized so that
 87 class names stay legible; the reliability diagram before and after temperature scaling; a gallery of
-the misclassified images as the model saw them, most confident mistakes first.
+the misclassified images as the model saw them, most confident mistakes first, each under a heat map of where
+the model found evidence for the class it wrongly chose.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import math
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -28,6 +30,8 @@ from gem_lightning.evaluation.trust_report import (
     trust_lines,
 )
 from gem_lightning.files.atomic_writes import write_bytes_atomically, write_text_atomically
+from gem_lightning.inference.heat_maps import heat_maps, overlay
+from gem_lightning.models.classifier import GemClassifier
 
 REPORT_FILE = "report.md"
 CONFUSION_FILE = "confusion_matrix.png"
@@ -110,19 +114,26 @@ def reliability_figure(evaluation: Evaluation) -> Figure:
     return figure
 
 
-def gallery_figure(evaluation: Evaluation, model_inputs: list[Path], image_size: int) -> Figure:
-    """The misclassified images as the model saw them (after background removal and the centre crop)."""
+def gallery_figure(
+    evaluation: Evaluation, model_inputs: list[Path], image_size: int, explained_by: GemClassifier | None = None
+) -> Figure:
+    """The misclassified images as the model saw them (after background removal and the centre crop), with
+    ``explained_by``'s Grad-CAM heat map of the predicted class over each when a model is given."""
     shown = evaluation.misclassified[:GALLERY_LIMIT]
     columns = max(1, min(8, len(shown)))
     rows = max(1, math.ceil(len(shown) / columns))
     figure = Figure(figsize=(2.0 * columns, 2.3 * rows), layout="constrained")
     FigureCanvasAgg(figure)
-    pictures = evaluation_dataset([(path, -1) for path in model_inputs], image_size)
+    dataset = evaluation_dataset([(model_inputs[index], -1) for index in shown], image_size)
+    pictures = torch.stack([dataset[position][0] for position in range(len(shown))]) if shown else None
+    heat = None
+    if explained_by is not None and shown:
+        heat = heat_maps(explained_by, pictures, [int(evaluation.predicted[index]) for index in shown]).numpy()
     names = evaluation.class_names
     for position, index in enumerate(shown):
         axes = figure.add_subplot(rows, columns, position + 1)
-        picture = pictures[index][0]
-        axes.imshow(picture.permute(1, 2, 0).numpy())
+        picture = pictures[position].permute(1, 2, 0).numpy()
+        axes.imshow(picture if heat is None else overlay(picture, heat[position]))
         axes.set_axis_off()
         true_name = names[int(evaluation.targets[index])]
         predicted = names[int(evaluation.predicted[index])]
@@ -131,7 +142,8 @@ def gallery_figure(evaluation: Evaluation, model_inputs: list[Path], image_size:
         )
     more = len(evaluation.misclassified) - len(shown)
     extra = f" (the {GALLERY_LIMIT} most confident of {len(evaluation.misclassified)})" if more > 0 else ""
-    figure.suptitle(f"misclassified images{extra}", fontsize=10)
+    how = "; colour: where the model found evidence for the class it chose (Grad-CAM)" if heat is not None else ""
+    figure.suptitle(f"misclassified images{extra}{how}", fontsize=10)
     return figure
 
 
@@ -197,7 +209,11 @@ def _markdown(evaluation: Evaluation, context: dict, calibration: CalibrationRes
         lines.append(" | ".join([line, *extra]) + " |")
     lines += ["", f"## Misclassified images ({len(evaluation.misclassified)})", ""]
     if drew_gallery:
-        lines.append(f"![misclassified images]({GALLERY_FILE})")
+        lines.append(
+            "Most confident first, as the model saw them; in colour, where it found evidence for the class it chose "
+            "(a Grad-CAM heat map: red on the stone means the stone's look misled it, red elsewhere the background)."
+        )
+        lines += ["", f"![misclassified images]({GALLERY_FILE})"]
     else:
         lines.append("None.")
     return "\n".join(lines) + "\n"
@@ -211,18 +227,20 @@ def write_evaluation_report(
     sources: list[str],
     image_size: int,
     calibration: CalibrationResult | None = None,
+    explained_by: GemClassifier | None = None,
 ) -> Path:
     """Write the report folder; returns the path of ``report.md``.
 
     ``context`` holds ``title``, ``checkpoint``, ``data`` (what was evaluated) and ``background``;
-    ``model_inputs[i]`` is the file the model decoded for image i, ``sources[i]`` the name to list it under.
+    ``model_inputs[i]`` is the file the model decoded for image i, ``sources[i]`` the name to list it under;
+    ``explained_by`` draws the gallery's heat maps (an ensemble's first member).
     """
     folder = Path(folder)
     _save(confusion_figure(evaluation), folder / CONFUSION_FILE, dpi=120)
     _save(reliability_figure(evaluation), folder / RELIABILITY_FILE)
     drew_gallery = bool(evaluation.misclassified)
     if drew_gallery:
-        _save(gallery_figure(evaluation, model_inputs, image_size), folder / GALLERY_FILE)
+        _save(gallery_figure(evaluation, model_inputs, image_size, explained_by), folder / GALLERY_FILE)
     else:
         (folder / GALLERY_FILE).unlink(missing_ok=True)  # an earlier report's mistakes are not this one's
 

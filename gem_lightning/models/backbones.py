@@ -46,6 +46,15 @@ def network_stages(network: nn.Module) -> list[nn.Module]:
     return [nn.ModuleList([network.conv_stem, network.bn1]), *network.blocks]
 
 
+def last_feature_map(network: nn.Module) -> nn.Module:
+    """The layer whose output is ``network``'s last (N, C, h, w) map, the one pooled into the features: where
+    class-activation heat maps are read (a ResNet's layer4; an EfficientNet's head convolution after its
+    BatchNorm and activation)."""
+    if isinstance(network, models.ResNet):
+        return network.layer4
+    return network.bn2
+
+
 @dataclass(frozen=True)
 class BackboneEntry:
     """One registered backbone: its ImageNet network (head included), its weights on disk, its preprocessing."""

@@ -1,8 +1,8 @@
 """The page that identifies a gem photo in the browser (command: ``gem-web``)."""
 
-# Upload (or paste) a photo; the page shows the stone as the model sees it, cut out as in training, the answer
-# in words, the top-5 classes with calibrated confidence bars, and the training photos it most resembles in each
-# of its top classes.
+# Upload (or paste) a photo; the page shows the stone as the model sees it, cut out as in training, a heat map of
+# where it found evidence for its top class, the answer in words, the top-5 classes with calibrated confidence
+# bars, and the training photos it most resembles in each of its top classes.
 #
 # Why Gradio: its ``Label`` component is exactly a top-k list with confidence bars and its ``Image`` input
 # handles upload, drag-and-drop and paste, so the page is a dozen lines with no front-end code to keep;
@@ -14,10 +14,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
 
 from gem_lightning.data.image_files import load_rgb
 from gem_lightning.errors import GemLightningError
+from gem_lightning.inference.heat_maps import heat_maps, overlay
 from gem_lightning.inference.predictor import Predictor
 from gem_lightning.trust.answers import Answer, Answering
 
@@ -48,6 +51,13 @@ def look_alikes(answer: Answer, class_names: list[str]) -> list[tuple[Image.Imag
     return shown
 
 
+def where_it_looked(predictor: Predictor, view: np.ndarray, class_index: int) -> np.ndarray:
+    """``view`` (the model's input, (S, S, 3) uint8) under the Grad-CAM heat map of ``class_index`` (an
+    ensemble's first member's)."""
+    (heat,) = heat_maps(predictor.model, torch.from_numpy(view).permute(2, 0, 1)[None], [class_index])
+    return overlay(view, heat.numpy())
+
+
 def build_page(predictor: Predictor, answering: Answering):
     """The Gradio Blocks app for ``predictor``; ``answering`` words the answer (set, family) above the bars."""
     gr = _import_gradio()
@@ -58,14 +68,16 @@ def build_page(predictor: Predictor, answering: Answering):
         # predictor's check says which of them it is.
         path = photo.get("path") if isinstance(photo, dict) else photo
         if not path:
-            return None, None, "", []
+            return None, None, None, "", []
         predictions, skipped = predictor.predict_files([Path(path)])
         if skipped:
             raise gr.Error(f"cannot use this file: {skipped[0].reason}")
         (prediction,) = predictions
         (answer,) = answering.answers(prediction.probabilities[None], TOP_K, prediction.features[None])
         shown = look_alikes(answer, predictor.class_names)
-        return predictor.model_view(prediction.model_input), dict(answer.top), f"**{answer.sentence()}**", shown
+        view = predictor.model_view(prediction.model_input)
+        heat = where_it_looked(predictor, view, int(prediction.probabilities.argmax()))
+        return view, heat, dict(answer.top), f"**{answer.sentence()}**", shown
 
     classes = len(predictor.class_names)
     with gr.Blocks(title="gem-lightning: identify a gemstone") as page:
@@ -80,6 +92,12 @@ def build_page(predictor: Predictor, answering: Answering):
             cut_out = gr.Image(
                 label=f"what the model sees ({steps})", format="png", interactive=False, elem_id="cut-out"
             )
+            heat = gr.Image(
+                label="where it found evidence for its top class (Grad-CAM)",
+                format="png",
+                interactive=False,
+                elem_id="heat-map",
+            )
         # "Ruby or Spinel, 90 % sure": the prediction set, and the family when the class is unsure; "not one
         # of the 87 classes I know" for a photo far from all of them.
         answer = gr.Markdown(elem_id="answer")
@@ -88,6 +106,6 @@ def build_page(predictor: Predictor, answering: Answering):
         nearest = gr.Gallery(
             label="nearest training photos of the top classes", elem_id="nearest", columns=6, height="auto"
         )
-        outputs = [cut_out, ranking, answer, nearest]
+        outputs = [cut_out, heat, ranking, answer, nearest]
         photo.change(identify, inputs=photo, outputs=outputs, preprocess=False)
     return page

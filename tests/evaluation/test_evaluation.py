@@ -148,6 +148,7 @@ def test_training_run_calibrates_its_checkpoint_and_writes_the_report(trained_de
     assert len(document["misclassified"]) == round(summary["images"] * (1 - summary["top1"]))
     assert (folder / "misclassified.png").is_file() == bool(document["misclassified"])
     report = (folder / "report.md").read_text()
+    assert bool(document["misclassified"]) == ("Grad-CAM" in report)  # the gallery under its heat maps
     assert "![confusion matrix](confusion_matrix.png)" in report and "## Most-confused class pairs" in report
     assert f"| {calibration['nll_before']:.4f} | {calibration['nll_after']:.4f} |" in report
     # Sets at 80, 90 and 95 % and the families (the demo has three corundum classes).

@@ -18,12 +18,14 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from gem_lightning.config.composition import compose_config
 from gem_lightning.inference.predictor import Predictor
 from gem_lightning.trust.answers import answering_for
+from gem_lightning.web.page import where_it_looked
 from tests.helpers.workplace import GEMSTONES_DIR, REPO_ROOT, U2NET_DIR
 
 CHROMIUM = shutil.which("chromium")
@@ -143,6 +145,14 @@ def test_upload_a_gem_photo_and_see_the_cut_out_and_top_5(request, tmp_path):
             assert all(max(pixel) <= 8 for pixel in corners), corners
             original = Image.open(photo).convert("RGB")
             assert min(max(original.getpixel(xy)) for xy in ((0, 0), (original.width - 1, 0))) > 100  # grey there
+        # Where it looked: the same view under the Grad-CAM map of the top class, as the page's function draws it.
+        heat_source = browser.find_element(By.CSS_SELECTOR, "#heat-map img").get_attribute("src")
+        with urllib.request.urlopen(heat_source, timeout=30) as response:
+            heat = np.asarray(Image.open(io.BytesIO(response.read())).convert("RGB"), dtype=np.int16)
+        view = predictor.model_view(prediction.model_input)
+        expected_heat = where_it_looked(predictor, view, run.class_names.index(names[0]))
+        assert heat.shape == view.shape and np.abs(heat - expected_heat).mean() < 1.0
+        assert np.abs(heat - view).mean() > 5  # painted over, not the bare view
         browser.save_screenshot(str(tmp_path / "page.png"))
     finally:
         if browser is not None:
