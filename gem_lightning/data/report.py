@@ -188,6 +188,31 @@ def draw_contact_sheet(samples: dict[str, list[Path]], path: Path, title: str, t
     write_bytes_atomically(path, buffer.getvalue())
 
 
+def draw_label_issue_sheet(issues: list[dict], images: list[Path], path: Path, title: str, tile: int = 128) -> None:
+    """The suspicious photos (``images[i]`` for ``issues[i]``), eight a row, each captioned with its given class
+    and the class it looks like, written atomically as a PNG."""
+    columns = max(1, min(8, len(issues)))
+    rows = max(1, -(-len(issues) // columns))
+    figure = Figure(figsize=(1.9 * columns, 2.2 * rows + 0.4), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    figure.suptitle(title, fontsize=10)
+    for index, (issue, image_file) in enumerate(zip(issues, images, strict=True)):
+        with Image.open(image_file) as image:
+            picture = image.convert("RGB")
+        picture.thumbnail((tile, tile))
+        axes = figure.add_subplot(rows, columns, index + 1)
+        axes.imshow(picture)
+        axes.set_title(
+            f"labelled {issue['given']}\nlooks like {issue['suggested']} {issue['p_suggested']:.2f}",
+            fontsize=7,
+            color="darkred",
+        )
+        axes.axis("off")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    write_bytes_atomically(path, buffer.getvalue())
+
+
 def write_report(report: dict, folder: Path, samples: dict[str, list[Path]], title: str) -> Path:
     """Write the JSON, and the contact sheet unless the same samples are drawn already; returns the JSON path."""
     folder = Path(folder)

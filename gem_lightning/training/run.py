@@ -32,6 +32,9 @@ from gem_lightning.inference.predictor import Predictor
 from gem_lightning.models.backbones import pretrained_weights_file
 from gem_lightning.models.checkpoint_format import CHECKPOINT_KEY, read_checkpoint
 from gem_lightning.models.classifier import GemClassifier
+from gem_lightning.training.label_audit import SHEET_NAME as LABEL_ISSUE_SHEET
+from gem_lightning.training.label_audit import describe as describe_label_audit
+from gem_lightning.training.label_audit import run_label_audit
 from gem_lightning.training.multirun_summary import METRICS_FILE
 from gem_lightning.training.optimiser_settings import check_optimiser_settings
 from gem_lightning.training.trainer_factory import build_trainer, resolve_devices
@@ -168,11 +171,15 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> Training
     datamodule = _prepare_data(cfg, resumed)
     model = _build_model(cfg, datamodule, loggers)
     output_dir = Path(cfg.paths.output_dir)
+    audit = None
+    if cfg.get("label_audit") and trainer.is_global_zero and datamodule.prepared is not None:
+        audit = run_label_audit(model, datamodule, cfg.label_audit)  # before fit: the backbone as pretrained
+        log.info(describe_label_audit(audit[0]))
 
     if cfg.get("train", True):
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     if trainer.is_global_zero:
-        _keep_split_and_data_report(datamodule, output_dir)
+        _keep_split_and_data_report(datamodule, output_dir, audit)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     best_checkpoint = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if cfg.get("test", True):
@@ -212,15 +219,24 @@ def _build_model(cfg: DictConfig, datamodule: GemDataModule, loggers: list[Logge
     return model
 
 
-def _keep_split_and_data_report(datamodule: GemDataModule, output_dir: Path) -> None:
-    """Copy the split manifest and the data report beside the run, to audit it after the cache is cleared."""
+def _keep_split_and_data_report(
+    datamodule: GemDataModule, output_dir: Path, audit: tuple[dict, Path | None] | None
+) -> None:
+    """Copy the split manifest and the data report beside the run, to audit it after the cache is cleared; the
+    run's report carries its label audit (``audit``: the section and its thumbnail sheet) when there is one."""
     if datamodule.prepared is None:
         return
     output_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(datamodule.prepared.manifest_file, output_dir / "split_manifest.csv")
     report_dir = datamodule.prepared.report_file.parent
-    for name in (REPORT_NAME, CONTACT_SHEET_NAME):
-        shutil.copyfile(report_dir / name, output_dir / name)
+    shutil.copyfile(report_dir / CONTACT_SHEET_NAME, output_dir / CONTACT_SHEET_NAME)
+    report = json.loads((report_dir / REPORT_NAME).read_text())
+    if audit is not None:
+        section, sheet = audit
+        report["label_issues"] = {**section, "sheet": LABEL_ISSUE_SHEET if sheet else None}
+        if sheet is not None:
+            shutil.copyfile(sheet, output_dir / LABEL_ISSUE_SHEET)
+    write_text_atomically(output_dir / REPORT_NAME, json.dumps(report, indent=1))
 
 
 def _test(trainer: pl.Trainer, model: GemClassifier, datamodule: GemDataModule, best_checkpoint: str) -> dict:

@@ -1,0 +1,65 @@
+"""The data report's label audit: a photo filed under the wrong class is found; the folder is left as it was."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from gem_lightning.data.demo import DemoGemSet
+from gem_lightning.data.label_issues import audit_labels
+from gem_lightning.training.run import train
+from tests.helpers.configs import compose_config
+
+
+def _fingerprint(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()
+    }
+
+
+def test_a_ruby_filed_under_emerald_is_the_first_photo_flagged_and_nothing_is_moved(tmp_path):
+    gems = DemoGemSet(images_per_class=12, image_size=48).render(tmp_path / "gems")
+    (gems / ".demo-complete.json").unlink()  # a user's folder, not a rendered set
+    shutil.move(gems / "Ruby" / "ruby_003.png", gems / "Emerald" / "ruby_003.png")
+    before = _fingerprint(gems)
+    overrides = [
+        "experiment=demo",
+        "data=gemstones",  # a folder of the user's, not the rendered demo set
+        f"data.root={gems}",
+        "data.image_size=32",
+        "data.batch_size=16",
+        "data.num_workers=0",
+        "trainer=cpu",
+        "trainer.max_epochs=1",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        "~callbacks.rich_progress_bar",
+    ]
+    result = train(compose_config(overrides, tmp_path))
+    run_dir = tmp_path / "run"
+    audit = json.loads((run_dir / "data_report.json").read_text())["label_issues"]
+    # Even an untrained ResNet-18's features at 32 px tell a red oval from green octagons.
+    assert audit["issues"][0]["path"] == "Emerald/ruby_003.png", audit["issues"][:3]
+    assert audit["issues"][0]["suggested"] == "Ruby" and audit["issues"][0]["given"] == "Emerald"
+    assert audit["photos"] == 120 and audit["folds"] == 5 and "resnet18 (untrained)" == audit["backbone"]
+    # The classes that differ only in colour (the demo's designed pairs) are the ones found mixed.
+    mixed = [set(pair["classes"]) for pair in audit["overlapping_classes"][:4]]
+    assert {"Beryl Golden", "Quartz Lemon"} in mixed, audit["overlapping_classes"]
+    assert (run_dir / audit["sheet"]).is_file()
+    assert _fingerprint(gems) == before  # flagged, never moved, renamed or rewritten
+
+    assert len(list((tmp_path / "cache").rglob("label_issues-*.json"))) == 1  # kept for the next run
+    assert result.best_checkpoint
+
+
+def test_the_audit_needs_two_photos_a_class_to_cross_validate():
+    features = np.random.default_rng(0).normal(size=(5, 8)).astype(np.float32)
+    labels = np.array([0, 0, 1, 1, 2])
+    photos = [(f"{i}.png", "train") for i in range(5)]
+    assert "skipped" in audit_labels(features, labels, ["a", "b", "c"], photos)
+    section = audit_labels(features[:4], labels[:4], ["a", "b"], photos[:4])
+    assert section["folds"] == 2 and len(section["issues"]) <= 4
