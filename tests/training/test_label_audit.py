@@ -11,8 +11,9 @@ import numpy as np
 
 from gem_lightning.data.demo import DemoGemSet
 from gem_lightning.data.label_issues import audit_labels
+from gem_lightning.training.label_audit import run_label_audit
 from gem_lightning.training.run import train
-from tests.helpers.configs import compose_config
+from tests.helpers.configs import TINY_DEMO, compose_config
 
 
 def _fingerprint(folder: Path) -> dict[str, str]:
@@ -26,34 +27,30 @@ def test_a_ruby_filed_under_emerald_is_the_first_photo_flagged_and_nothing_is_mo
     (gems / ".demo-complete.json").unlink()  # a user's folder, not a rendered set
     shutil.move(gems / "Ruby" / "ruby_003.png", gems / "Emerald" / "ruby_003.png")
     before = _fingerprint(gems)
-    overrides = [
-        "experiment=demo",
-        "data=gemstones",  # a folder of the user's, not the rendered demo set
-        f"data.root={gems}",
-        "data.image_size=32",
-        "data.batch_size=16",
-        "data.num_workers=0",
-        "trainer=cpu",
-        "trainer.max_epochs=1",
-        "trainer.enable_progress_bar=false",
-        "trainer.enable_model_summary=false",
-        "~callbacks.rich_progress_bar",
-    ]
+    # The tiny demo run's settings, on a folder of the user's rather than the rendered demo set.
+    tiny = [override for override in TINY_DEMO if not override.startswith("data.demo.")]
+    overrides = [*tiny, "data=gemstones", f"data.root={gems}"]
     result = train(compose_config(overrides, tmp_path))
     run_dir = tmp_path / "run"
     audit = json.loads((run_dir / "data_report.json").read_text())["label_issues"]
     # Even an untrained ResNet-18's features at 32 px tell a red oval from green octagons.
     assert audit["issues"][0]["path"] == "Emerald/ruby_003.png", audit["issues"][:3]
     assert audit["issues"][0]["suggested"] == "Ruby" and audit["issues"][0]["given"] == "Emerald"
-    assert audit["photos"] == 120 and audit["folds"] == 5 and "resnet18 (untrained)" == audit["backbone"]
+    assert audit["photos"] == 120 and audit["folds"] == 5 and audit["backbone"] == "resnet18 (untrained)"
     # The classes that differ only in colour (the demo's designed pairs) are the ones found mixed.
     mixed = [set(pair["classes"]) for pair in audit["overlapping_classes"][:4]]
     assert {"Beryl Golden", "Quartz Lemon"} in mixed, audit["overlapping_classes"]
     assert (run_dir / audit["sheet"]).is_file()
     assert _fingerprint(gems) == before  # flagged, never moved, renamed or rewritten
 
-    assert len(list((tmp_path / "cache").rglob("label_issues-*.json"))) == 1  # kept for the next run
-    assert result.best_checkpoint
+    # Kept beside the data report: the same photos through the same weights and settings are read back, not
+    # refitted (here the trained weights: a second audit, then the same one again).
+    settings = compose_config(overrides, tmp_path).label_audit
+    first, _ = run_label_audit(result.model, result.datamodule, settings)
+    stored = {path: path.stat().st_mtime_ns for path in (tmp_path / "cache").rglob("label_issues-*.json")}
+    again, _ = run_label_audit(result.model, result.datamodule, settings)
+    assert again == first and len(stored) == 2
+    assert {path: path.stat().st_mtime_ns for path in stored} == stored
 
 
 def test_the_audit_needs_two_photos_a_class_to_cross_validate():
