@@ -173,7 +173,9 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> Training
     output_dir = Path(cfg.paths.output_dir)
     audit = None
     if cfg.get("label_audit") and trainer.is_global_zero and datamodule.prepared is not None:
-        audit = run_label_audit(model, datamodule, cfg.label_audit)  # before fit: the backbone as pretrained
+        # Before fit: the backbone as pretrained, on the device the run trains on (fit moves the model itself).
+        audit = run_label_audit(model.to(trainer.strategy.root_device), datamodule, cfg.label_audit)
+        model.cpu()
         log.info(describe_label_audit(audit[0]))
 
     if cfg.get("train", True):
