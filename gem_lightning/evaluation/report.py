@@ -115,25 +115,23 @@ def reliability_figure(evaluation: Evaluation) -> Figure:
 
 
 def gallery_figure(
-    evaluation: Evaluation, model_inputs: list[Path], image_size: int, explained_by: GemClassifier | None = None
+    evaluation: Evaluation, model_inputs: list[Path], image_size: int, explained_by: GemClassifier
 ) -> Figure:
-    """The misclassified images as the model saw them (after background removal and the centre crop), with
-    ``explained_by``'s Grad-CAM heat map of the predicted class over each when a model is given."""
+    """The misclassified images as the model saw them (after background removal and the centre crop), each
+    under ``explained_by``'s Grad-CAM heat map of the class it predicted."""
     shown = evaluation.misclassified[:GALLERY_LIMIT]
     columns = max(1, min(8, len(shown)))
     rows = max(1, math.ceil(len(shown) / columns))
     figure = Figure(figsize=(2.0 * columns, 2.3 * rows), layout="constrained")
     FigureCanvasAgg(figure)
     dataset = evaluation_dataset([(model_inputs[index], -1) for index in shown], image_size)
-    pictures = torch.stack([dataset[position][0] for position in range(len(shown))]) if shown else None
-    heat = None
-    if explained_by is not None and shown:
-        heat = heat_maps(explained_by, pictures, [int(evaluation.predicted[index]) for index in shown]).numpy()
+    pictures = torch.stack([dataset[position][0] for position in range(len(shown))])
+    heat = heat_maps(explained_by, pictures, [int(evaluation.predicted[index]) for index in shown]).numpy()
     names = evaluation.class_names
     for position, index in enumerate(shown):
         axes = figure.add_subplot(rows, columns, position + 1)
         picture = pictures[position].permute(1, 2, 0).numpy()
-        axes.imshow(picture if heat is None else overlay(picture, heat[position]))
+        axes.imshow(overlay(picture, heat[position]))
         axes.set_axis_off()
         true_name = names[int(evaluation.targets[index])]
         predicted = names[int(evaluation.predicted[index])]
@@ -142,7 +140,7 @@ def gallery_figure(
         )
     more = len(evaluation.misclassified) - len(shown)
     extra = f" (the {GALLERY_LIMIT} most confident of {len(evaluation.misclassified)})" if more > 0 else ""
-    how = "; colour: where the model found evidence for the class it chose (Grad-CAM)" if heat is not None else ""
+    how = "; colour: where the model found evidence for the class it chose (Grad-CAM)"
     figure.suptitle(f"misclassified images{extra}{how}", fontsize=10)
     return figure
 
@@ -226,8 +224,8 @@ def write_evaluation_report(
     model_inputs: list[Path],
     sources: list[str],
     image_size: int,
-    calibration: CalibrationResult | None = None,
-    explained_by: GemClassifier | None = None,
+    calibration: CalibrationResult | None,
+    explained_by: GemClassifier,
 ) -> Path:
     """Write the report folder; returns the path of ``report.md``.
 
