@@ -54,7 +54,11 @@ def audit_labels(
     if len(counts) < 2 or folds < 2:
         return {"skipped": "needs two classes of at least two photos each to cross-validate"}
     probabilities = out_of_fold_probabilities(features, labels, folds, seed)
-    ranked = find_label_issues(labels, probabilities, filter_by=filter_by, return_indices_ranked_by="self_confidence")
+    # One process: cleanlab would otherwise fork a pool, and a child forked beside a running thread (a sweep
+    # worker's heartbeat, a loader) can wait forever on a lock that thread held; the work is milliseconds anyway.
+    ranked = find_label_issues(
+        labels, probabilities, filter_by=filter_by, return_indices_ranked_by="self_confidence", n_jobs=1
+    )
     issues = []
     for index in ranked:
         suggested = int(probabilities[index].argmax())

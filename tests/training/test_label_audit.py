@@ -60,3 +60,20 @@ def test_the_audit_needs_two_photos_a_class_to_cross_validate():
     assert "skipped" in audit_labels(features, labels, ["a", "b", "c"], photos)
     section = audit_labels(features[:4], labels[:4], ["a", "b"], photos[:4])
     assert section["folds"] == 2 and len(section["issues"]) <= 4
+
+
+def test_the_audit_forks_no_process_pool(monkeypatch):
+    # A pool forked by cleanlab inside a sweep worker (whose heartbeat thread may hold a lock at the fork) hung
+    # the two-worker PostgreSQL sweep test once; the audit runs in its own process only.
+    import multiprocessing
+
+    def no_pool(*args, **kwargs):
+        raise AssertionError("the label audit started a process pool")
+
+    monkeypatch.setattr(multiprocessing, "Pool", no_pool)
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 10)
+    features = (rng.normal(size=(40, 16)) + 3 * np.eye(16)[labels]).astype(np.float32)
+    photos = [(f"{i}.png", "train") for i in range(40)]
+    for rule in ("prune_by_noise_rate", "both"):
+        assert "issues" in audit_labels(features, labels, ["a", "b", "c", "d"], photos, filter_by=rule)
