@@ -77,6 +77,8 @@ COMMAND_TESTS = {
     "python -m gem_lightning.cli.bench data_dir=data/gemstones": "test_bench_tiny",
     "python -m gem_lightning.cli.bench data_dir=data/gemstones && python train.py experiment=gpu_check "
     "data.root=data/gemstones": "test_gpu_check",
+    "python train.py experiment=demo trainer=ddp_cpu": "test_data_parallel_on_two_cpu_processes",
+    "python train.py experiment=demo trainer=ddp": "test_ddp_on_a_machine_without_gpus_says_what_is_missing",
     "python train.py -m experiment=demo optim.lr=1e-3,3e-4 augment=seed,colour_preserving": "test_multirun",
     "python sweep.py experiment=demo --n-trials 20": "test_sweep_demo",
     "python sweep.py experiment=demo sweep=backbones sweep/pruner=hyperband --study-name demo-backbones "
@@ -355,8 +357,10 @@ def _best_callback_state(checkpoint: dict) -> dict:
     return state
 
 
-def test_resume_a_killed_run(clone, demo):
-    overrides = "experiment=demo trainer.max_epochs=4 optim.lr=1e-2"
+def _kill_after_epoch_1(clone, overrides: str, whole_group: bool = True) -> Path:
+    """``python train.py <overrides>`` killed (SIGKILL) once its last.ckpt holds epoch 1, mid-epoch 2 or in its
+    validation; the last.ckpt. ``whole_group=False`` kills only the process the user started, and checks that
+    the processes it started (data-parallel ranks) end with it."""
     killed = clone.start(f"python train.py {overrides}")
     runs = clone.root / "outputs" / "demo" / "runs"
     before = set(runs.iterdir())
@@ -371,12 +375,30 @@ def test_resume_a_killed_run(clone, demo):
                 break
         time.sleep(0.2)
     assert last is not None, "the run never wrote last.ckpt for epoch 1"
-    os.killpg(killed.pid, signal.SIGKILL)  # mid-epoch 2 (or during its validation)
+    if whole_group:
+        os.killpg(killed.pid, signal.SIGKILL)
+        killed.wait()
+        return last
+    os.kill(killed.pid, signal.SIGKILL)
     killed.wait()
+    deadline = time.monotonic() + 30
+    while _processes_in_group(killed.pid) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _processes_in_group(killed.pid), "a process the killed run started outlived it by 30 s"
+    return last
+
+
+def _processes_in_group(group: int) -> list[str]:
+    listed = subprocess.run(["ps", "-eo", "pgid=,pid=,args="], capture_output=True, text=True, check=True).stdout
+    return [line for line in listed.splitlines() if line.split()[0] == str(group)]
+
+
+def _resume(clone, overrides: str, last: Path, epochs: int) -> Path:
+    """README's resume command on the killed run's last.ckpt; checks that it trained exactly the epochs after
+    the last finished one and continued val/acc_best; the new run's folder."""
     state = torch.load(last, map_location="cpu", weights_only=True)
     finished = state["epoch"]  # the last epoch that finished
     best_before = _best_callback_state(state)["best_model_score"]  # the killed run's best val/acc
-
     relative = last.relative_to(clone.root)
     result = clone.run(
         "python train.py <the same overrides> ckpt_path=outputs/<task>/runs/<time>/checkpoints/last.ckpt",
@@ -386,18 +408,105 @@ def test_resume_a_killed_run(clone, demo):
     resumed_dir = clone.root / _value(result.stdout, "run dir")
     assert resumed_dir != last.parent.parent  # a new folder, as README says
     resumed = torch.load(resumed_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert resumed["epoch"] == 3
+    assert resumed["epoch"] == epochs - 1
     # It trained exactly the epochs after the last finished one: their val/acc points are all it logged.
+    val_acc = _logged_by_epoch(resumed_dir, "val/acc")
+    assert sorted(val_acc) == list(range(finished + 1, epochs)), val_acc
+    val_best = _logged_by_epoch(resumed_dir, "val/acc_best")
+    assert val_best[finished + 1] >= float(best_before) - 1e-6  # val/acc_best continues the killed run's maximum
+    return resumed_dir
+
+
+def _logged_by_epoch(run_dir: Path, tag: str) -> dict[int, float]:
+    """``tag``'s value at the end of each epoch, as the run logged it to TensorBoard."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(resumed_dir / "tensorboard"))
+    events = EventAccumulator(str(run_dir / "tensorboard"))
     events.Reload()
-    validated = {e.step for e in events.Scalars("val/acc")}
-    epochs = [round(e.value) for e in events.Scalars("epoch") if e.step in validated]
-    assert sorted(set(epochs)) == list(range(finished + 1, 4)), epochs
-    # (TensorBoard's HParams entry registers val/acc_best at 0 first; the epochs' values are at validated steps.)
-    val_best = [e.value for e in events.Scalars("val/acc_best") if e.step in validated]
-    assert val_best[0] >= float(best_before) - 1e-6  # val/acc_best continues the killed run's maximum
+    epoch_at_step = {e.step: round(e.value) for e in events.Scalars("epoch")}
+    # (TensorBoard's HParams entry registers the optimised metric at step 0 first: no epoch is logged there.)
+    return {epoch_at_step[e.step]: e.value for e in events.Scalars(tag) if e.step in epoch_at_step}
+
+
+def test_resume_a_killed_run(clone, demo):
+    overrides = "experiment=demo trainer.max_epochs=4 optim.lr=1e-2"
+    _resume(clone, overrides, _kill_after_epoch_1(clone, overrides), epochs=4)
+
+
+# -- data-parallel training -----------------------------------------------------------------------------------
+
+# 7 classes x 3 = 21 validation and 21 test images: an odd number, which Lightning's default distributed sampler
+# would pad with a repeated image on one of the 2 processes, counting it twice.
+DDP_SHRINK = ("data.demo.images_per_class=17", "data.max_classes=7", "data.image_size=32", "trainer.max_epochs=3")
+
+
+def _one_process_evaluation(checkpoint: Path) -> tuple[dict, dict]:
+    """val/ and test/ metrics of ``checkpoint`` in one process, with its run's trainer settings (precision)."""
+    from omegaconf import OmegaConf
+
+    from gem_lightning.evaluation.checkpoint_evaluation import datamodule_of
+    from gem_lightning.training.trainer_factory import build_trainer
+
+    model = GemClassifier.from_checkpoint(checkpoint)
+    data = datamodule_of(model, checkpoint)
+    one_process = {"devices": 1, "strategy": "auto", "enable_progress_bar": False, "enable_model_summary": False}
+    trainer = build_trainer(OmegaConf.create({**model.run_config["trainer"], **one_process}), logger=False)
+    return trainer.validate(model, datamodule=data, verbose=False)[0], trainer.test(model, data, verbose=False)[0]
+
+
+def test_data_parallel_on_two_cpu_processes(clone, demo):
+    result = clone.run("python train.py experiment=demo trainer=ddp_cpu", *DDP_SHRINK)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "All distributed processes registered. Starting with 2 processes" in output
+    assert "data parallel: 2 processes x data.batch_size 32 = 64 images a step" in output
+    run_dir = clone.root / _value(result.stdout, "run dir")
+    # One run folder, written by rank 0: what a one-process run writes, and rank 1's log beside it.
+    assert {p.name for p in run_dir.iterdir()} == {p.name for p in demo.run_dir.iterdir()} | {"train_ddp_process_1.log"}
+    rank_1_log = (run_dir / "train_ddp_process_1.log").read_text()
+    assert "7 classes; train" in rank_1_log
+    for own_work in ("cached", "computing", "temperature", "label audit", "data parallel"):
+        assert own_work not in rank_1_log, rank_1_log  # no cache, calibration, audit or summary of its own
+    # Synchronised metrics: each epoch checkpointed scores, in one process, what the 2 processes logged for it.
+    val_acc = _logged_by_epoch(run_dir, "val/acc")
+    assert sorted(val_acc) == [0, 1, 2]
+    metrics = json.loads((run_dir / "metrics.json").read_text())["metrics"]
+    for name in ("last.ckpt", "best.ckpt"):
+        checkpoint = run_dir / "checkpoints" / name
+        epoch = torch.load(checkpoint, map_location="cpu", weights_only=True)["epoch"]
+        validated, tested = _one_process_evaluation(checkpoint)
+        assert validated["val/acc"] == pytest.approx(val_acc[epoch], abs=1e-6), (name, epoch)
+    assert metrics["test/acc"] == pytest.approx(tested["test/acc"], abs=1e-6)  # best.ckpt's, as the run tested
+    assert "test/ece_calibrated" in metrics and (run_dir / "evaluation" / "test" / "report.md").is_file()
+
+
+def test_head_only_data_parallel_computes_the_features_once(clone):
+    # No label audit: it would cache the features before the processes start, and the race would not happen.
+    result = clone.run(
+        "python train.py experiment=demo trainer=ddp_cpu", *DDP_SHRINK, "model.head_only=true", "label_audit=none"
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    run_dir = clone.root / _value(result.stdout, "run dir")
+    computed = [line for line in result.stdout.splitlines() if "computing resnet18 features" in line]
+    rank_1_log = (run_dir / "train_ddp_process_1.log").read_text()
+    assert len(computed) == 1 and "features" in (run_dir / "train.log").read_text(), computed
+    assert "computing" not in rank_1_log and "backbone features from" in rank_1_log  # it read rank 0's file
+    assert json.loads((run_dir / "metrics.json").read_text())["metrics"]["test/acc"] > 0
+
+
+def test_resume_a_killed_data_parallel_run(clone, demo):
+    overrides = " ".join(("experiment=demo trainer=ddp_cpu", *DDP_SHRINK[:-1], "trainer.max_epochs=4"))
+    # Only the process the user started is killed: the rank it started must not live on without it.
+    last = _kill_after_epoch_1(clone, overrides, whole_group=False)
+    resumed_dir = _resume(clone, overrides, last, epochs=4)
+    assert (resumed_dir / "train_ddp_process_1.log").is_file()  # resumed on 2 processes again
+
+
+def test_ddp_on_a_machine_without_gpus_says_what_is_missing(clone):
+    if HAS_CUDA:
+        pytest.skip("this machine has a GPU: the command would train")
+    line = _one_error_line(clone.run("python train.py experiment=demo trainer=ddp"))
+    assert "trainer.accelerator=gpu" in line and "0 CUDA device(s)" in line and "trainer=cpu" in line
 
 
 # -- the Kaggle photos ---------------------------------------------------------------------------------------

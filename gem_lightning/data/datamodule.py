@@ -14,7 +14,8 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from gem_lightning.choices import checked_choice, plain_value
 from gem_lightning.data.background.cut_outs import BackgroundRemoval
@@ -262,6 +263,7 @@ class GemDataModule(pl.LightningDataModule):
             dataset,
             batch_size=self.batch_size,
             shuffle=training,
+            sampler=None if training else self._evaluation_sampler(dataset),
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=self.pin_memory,
@@ -269,6 +271,15 @@ class GemDataModule(pl.LightningDataModule):
             # A last training batch of one image breaks BatchNorm; dropping a remainder is harmless when
             # the order is reshuffled every epoch.
             drop_last=training and len(dataset) > self.batch_size,
+        )
+
+    def _evaluation_sampler(self, dataset: Dataset) -> UnrepeatedDistributedSampler | None:
+        """Under data parallelism, each evaluation image on exactly one process: Lightning's default sampler
+        pads the split to a multiple of the processes with repeats, which would count them twice in val/acc."""
+        if self.trainer is None or self.trainer.world_size < 2:
+            return None  # one process: Lightning's sequential sampler
+        return UnrepeatedDistributedSampler(
+            dataset, num_replicas=self.trainer.world_size, rank=self.trainer.global_rank, shuffle=False
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -9,7 +9,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from torch import nn
-from torchmetrics import MaxMetric, MeanMetric, MetricCollection
+from torchmetrics import MaxMetric, MeanMetric, MetricCollection, SumMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from gem_lightning.choices import plain_value
@@ -121,7 +121,8 @@ class GemClassifier(pl.LightningModule):
         # Test images that duplicate a train image (predefined splits) are flagged by the data module;
         # these metrics skip them, so a run reports both the raw and the leak-free test accuracy.
         self.leak_free_metrics = _stage_metrics("test_leak_free", num_classes)
-        self._leaked_seen = 0
+        # A metric, not a count, so that under data parallelism every process sees the sum over all of them.
+        self.leaked_seen = SumMetric()
         self._backbone_frozen = False
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         # Weights in the activations' layout, so no convolution converts them on every call. Loading a
@@ -198,9 +199,9 @@ class GemClassifier(pl.LightningModule):
         metrics.update(logits, targets)
         self.log(f"{stage}/loss", mean_loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train")
-        if stage == "test" and len(batch) == 3:
-            leaked = batch[2].bool()
-            self._leaked_seen += int(leaked.sum())
+        if stage == "test":
+            leaked = batch[2].bool() if len(batch) == 3 else torch.zeros_like(targets, dtype=torch.bool)
+            self.leaked_seen.update(leaked.sum())
             if (~leaked).any():
                 self.leak_free_metrics.update(logits[~leaked], targets[~leaked])
         return loss
@@ -218,14 +219,16 @@ class GemClassifier(pl.LightningModule):
             self._shared_step(batch, "test")
 
     def on_test_epoch_start(self) -> None:
-        self._leaked_seen = 0
+        self.leaked_seen.reset()
         self.leak_free_metrics.reset()
 
     def on_test_epoch_end(self) -> None:
         # Only worth a second set of numbers when some test image was a leak; otherwise they equal test/.
-        if self._leaked_seen:
-            self.log_dict(self.leak_free_metrics.compute())
-            self.log("test_leak_free/leaked_images_left_out", float(self._leaked_seen))
+        leaked = int(self.leaked_seen.compute())
+        if leaked:
+            # Values already summed over the processes by compute(); sync_dist only tells Lightning so.
+            self.log_dict(self.leak_free_metrics.compute(), sync_dist=True)
+            self.log("test_leak_free/leaked_images_left_out", float(leaked), sync_dist=True)
 
     def on_train_start(self) -> None:
         # A fresh fit starts its maximum afresh; a resumed one (epoch > 0) keeps the maximum it loaded.
@@ -236,7 +239,8 @@ class GemClassifier(pl.LightningModule):
         if self.trainer.sanity_checking:
             return
         self.val_acc_best(self.metrics["val_metrics"]["acc"].compute())
-        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+        # compute() gathers val/acc over the processes, so every one holds the same maximum.
+        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True, sync_dist=True)
 
     # -- optimisation --------------------------------------------------------------------------------------
 

@@ -56,5 +56,12 @@ class HeadOnlyFeatures(pl.Callback):
     @staticmethod
     def _serve(trainer: pl.Trainer, model: pl.LightningModule) -> None:
         data = trainer.datamodule
-        if model.hparams.get("head_only") and isinstance(data, GemDataModule) and data.feature_datasets is None:
+        if not model.hparams.get("head_only") or not isinstance(data, GemDataModule) or data.feature_datasets:
+            return
+        # Under data parallelism one process a machine computes and caches the features while the others wait,
+        # then they read its file: the cache is built once, not raced for (barrier: a no-op in one process).
+        if trainer.local_rank == 0:
+            data.feature_datasets = feature_datasets(model, data)
+        trainer.strategy.barrier("head-only features")
+        if data.feature_datasets is None:
             data.feature_datasets = feature_datasets(model, data)

@@ -29,6 +29,7 @@ from gem_lightning.evaluation.checkpoint_evaluation import evaluate_checkpoint
 from gem_lightning.files.atomic_writes import write_text_atomically
 from gem_lightning.files.shown_paths import shown_path
 from gem_lightning.inference.predictor import Predictor
+from gem_lightning.machine.child_processes import die_with_parent
 from gem_lightning.models.backbones import pretrained_weights_file
 from gem_lightning.models.checkpoint_format import CHECKPOINT_KEY, read_checkpoint
 from gem_lightning.models.classifier import GemClassifier
@@ -168,6 +169,10 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> Training
     callbacks = [*_instantiate_each(cfg.get("callbacks")), *extra_callbacks]
     loggers = _instantiate_each(cfg.get("logger"))
     trainer = build_trainer(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    if trainer.local_rank > 0:
+        # A data-parallel process started by another (Lightning's launcher, torchrun) ends with it, even where
+        # it is not yet inside a collective that would fail when its peer is gone.
+        die_with_parent()
     datamodule = _prepare_data(cfg, resumed)
     model = _build_model(cfg, datamodule, loggers)
     output_dir = Path(cfg.paths.output_dir)
@@ -178,6 +183,14 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> Training
         model.cpu()
         log.info(describe_label_audit(audit[0]))
 
+    if trainer.world_size > 1 and trainer.is_global_zero:
+        log.info(
+            "data parallel: %d processes x data.batch_size %d = %d images a step; optim.lr %g as given, not scaled",
+            trainer.world_size,
+            cfg.data.batch_size,
+            trainer.world_size * cfg.data.batch_size,
+            cfg.optim.lr,
+        )
     if cfg.get("train", True):
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     if trainer.is_global_zero:

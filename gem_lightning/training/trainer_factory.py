@@ -61,6 +61,9 @@ def resolve_devices(trainer_cfg: DictConfig | dict) -> dict[str, Any]:
                 "(torch.cuda.is_available() is False or too few). Train on the CPU with trainer.gpus=0 or trainer=cpu."
             )
     on_gpu = wants_gpu or (kwargs.get("accelerator", "auto") == "auto" and torch.cuda.is_available())
+    if kwargs.get("sync_batchnorm") and not on_gpu:
+        # PyTorch's SyncBatchNorm runs on CUDA only; on CPUs (gloo) each process keeps its own statistics.
+        kwargs["sync_batchnorm"] = False
     return auto_settings.trainer_precision_and_benchmark(kwargs, on_gpu)
 
 

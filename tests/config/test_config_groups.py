@@ -34,7 +34,7 @@ def test_each_group_has_the_options_the_design_names():
     assert {"none", "seed", "colour_preserving", "colour_jitter", "colour_safe_auto"} <= set(_options("augment"))
     assert {"adam", "adamw", "sgd"} <= set(_options("optim"))
     assert {"none", "cosine", "warmup_cosine"} <= set(_options("scheduler"))
-    assert {"default", "cpu", "gpu", "ddp"} <= set(_options("trainer"))
+    assert {"default", "cpu", "gpu", "ddp", "ddp_cpu"} <= set(_options("trainer"))
     assert {"tensorboard", "csv"} <= set(_options("logger"))
     assert {"seed_report", "demo", "gpu_check", "best_cpu"} <= set(_options("experiment"))
 

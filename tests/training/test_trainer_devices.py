@@ -29,6 +29,15 @@ def test_gpus_null_leaves_accelerator_alone():
     assert resolve_devices({"gpus": None, "accelerator": "cpu", "devices": 1}) == {"accelerator": "cpu", "devices": 1}
 
 
+def test_ddp_cpu_trains_without_synchronised_batchnorm(tmp_path):
+    # PyTorch refuses SyncBatchNorm off CUDA ("SyncBatchNorm layers only work with GPU modules").
+    cfg = compose_config([*TINY_DEMO, "trainer=ddp_cpu"], tmp_path)
+    assert cfg.trainer.strategy == "ddp" and cfg.trainer.devices == 2 and cfg.trainer.sync_batchnorm
+    resolved = resolve_devices(cfg.trainer)
+    assert resolved["accelerator"] == "cpu" and resolved["sync_batchnorm"] is False
+    assert resolve_devices({"accelerator": "auto", "sync_batchnorm": True})["sync_batchnorm"] is (not NO_CUDA)
+
+
 @pytest.mark.skipif(not NO_CUDA, reason="checks the no-GPU message")
 @pytest.mark.parametrize("gpus", [1, -1, "1", "0,1", [0]])
 def test_asking_for_a_gpu_without_cuda_is_one_clear_error(gpus):
