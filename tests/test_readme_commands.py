@@ -31,6 +31,8 @@ import torch
 
 from gem_lightning.files.hashing import file_sha256
 from gem_lightning.models.classifier import GemClassifier
+from tests.helpers.postgres_server import find_postgres_bin, postgres_server
+from tests.helpers.slurm_cluster import find_slurm, slurm_cluster
 from tests.helpers.workplace import GEMSTONES_DIR, REPO_ROOT, SHARED_DIR, U2NET_DIR, needs_shared
 
 README = REPO_ROOT / "README.md"
@@ -85,6 +87,11 @@ COMMAND_TESTS = {
     "--n-trials 30": "test_sweep_backbones",
     "python sweep.py model=efficientnet_lite0 --n-trials 40 trainer.gpus=1 --jobs 2": "test_sweep_on_a_gpu",
     "python train.py --config-dir outputs/sweeps/<study> experiment=best": "test_retrain_the_best_trial",
+    'pip install -e ".[cluster]"': "set-up: the cluster extra is part of the test extra .ci/run installs",
+    "python train.py -m hydra/launcher=submitit_slurm experiment=demo optim.lr=1e-3,3e-4 "
+    "augment=seed,colour_preserving": "test_multirun_on_slurm",
+    "python sweep.py experiment=demo --n-trials 20 --jobs 4 sweep/launcher=slurm "
+    "--storage postgresql://user:password@db-host/optuna": "test_sweep_workers_as_a_slurm_array",
     "tensorboard --logdir outputs/sweeps/<study>/trials": "test_tensorboard_compares_trials",
     'pip install -e ".[dashboard]" && optuna-dashboard sqlite:///outputs/sweeps/<study>/study.db': (
         "test_optuna_dashboard"
@@ -910,3 +917,143 @@ def test_export(clone, demo, my_photos):
     export_dir = demo.run_dir / "export"
     assert {"model.onnx", "model.torchscript.pt", "model.json"} <= {p.name for p in export_dir.iterdir()}
     assert "onnx_ir" not in result.stdout + result.stderr  # its INFO lines are noise to a user
+
+
+# -- on a SLURM cluster -------------------------------------------------------------------------------------
+
+# Each job: one epoch of 12 demo photos a class at 32 px; augmented in the main process, so that a job's random
+# crops do not depend on how many loader processes its cores allow.
+CLUSTER_SHRINK = ("data.demo.images_per_class=12", "data.image_size=32", "trainer.max_epochs=1", "data.num_workers=0")
+needs_slurm = pytest.mark.skipif(
+    find_slurm() is not None and not os.environ.get("CI"),
+    reason=f"SLURM is not installed ({find_slurm()} missing; Debian: apt-get install slurm-wlm munge; CI installs it)",
+)
+
+
+@pytest.fixture(scope="module")
+def slurm() -> dict[str, str]:
+    """A single-node SLURM cluster for this module's tests: the one variable that points its clients at it."""
+    with slurm_cluster() as env:
+        yield {"SLURM_CONF": env["SLURM_CONF"]}
+
+
+def _multirun_metrics(output: str, root: Path) -> dict[str, dict]:
+    """Each job's metrics.json (seconds left out), by the overrides that differ, from a multirun's summary.csv."""
+    import csv
+
+    summary = root / _value(output, "summary")
+    jobs = {}
+    for row in csv.DictReader(summary.open()):
+        recorded = json.loads((root / row["run_dir"] / "metrics.json").read_text())
+        jobs[row["varied"]] = {"metrics": recorded["metrics"], "epochs": recorded["epochs"]}
+    return jobs
+
+
+@needs_slurm
+def test_multirun_on_slurm(clone, slurm):
+    command = (
+        "python train.py -m hydra/launcher=submitit_slurm experiment=demo optim.lr=1e-3,3e-4 "
+        "augment=seed,colour_preserving"
+    )
+    on_slurm = clone.run(command, *CLUSTER_SHRINK, env=slurm)
+    assert on_slurm.returncode == 0, on_slurm.stderr[-3000:]
+    sweep_dir = (clone.root / _value(on_slurm.stdout, "summary")).parent
+    # submitit's folder per job: <array id>_<index>, each with the job's output.
+    submitted = [job for job in (sweep_dir / ".submitit").iterdir() if re.fullmatch(r"\d+_\d", job.name)]
+    assert len(submitted) == 4 and all(list(job.glob("*_log.out")) for job in submitted)  # 4 SLURM jobs ran
+    # The same multirun on this machine, one thread a job as SLURM gives a job of one core: the same numbers.
+    here = clone.run(
+        command.replace(" hydra/launcher=submitit_slurm", ""), *CLUSTER_SHRINK, env={"OMP_NUM_THREADS": "1"}
+    )
+    assert here.returncode == 0, here.stderr[-3000:]
+    slurm_jobs, local_jobs = _multirun_metrics(on_slurm.stdout, clone.root), _multirun_metrics(here.stdout, clone.root)
+    assert sorted(slurm_jobs) == sorted(local_jobs) and len(slurm_jobs) == 4
+    for varied, job in slurm_jobs.items():
+        assert job["metrics"] == pytest.approx(local_jobs[varied]["metrics"], abs=1e-5), varied
+
+
+requires_postgres = pytest.mark.skipif(
+    find_postgres_bin() is None and not os.environ.get("CI"),
+    reason="PostgreSQL's initdb/pg_ctl are not installed (Debian: apt-get install postgresql; CI installs it)",
+)
+
+
+@needs_slurm
+@requires_postgres
+def test_sweep_workers_as_a_slurm_array(clone, slurm):
+    import optuna
+
+    from gem_lightning.sweeps.storage import storage_url
+
+    with postgres_server() as url:
+        result = clone.run(
+            "python sweep.py experiment=demo --n-trials 20 --jobs 4 sweep/launcher=slurm "
+            "--storage postgresql://user:password@db-host/optuna",
+            *CLUSTER_SHRINK, "--n-trials", "4", "--jobs", "2", "--study-name", "on-slurm",
+            placeholders={"postgresql://user:password@db-host/optuna": url},
+            env=slurm,
+        )  # fmt: skip
+        output = result.stdout + result.stderr
+        assert result.returncode == 0, output[-3000:]
+        study = optuna.load_study(study_name="on-slurm", storage=str(storage_url(url, clone.root)))
+        trials = study.trials  # read while the server runs
+    assert "2 workers submitted as SLURM job array" in output and "finished trials: 4 of 4" in output
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 4
+    tasks = sorted((clone.root / "outputs" / "sweeps" / "on-slurm" / "slurm").glob("*_log.err"))  # the logs
+    assert len(tasks) == 2  # one array, two tasks
+    ran = [int(re.search(r"this worker ran (\d+) trial", task.read_text()).group(1)) for task in tasks]
+    assert sum(ran) == 4, ran
+    assert len({t.user_attrs["worker"] for t in trials}) == sum(n > 0 for n in ran)
+
+
+@needs_slurm
+@requires_postgres
+def test_sigterm_to_a_slurm_sweep_cancels_its_array_and_the_sweep_resumes(clone, slurm):
+    import optuna
+    from optuna.trial import TrialState
+
+    from gem_lightning.sweeps.storage import storage_url
+
+    command = (
+        "python sweep.py experiment=demo --n-trials 20 --jobs 4 sweep/launcher=slurm "
+        "--storage postgresql://user:password@db-host/optuna"
+    )
+    shrink = (*CLUSTER_SHRINK, "trainer.max_epochs=8", "--n-trials", "4", "--jobs", "2", "--study-name", "cancelled")
+    with postgres_server() as url:
+        placeholders = {"postgresql://user:password@db-host/optuna": url}
+        storage = str(storage_url(url, clone.root))
+        supervisor = clone.start(command, *shrink, placeholders=placeholders, env=slurm)
+        deadline = time.monotonic() + 300
+        while True:  # both array tasks in the middle of a trial
+            assert supervisor.poll() is None and time.monotonic() < deadline, supervisor.communicate()[0][-3000:]
+            try:
+                trials = optuna.load_study(study_name="cancelled", storage=storage).trials
+            except KeyError:  # not created yet
+                trials = []
+            running = [t for t in trials if t.state == TrialState.RUNNING]
+            if len(running) == 2 and all(t.intermediate_values for t in running):
+                break
+            time.sleep(0.5)
+        supervisor.send_signal(signal.SIGTERM)
+        assert supervisor.wait(timeout=120) != 0
+        deadline = time.monotonic() + 60
+        while _slurm_jobs(slurm) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not _slurm_jobs(slurm), "the array's tasks outlived the sweep that submitted them"
+        trials = optuna.load_study(study_name="cancelled", storage=storage).trials
+        interrupted = [t for t in trials if t.state == TrialState.FAIL]
+        assert len(interrupted) == 2 and all("interrupted" in t.user_attrs["failed"] for t in interrupted)
+        assert sum(t.state == TrialState.WAITING for t in trials) == 2  # both queued again
+
+        again = clone.run(command, *shrink, placeholders=placeholders, env=slurm)  # the same command resumes
+        assert again.returncode == 0, again.stderr[-3000:]
+        trials = optuna.load_study(study_name="cancelled", storage=storage).trials
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 4
+    assert {t.system_attrs.get("failed_trial") for t in trials} - {None} == {t.number for t in interrupted}
+
+
+def _slurm_jobs(slurm: dict[str, str]) -> list[str]:
+    listed = subprocess.run(
+        ["squeue", "-h", "-o", "%i %T"], env={**os.environ, **slurm}, capture_output=True, text=True
+    )
+    return listed.stdout.split("\n")[:-1]

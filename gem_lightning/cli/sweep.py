@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -25,10 +23,9 @@ import torch
 
 from gem_lightning.cli.front_end import run_entry_point
 from gem_lightning.config.composition import DEFAULT_CONFIG_DIR, compose_train_config
-from gem_lightning.config.schema import PROJECT_ROOT
 from gem_lightning.errors import GemLightningError
-from gem_lightning.machine import auto_settings
 from gem_lightning.machine.child_processes import die_with_parent
+from gem_lightning.sweeps import launchers
 from gem_lightning.sweeps.plan import SweepPlan
 from gem_lightning.sweeps.results import print_results, write_results
 from gem_lightning.sweeps.search_space import override_value
@@ -60,7 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--storage", help="database URL shared by workers on many machines (default: SQLite file)")
     parser.add_argument("--study-name", help="the study's name and folder under outputs/sweeps/ (sweep.study_name)")
     parser.add_argument("--config-dir", type=Path, default=DEFAULT_CONFIG_DIR, help="Hydra config folder")
-    # Set by the --jobs supervisor for each worker it starts: the CPU cores that worker may use.
+    # Set by the launcher for each worker it starts (sweeps.launchers): where it runs, and the CPU cores it may use.
+    parser.add_argument("--worker", choices=("local", "slurm"), help=argparse.SUPPRESS)
     parser.add_argument("--cpus", help=argparse.SUPPRESS)
     return parser
 
@@ -92,37 +90,19 @@ def _limit_cpus(cpus: str) -> None:
     torch.set_num_threads(len(cores))
 
 
-def run_jobs(worker_args: list[str], jobs: int) -> int:
-    """Start ``jobs`` workers of this same sweep (one process each) and wait for all of them.
-
-    Trials run side by side: on a GPU machine they share the device the trainer settings name; each worker
-    gets its own share of the CPU cores. Ctrl+C or SIGTERM reaches every worker, which records its trial as
-    interrupted (queued again), so the same command resumes the sweep.
-    """
-    workers = []
-    for cpus in auto_settings.core_shares(jobs):
-        command = [sys.executable, "-m", "gem_lightning.cli.sweep", *worker_args]
-        if cpus is not None:
-            command += ["--cpus", cpus]
-        # The workers import this checkout's package wherever the user started the sweep from.
-        path = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p)
-        workers.append(subprocess.Popen(command, env={**os.environ, "PYTHONPATH": path}))
-
-    def forward(signum, frame) -> None:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.send_signal(signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    # Ctrl+C in a terminal reaches every process of the group, the workers included; forwarding it would
-    # interrupt them twice. The supervisor just waits for them to record their trials and stop.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    return max(worker.wait() for worker in workers)
+def _warn_if_sqlite(plan: SweepPlan) -> None:
+    if plan.storage.drivername.startswith("sqlite"):
+        log.warning(
+            "sweep/launcher=slurm with the SQLite study %s: fine while every task runs on a node that sees this file "
+            "on its own disk; for tasks on several nodes give a database server: --storage postgresql://...",
+            shown(plan.storage),
+        )
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.cpus:  # one of the workers `--jobs K` started: it ends with its supervisor
+    if args.worker == "local":  # one of the processes `--jobs K` started: it ends with its supervisor
         die_with_parent()
+    if args.cpus:
         _limit_cpus(args.cpus)
     train_overrides, sweep_overrides = split_overrides(args)
     cfg = compose_train_config(args.config_dir, [*train_overrides, *sweep_overrides])
@@ -134,11 +114,18 @@ def run(args: argparse.Namespace) -> int:
     jobs = int(cfg.sweep.jobs)
     if jobs < 1:
         raise GemLightningError(f"sweep.jobs={jobs}: use 1 or more workers")
-    if jobs > 1:
-        # The same sweep for each worker, as one worker each (so workers do not start workers).
-        sweep_overrides = [o for o in sweep_overrides if not o.startswith("sweep.jobs=")]
+    launcher = cfg.sweep.launcher
+    if args.worker is None and (jobs > 1 or launcher.name == "slurm"):
+        # The same sweep for each worker, as one worker that runs trials itself (so workers do not start workers).
+        # The launcher's settings are the supervisor's: a worker runs where it was started.
+        launched = ("sweep.jobs=", "sweep/launcher=", "sweep.launcher.")
+        sweep_overrides = [o for o in sweep_overrides if not o.lstrip("+~").startswith(launched)]
         worker_args = [*train_overrides, *sweep_overrides, "sweep.jobs=1", "--config-dir", str(args.config_dir)]
-        status = run_jobs(worker_args, jobs)
+        if launcher.name == "slurm":
+            _warn_if_sqlite(plan)
+            status = launchers.run_slurm_workers(worker_args, jobs, launcher)
+        else:
+            status = launchers.run_local_workers(worker_args, jobs)
         if status != 0:
             return status
         _, study = open_plan_study(plan)
@@ -153,8 +140,8 @@ def run(args: argparse.Namespace) -> int:
         )
         storage, study = open_plan_study(plan)
         log.info("this worker ran %d trial(s)", run_worker(plan, storage, study))
-        if args.cpus:
-            return 0  # one of several workers: the supervisor prints the results once
+        if args.worker:
+            return 0  # one of several workers: the launcher prints the results once
     print_results(plan, write_results(plan, study))
     return 0
 
