@@ -92,6 +92,8 @@ COMMAND_TESTS = {
     "augment=seed,colour_preserving": "test_multirun_on_slurm",
     "python sweep.py experiment=demo --n-trials 20 --jobs 4 sweep/launcher=slurm "
     "--storage postgresql://user:password@db-host/optuna": "test_sweep_workers_as_a_slurm_array",
+    "python train.py -m hydra/launcher=submitit_slurm hydra.launcher.tasks_per_node=2 trainer=ddp_cpu "
+    "experiment=demo": "test_data_parallel_on_slurm",
     "tensorboard --logdir outputs/sweeps/<study>/trials": "test_tensorboard_compares_trials",
     'pip install -e ".[dashboard]" && optuna-dashboard sqlite:///outputs/sweeps/<study>/study.db': (
         "test_optuna_dashboard"
@@ -970,6 +972,25 @@ def test_multirun_on_slurm(clone, slurm):
     assert sorted(slurm_jobs) == sorted(local_jobs) and len(slurm_jobs) == 4
     for varied, job in slurm_jobs.items():
         assert job["metrics"] == pytest.approx(local_jobs[varied]["metrics"], abs=1e-5), varied
+
+
+@needs_slurm
+def test_data_parallel_on_slurm(clone, slurm):
+    result = clone.run(
+        "python train.py -m hydra/launcher=submitit_slurm hydra.launcher.tasks_per_node=2 trainer=ddp_cpu "
+        "experiment=demo",
+        *DDP_SHRINK[:-1], "trainer.max_epochs=2", "data.num_workers=0",
+        env=slurm,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep_dir = (clone.root / _value(result.stdout, "summary")).parent
+    (job,) = [job for job in (sweep_dir / ".submitit").iterdir() if job.name.isdigit()]  # one SLURM job...
+    logs = sorted(job.glob("*_log.err"))
+    assert len(logs) == 2  # ...of two tasks, the two processes of one run
+    for rank, log in enumerate(logs):
+        assert f"Initializing distributed: GLOBAL_RANK: {rank}, MEMBER: {rank + 1}/2" in log.read_text()
+    (run,) = _multirun_metrics(result.stdout, clone.root).values()
+    assert run["epochs"] == 2 and 0 <= run["metrics"]["test/acc"] <= 1 and "test/ece_calibrated" in run["metrics"]
 
 
 requires_postgres = pytest.mark.skipif(
