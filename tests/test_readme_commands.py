@@ -686,13 +686,14 @@ def test_bench_tiny(clone):
         "data loader, rotate/crop/flip",
         "data loader, no augmentation",
         "data loader, for augmentation on the GPU",
+        "augmentation on the CPU",
         "training",
         "evaluation",
         "head-only epoch, cached features",
     ]
     for row in rows:
         assert row["ours"] > 0 and row["plain"] > 0, row
-    assert rows[3]["plain_mb"] > 0 and rows[3]["ours_mb"] > 0
+    assert rows[4]["plain_mb"] > 0 and rows[4]["ours_mb"] > 0  # training
     assert (written[0].parent / "bench.md").read_text().count("\n| ") == 1 + len(measures)  # header + rows
     assert all(measure in result.stdout for measure in measures)  # the printed table
 
@@ -963,15 +964,18 @@ def test_multirun_on_slurm(clone, slurm):
     # submitit's folder per job: <array id>_<index>, each with the job's output.
     submitted = [job for job in (sweep_dir / ".submitit").iterdir() if re.fullmatch(r"\d+_\d", job.name)]
     assert len(submitted) == 4 and all(list(job.glob("*_log.out")) for job in submitted)  # 4 SLURM jobs ran
-    # The same multirun on this machine, one thread a job as SLURM gives a job of one core: the same numbers.
-    here = clone.run(
-        command.replace(" hydra/launcher=submitit_slurm", ""), *CLUSTER_SHRINK, env={"OMP_NUM_THREADS": "1"}
-    )
-    assert here.returncode == 0, here.stderr[-3000:]
-    slurm_jobs, local_jobs = _multirun_metrics(on_slurm.stdout, clone.root), _multirun_metrics(here.stdout, clone.root)
-    assert sorted(slurm_jobs) == sorted(local_jobs) and len(slurm_jobs) == 4
-    for varied, job in slurm_jobs.items():
-        assert job["metrics"] == pytest.approx(local_jobs[varied]["metrics"], abs=1e-5), varied
+    # The same multirun on this machine, one thread a job as SLURM gives a job of one core: the same numbers,
+    # with Hydra's basic launcher (one job after another) and with submitit's local one (jobs side by side).
+    slurm_jobs = _multirun_metrics(on_slurm.stdout, clone.root)
+    assert len(slurm_jobs) == 4
+    for launcher in ("", " hydra/launcher=submitit_local"):
+        here_command = command.replace(" hydra/launcher=submitit_slurm", launcher)
+        here = clone.run(here_command, *CLUSTER_SHRINK, env={"OMP_NUM_THREADS": "1"})
+        assert here.returncode == 0, here.stderr[-3000:]
+        local_jobs = _multirun_metrics(here.stdout, clone.root)
+        assert sorted(slurm_jobs) == sorted(local_jobs)
+        for varied, job in slurm_jobs.items():
+            assert job["metrics"] == pytest.approx(local_jobs[varied]["metrics"], abs=1e-5), (launcher, varied)
 
 
 @needs_slurm

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from gem_lightning.bench.timing import Clock, Setup, memory, peak_memory_mb, time_loader
+from gem_lightning.bench.timing import Clock, Setup, cycle, memory, peak_memory_mb, time_loader
 
 
 def _ours(setup: Setup, extra: list[str] = ()):
@@ -59,6 +59,25 @@ def our_loader(settings: dict, augment: bool, place: str = "loader") -> dict:
     datamodule.setup("fit")
     loader = datamodule.train_dataloader()
     return {**time_loader(loader, setup), "workers": loader.num_workers}
+
+
+def device_augmentation(settings: dict, batched: bool) -> dict:
+    """Augmenting training batches of stored squares where the model runs (``data.augment_on=device``): the
+    policy as whole-batch operations (``BatchAugmentation``), or image by image in a Python loop, as before."""
+    from gem_lightning.data.batch_augmentation import BatchAugmentation
+
+    setup = Setup(**settings)
+    _, datamodule = _ours(setup, ["data.augment_on=device"])
+    datamodule.setup("fit")
+    policy = datamodule.train_transform
+    augment = BatchAugmentation(policy) if batched else lambda batch: torch.stack([policy(image) for image in batch])
+    total = setup.warmup_batches + setup.loader_batches
+    batches = [batch[0].to(setup.device) for batch in cycle(datamodule.train_dataloader(), total)]
+    clock = Clock(setup.warmup_batches, setup.device)
+    for index, batch in enumerate(batches):
+        augment(batch)
+        clock.batch_done(index, len(batch))
+    return {"images_per_second": clock.rate, **memory(setup.device)}
 
 
 def _batch_clock(setup: Setup, stage: str):

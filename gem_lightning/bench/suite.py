@@ -141,6 +141,16 @@ def _head_only_row(setup: Setup, epochs: int, plain_eval: dict) -> Row:
     return Row("head-only epoch, cached features", "s", plain, sum(steady) / len(steady), None, result["peak_mb"], note)
 
 
+def _device_augmentation_row(setup: Setup) -> Row:
+    """Augmentation on the device: the whole-batch path against the loop over images it replaced (in the plain
+    column: the report's pipeline has no device path)."""
+    loop = _in_fresh_process(our_pipeline.device_augmentation, setup.as_dict(), False)
+    batched = _in_fresh_process(our_pipeline.device_augmentation, setup.as_dict(), True)
+    where = "GPU" if setup.device.startswith("cuda") else "CPU"
+    note = "augment=seed on stored squares; left: the policy image by image in a loop, right: BatchAugmentation"
+    return _rates(f"augmentation on the {where}", loop, batched, note)
+
+
 def _cuda_rows(setup: Setup) -> list[Row]:
     gpu = Setup(**{**setup.as_dict(), "device": "cuda"})
     plain = _in_fresh_process(plain_pipeline.plain_training, gpu.as_dict())
@@ -150,7 +160,7 @@ def _cuda_rows(setup: Setup) -> list[Row]:
         f"ours: {ours['precision']}, augmentation on the GPU; GPU memory plain {plain['gpu_peak_mb']:,.0f} MB, "
         f"ours {ours['gpu_peak_mb']:,.0f} MB"
     )
-    rows = [_rates(f"GPU training ({name})", plain, ours, note)]
+    rows = [_rates(f"GPU training ({name})", plain, ours, note), _device_augmentation_row(gpu)]
     epochs = _in_fresh_process(our_pipeline.our_epochs, gpu.as_dict(), 2, False)
     seconds = epochs["epoch_seconds"][-1] * KAGGLE_TRAIN_IMAGES / epochs["train_images"]
     rows.append(
@@ -190,6 +200,7 @@ def run_bench(cfg: DictConfig) -> list[Row]:
         ours = _in_fresh_process(our_pipeline.our_loader, settings, augment, place)
         note = f"plain: ImageFolder decoding every photo; ours: uint8 array cache, {how}, {ours['workers']} process(es)"
         rows.append(_rates(label, plain_loaders[augment], ours, note))
+    rows.append(_device_augmentation_row(setup))
     plain = _in_fresh_process(plain_pipeline.plain_training, settings)
     ours = _in_fresh_process(our_pipeline.our_training, settings)
     note = f"ResNet-18, Adam; ours: {ours['precision']}, channels_last={ours['channels_last']}"

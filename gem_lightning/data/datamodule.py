@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from gem_lightning.choices import checked_choice, plain_value
 from gem_lightning.data.background.cut_outs import BackgroundRemoval
 from gem_lightning.data.background.swap import BackgroundSwap
+from gem_lightning.data.batch_augmentation import BatchAugmentation
 from gem_lightning.data.demo import DemoGemSet
 from gem_lightning.data.image_arrays import build_mask_array, stored_side
 from gem_lightning.data.image_dataset import GemImageDataset, collate_batch
@@ -100,6 +100,8 @@ class GemDataModule(pl.LightningDataModule):
         # Row i: the rembg mask of prepared.items[i]'s training square, when background_swap is on.
         self.mask_array: Path | None = None
         self.augment_on_device = False
+        # The policy for whole batches on the device, when augment_on_device (built in setup).
+        self.batch_augmentation: BatchAugmentation | None = None
         # Each split as feature rows, served in place of the images: set for a head-only model by the
         # training.head_only_features callback, which owns how they are computed.
         self.feature_datasets: dict[str, TensorDataset] | None = None
@@ -185,6 +187,9 @@ class GemDataModule(pl.LightningDataModule):
         )
         # On the device, the loader hands over the squares and on_after_batch_transfer augments them.
         transform = None if self.augment_on_device else self.train_transform
+        if self.augment_on_device:
+            self.batch_augmentation = BatchAugmentation(self.train_transform)
+            log.info("augmentation on the device, %s", self.batch_augmentation.describe())
         swap = self.background_swap if self.mask_array is not None else None
         self.datasets = split_datasets(
             by_split,
@@ -238,11 +243,11 @@ class GemDataModule(pl.LightningDataModule):
         return model if model is not None and model.hparams.get("head_only") else None
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """With augmentation on the device: each stored square of a training batch through the policy,
-        sample by sample (every image draws its own angle, crop and flips), where the batch now lives."""
-        on_device = self.augment_on_device and self.trainer is not None
+        """With augmentation on the device: the stored squares of a training batch through the policy, where
+        the batch now lives, as whole-batch operations (every image still draws its own angle, crop and flips)."""
+        on_device = self.batch_augmentation is not None and self.trainer is not None
         if on_device and self.trainer.training and batch[0].ndim == 4:
-            batch = [torch.stack([self.train_transform(image) for image in batch[0]]), *batch[1:]]
+            batch = [self.batch_augmentation(batch[0]), *batch[1:]]
         return batch
 
     def _model_on_gpu(self) -> bool:
