@@ -15,6 +15,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from gem_lightning.config.schema import PROJECT_ROOT
+from gem_lightning.errors import GemLightningError
 from gem_lightning.machine import auto_settings
 
 log = logging.getLogger(__name__)
@@ -72,12 +73,19 @@ def run_slurm_workers(worker_args: list[str], jobs: int, settings: DictConfig) -
     Ctrl+C or SIGTERM cancels the array: SLURM sends each running worker SIGTERM, which records its trial as
     interrupted, so the same command resumes the sweep. Each task's output is in ``settings.folder``.
     """
-    import submitit  # the [cluster] extra: only a SLURM sweep needs it
-
+    try:
+        import submitit  # the [cluster] extra: only a SLURM sweep needs it
+    except ImportError:
+        raise GemLightningError(
+            'sweep/launcher=slurm submits through submitit, which is not installed: pip install -e ".[cluster]"'
+        ) from None
     folder = Path(settings.folder)
     executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
     chosen = OmegaConf.to_container(settings, resolve=True)
-    parameters = {SUBMITIT_PARAMETERS[k]: v for k, v in chosen.items() if k in SUBMITIT_PARAMETERS and v}
+    # null (or an empty mapping) leaves the setting to the cluster's default.
+    parameters = {
+        SUBMITIT_PARAMETERS[k]: v for k, v in chosen.items() if k in SUBMITIT_PARAMETERS and v not in (None, {})
+    }
     executor.update_parameters(name="gem-sweep", slurm_array_parallelism=jobs, **parameters)
     command = submitit.helpers.CommandFunction(
         [*_worker_command(worker_args), "--worker", "slurm"], env=_worker_environment()
