@@ -578,16 +578,23 @@ def test_best_cpu(clone):
 
 
 def test_seed_report_names_the_missing_weights(clone):
+    # This machine has no network: the download the run tries fails at once (a server that is reached is
+    # tests/models/test_weights_download.py's), and the run stops with the offline line.
+    started = time.monotonic()
     result = clone.run("python train.py experiment=seed_report")
     line = _one_error_line(result)
-    assert "resnet18-f37072fd.pth" in line and str(clone.torch_home / "hub" / "checkpoints") in line
+    assert line.startswith("error: pretrained weights for resnet18 could not be downloaded (")
+    url = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
+    assert f"copy resnet18-f37072fd.pth from {url} into {clone.torch_home / 'hub' / 'checkpoints'} " in line
+    assert "model.pretrained=false" in line and "model=efficientnet_lite0" in line
     assert "scan" not in result.stderr and "fingerprinting" not in result.stderr  # before any data work
+    assert time.monotonic() - started < 60
 
 
 def test_gpus_1_says_what_is_missing(clone):
     result = clone.run("python train.py model=resnet18 trainer.gpus=1", *KAGGLE_SHRINK)
-    if HAS_CUDA:
-        assert "resnet18-f37072fd.pth" in _one_error_line(result)
+    if HAS_CUDA:  # trains where the weights can be downloaded; offline, the one line naming them
+        assert result.returncode == 0 or "resnet18-f37072fd.pth" in _one_error_line(result), result.stderr[-3000:]
     else:
         assert "trainer.gpus=1 asks for 1 GPU(s) but this machine has 0" in _one_error_line(result)
 

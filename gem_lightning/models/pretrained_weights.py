@@ -1,4 +1,5 @@
-"""Find pretrained weights on disk, check them, and copy them into a network whose key names differ."""
+"""Find pretrained weights in the torch hub cache (downloading them once), check them, and copy them into a
+network whose key names differ."""
 
 # torchvision's weights live in the torch hub cache (``$TORCH_HOME/hub/checkpoints``) under names like
 # ``resnet18-f37072fd.pth``, where the hex part is the start of the file's sha256. torch only checks that
@@ -7,7 +8,12 @@
 
 from __future__ import annotations
 
+import logging
 import re
+import socket
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -15,6 +21,14 @@ import torch
 
 from gem_lightning.errors import GemLightningError
 from gem_lightning.files.hashing import file_sha256
+from gem_lightning.files.locks import exclusive_lock
+
+log = logging.getLogger(__name__)
+
+# Seconds a download may wait for the server, to connect and then for each piece of the file: a black-holed
+# network or a silent proxy ends the run with the offline line instead of hanging it. A slow but live
+# connection is not cut short (the wait is per piece, not for the whole file).
+DOWNLOAD_TIMEOUT_S = 15.0
 
 # torchvision and timm name hub files "<name>-<first hex digits of sha256>.<ext>".
 HASH_IN_NAME = re.compile(r"-([a-f0-9]{6,64})\.")
@@ -39,27 +53,65 @@ def verify_hash_in_name(path: Path) -> None:
         )
 
 
-def cached_hub_weights(url: str, architecture: str, allow_download: bool) -> Path:
-    """The verified local file for ``url`` in the torch hub cache, downloading it only if allowed."""
+def cached_hub_weights(
+    url: str, architecture: str, allow_download: bool, timeout_s: float = DOWNLOAD_TIMEOUT_S
+) -> Path:
+    """The verified file for ``url`` in the torch hub cache, downloaded into it first when missing and allowed.
+
+    One process a machine downloads; others that want the same file meanwhile wait on its lock and then read
+    the finished file. Any failure (no route, DNS, proxy, HTTP error, timeout, hash mismatch) is one
+    GemLightningError naming the URL, the file, its folder and the ways out; nothing is left under the name.
+    """
     filename = Path(urlparse(url).path).name
     folder = hub_checkpoint_dir()
     path = folder / filename
     if not path.is_file():
         ways_out = (
-            f"pretrained weights for {architecture} not found: {filename} is expected in {folder} "
-            f"(the torch hub cache; TORCH_HOME moves it). Copy the file there, or train without them "
-            f"(model.pretrained=false), or use model=efficientnet_lite0, whose ImageNet weights ship in a pip package"
+            f"copy {filename} from {url} into {folder} (the torch hub cache; TORCH_HOME moves it), or train "
+            "without them (model.pretrained=false), or use model=efficientnet_lite0, whose ImageNet weights ship "
+            "in a pip package"
         )
         if not allow_download:
-            raise GemLightningError(ways_out + ". Downloads are off (model.allow_download=false).")
-        folder.mkdir(parents=True, exist_ok=True)
-        match = HASH_IN_NAME.search(filename)
+            raise GemLightningError(
+                f"pretrained weights for {architecture} not found and downloads are off "
+                f"(model.allow_download=false): {ways_out}"
+            )
         try:
-            torch.hub.download_url_to_file(url, str(path), hash_prefix=match.group(1) if match else None)
-        except (OSError, RuntimeError) as error:  # URLError is an OSError; a hash mismatch a RuntimeError
-            raise GemLightningError(f"{ways_out}. Downloading {url} failed: {error}") from error
+            _download_once(url, path, timeout_s)
+        except (OSError, RuntimeError) as error:  # URLError and timeouts are OSErrors; a hash mismatch a RuntimeError
+            reason = " ".join(str(error).split())
+            raise GemLightningError(
+                f"pretrained weights for {architecture} could not be downloaded ({reason}): {ways_out}"
+            ) from None
     verify_hash_in_name(path)
     return path
+
+
+def _download_once(url: str, path: Path, timeout_s: float) -> None:
+    """torch's own hub download of ``url`` to ``path`` (a temp file beside it, the sha256 prefix in the name
+    checked, then renamed), unless another process finished it while this one waited for the lock."""
+    # The lock file is hidden beside the weights: the hub folder is shared by every run on the machine.
+    with exclusive_lock(path.parent / f".{path.name}.lock"):
+        if path.is_file():
+            return
+        match = HASH_IN_NAME.search(path.name)
+        log.info("downloading %s to %s", url, path)
+        with _socket_timeout(timeout_s):
+            # tqdm's bar only where someone watches; under nohup or SLURM it would fill the log with lines.
+            torch.hub.download_url_to_file(
+                url, str(path), hash_prefix=match.group(1) if match else None, progress=sys.stderr.isatty()
+            )
+
+
+@contextmanager
+def _socket_timeout(seconds: float) -> Iterator[None]:
+    """Sockets opened inside get ``seconds`` as their timeout: torch's download opens its URL without one."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
 
 
 def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
