@@ -8,12 +8,16 @@
 #   BatchNorm statistics, and it is the only LightningModule these entry points train;
 # - onnx_ir's INFO lines while torch.onnx exports (13 per export);
 # - torch.jit.trace's FutureWarning that TorchScript is deprecated: README.md says so once, and the export
-#   still checks the file it writes.
+#   still checks the file it writes;
+# - Lightning's "The `srun` command is available on your system but is not used", on every run of a machine
+#   with SLURM installed, outside a SLURM job (no SLURM_JOB_ID): there nothing is to be done. Inside an
+#   allocation (salloc) it is kept: there it says how to let Lightning take the job's tasks as processes.
 # The entry points (train.py, sweep.py, the commands) call ``silence_library_noise()`` once.
 
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 
 
@@ -31,5 +35,7 @@ def silence_library_noise() -> None:
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
     warnings.filterwarnings("ignore", message=r".*TorchScript.*deprecated", category=DeprecationWarning)
+    if "SLURM_JOB_ID" not in os.environ:
+        warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system but is not used")
     logging.getLogger("onnx_ir").setLevel(logging.WARNING)
     logging.getLogger("onnxscript").setLevel(logging.WARNING)
