@@ -42,9 +42,7 @@ class _TinyClassifier(pl.LightningModule):
 
 
 @pytest.mark.parametrize("progress_bar", [False, True])
-def test_one_line_an_epoch_to_the_log_file_and_to_the_console_unless_a_bar_is_live(
-    tmp_path, monkeypatch, progress_bar
-):
+def test_one_line_an_epoch_to_the_log_file_and_to_the_console_unless_a_bar_is_live(tmp_path, monkeypatch, progress_bar):
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True)  # a terminal
     console, log_file = io.StringIO(), tmp_path / "train.log"
     root = logging.getLogger()
