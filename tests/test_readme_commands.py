@@ -549,12 +549,23 @@ def test_kaggle_predefined(clone):
 
 
 @needs_shared(GEMSTONES_DIR)
-def test_kaggle_elsewhere(clone):
-    _kaggle_run(
+def test_kaggle_elsewhere(clone, tmp_path):
+    # A flat copy of three classes elsewhere, none of them among the three the default folder would give
+    # (Alexandrite, Almandine, Amazonite): a run that ignored data.root would train on other classes.
+    elsewhere = tmp_path / "my gems"
+    for name in ("Ruby", "Tanzanite", "Zircon"):
+        (elsewhere / name).mkdir(parents=True)
+        for photo in sorted((GEMSTONES_DIR / "train" / name).glob("*.jpg"))[:12]:
+            shutil.copy(photo, elsewhere / name / photo.name)
+    run = _kaggle_run(
         clone,
         "python train.py model=efficientnet_lite0 data.root=/path/to/gemstones",
-        **{"/path/to/gemstones": str(GEMSTONES_DIR)},
+        **{"/path/to/gemstones": shlex.quote(str(elsewhere))},
     )
+    report = run["report"]
+    assert (report["data_root"], report["layout"]) == (str(elsewhere), "flat")
+    assert sorted(report["images_per_class"]) == ["Ruby", "Tanzanite", "Zircon"]
+    assert sum(report["images"].values()) == 36
 
 
 @needs_shared(GEMSTONES_DIR)

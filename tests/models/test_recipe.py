@@ -62,12 +62,28 @@ def test_mixup_and_cutmix_give_soft_targets_and_refuse_a_negative_alpha():
         batch_mixer(0.0, -1, 4)
 
 
-def test_a_run_with_mixup_and_cutmix_trains_on_mixed_batches(tmp_path):
+def test_a_run_with_mixup_and_cutmix_trains_on_mixed_batches(tmp_path, monkeypatch):
     cfg = compose_config([*TINY_DEMO, "model.mixup_alpha=0.4", "model.cutmix_alpha=1.0", "evaluate=false"], tmp_path)
     model = hydra.utils.instantiate(cfg.model, class_names=list("abcd"))
     assert model.batch_mixer is not None
+    # What the loss is computed against, step by step: the real loss, watched.
+    targets_seen = []
+    loss = torch.nn.CrossEntropyLoss.forward
+
+    def watched(self, logits, targets):
+        targets_seen.append((torch.is_grad_enabled(), targets.detach().clone()))
+        return loss(self, logits, targets)
+
+    monkeypatch.setattr(torch.nn.CrossEntropyLoss, "forward", watched)
     metrics = train(cfg).metrics
-    assert torch.isfinite(torch.tensor(metrics["train/loss"])) and 0 <= metrics["test/acc"] <= 1
+    assert torch.isfinite(torch.tensor(metrics["train/loss"]))
+    training = [targets for grad, targets in targets_seen if grad]
+    evaluating = [targets for grad, targets in targets_seen if not grad]
+    # Every training batch is mixed: soft labels over the 10 classes, some image in it partly of two classes (an
+    # image mixed with one of its own class stays wholly one); validation and test batches are not: labels.
+    assert training and all(t.ndim == 2 and t.shape[1] == 10 and (t.max(-1).values < 1).any() for t in training)
+    assert min(float(t.max(-1).values.min()) for t in training) < 0.9  # not all a faint mix (Beta(0.4) is skewed)
+    assert evaluating and all(t.ndim == 1 and not t.is_floating_point() for t in evaluating)
 
 
 def test_ema_weights_are_what_best_ckpt_holds_and_what_test_and_the_report_measure(tmp_path):

@@ -71,6 +71,15 @@ def test_the_audit_forks_no_process_pool(monkeypatch):
         raise AssertionError("the label audit started a process pool")
 
     monkeypatch.setattr(multiprocessing, "Pool", no_pool)
+    # cleanlab's default is a pool of one process per physical core: claim four, so that the default would start
+    # one whatever machine runs this (on a one-core machine it would not, and the test could not fail).
+    monkeypatch.setattr(multiprocessing, "cpu_count", lambda: 4)
+    try:  # where psutil is installed, cleanlab asks it instead
+        import psutil
+    except ImportError:
+        psutil = None
+    if psutil is not None:
+        monkeypatch.setattr(psutil, "cpu_count", lambda logical=True: 4)
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(4), 10)
     features = (rng.normal(size=(40, 16)) + 3 * np.eye(16)[labels]).astype(np.float32)
