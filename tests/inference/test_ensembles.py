@@ -73,8 +73,13 @@ def test_evaluate_and_predict_take_a_list_of_checkpoints_and_views(trained_demo_
     folder = run.run_dir / "evaluation" / "test-ensemble2-tta-flip"
     summary = json.loads((folder / "evaluation.json").read_text())["summary"]
     single = json.loads((run.run_dir / "evaluation" / "test" / "evaluation.json").read_text())["summary"]
-    assert summary["images"] == single["images"] and 0 <= summary["top1"] <= 1
     assert "an ensemble of 2 checkpoints, tta=flip (2 views)" in (folder / "report.md").read_text()
+    # One checkpoint twice is that checkpoint: the same figures as it alone, with the same views.
+    alone = ["tta=flip", "calibrate=false", f"cache_dir={run.workdir / 'cache'}"]
+    assert evaluate.main([f"ckpt={run.checkpoint}", *alone]) == 0
+    single = json.loads((run.run_dir / "evaluation" / "test-tta-flip" / "evaluation.json").read_text())["summary"]
+    assert summary["images"] == single["images"] and summary["top1"] == single["top1"]
+    assert summary["nll_before"] == pytest.approx(single["nll_before"], abs=1e-6)
 
     photo = next(path for path, _ in run.datamodule.datasets["test"].items)
     output = tmp_path / "predictions.json"
@@ -82,4 +87,10 @@ def test_evaluate_and_predict_take_a_list_of_checkpoints_and_views(trained_demo_
     document = json.loads(output.read_text())
     assert document["checkpoints"] == [str(run.checkpoint)] * 2 and document["tta"] == "dihedral"
     (prediction,) = document["predictions"]
-    assert prediction["top_k"][0]["probability"] <= 1.0 and document["temperature"] == 1.0
+    assert document["temperature"] == 1.0
+    alone_output = tmp_path / "alone.json"
+    assert predict.main([f"ckpt={run.checkpoint}", f"input={photo}", "tta=dihedral", f"output={alone_output}"]) == 0
+    (alone,) = json.loads(alone_output.read_text())["predictions"]
+    assert [row["class"] for row in prediction["top_k"]] == [row["class"] for row in alone["top_k"]]
+    for pair, alone_row in zip(prediction["top_k"], alone["top_k"], strict=True):
+        assert pair["probability"] == pytest.approx(alone_row["probability"], abs=1e-6)
