@@ -16,6 +16,9 @@ from tests.helpers.workplace import U2NET_DIR
 
 register_config_schemas()
 
+# Under CI a skip fails the run, but for tests marked cuda.
+pytest_plugins = ["tests.helpers.ci_skips"]
+
 
 @pytest.fixture(autouse=True)
 def _quiet_hydra():

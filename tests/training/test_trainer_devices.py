@@ -45,6 +45,7 @@ def test_asking_for_a_gpu_without_cuda_is_one_clear_error(gpus):
         resolve_devices({"gpus": gpus, "accelerator": "auto", "devices": "auto"})
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(NO_CUDA, reason="needs a CUDA device")
 def test_gpus_one_selects_one_gpu():
     assert resolve_devices({"gpus": 1, "accelerator": "auto", "devices": "auto"}) == {
