@@ -1,5 +1,5 @@
 """The fast paths of issue 6: the uint8 array cache, cached backbone features, augmentation on the device,
-mixed precision and channels_last, and the benchmark command in its tiny mode."""
+mixed precision and channels_last."""
 
 from __future__ import annotations
 
