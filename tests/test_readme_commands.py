@@ -129,6 +129,16 @@ def test_every_readme_command_has_its_test():
         assert name.startswith("set-up: ") or callable(globals().get(name)), name
 
 
+# Each command the tests below ran, as README.md shows it (before placeholders are filled and settings appended);
+# the last test of this module checks that every README command is among them.
+COMMANDS_RAN: set[str] = set()
+
+
+def _as_shown(command: str) -> str:
+    """``command`` with README's two names for a checkpoint path made one: the same command either way."""
+    return command.replace("<best checkpoint>", "<checkpoint>")
+
+
 # -- the fresh clone and running commands in it -------------------------------------------------------------
 
 
@@ -148,6 +158,7 @@ class Clone:
     ) -> subprocess.CompletedProcess:
         """``command`` as README.md shows it, with ``shrink`` appended, run from the clone's root."""
         assert command in COMMAND_TESTS or command.startswith("python "), command
+        COMMANDS_RAN.add(_as_shown(command))
         return subprocess.run(
             self.argv(command, shrink, placeholders),
             cwd=cwd or self.root,
@@ -158,6 +169,7 @@ class Clone:
         )
 
     def start(self, command: str, *shrink: str, placeholders=None, env=None) -> subprocess.Popen:
+        COMMANDS_RAN.add(_as_shown(command))
         return subprocess.Popen(
             self.argv(command, shrink, placeholders),
             cwd=self.root,
@@ -323,6 +335,54 @@ def test_predict_the_demo_rubies(clone, demo):
     rows = [line for line in result.stdout.splitlines() if "ruby_" in line.lower()]
     assert len(rows) == 60
     assert sum(" Ruby " in row for row in rows) >= 45  # top class Ruby for most of them
+
+
+def readme_python_blocks() -> list[str]:
+    """The code of README.md's ```python blocks."""
+    return re.findall(r"^```python\n(.*?)^```", README.read_text(), re.MULTILINE | re.DOTALL)
+
+
+def test_the_python_block_identifies_the_demo_rubies(clone, demo):
+    (block,) = readme_python_blocks()  # "Checkpoints and resuming": load a checkpoint in your own code
+    shown = "outputs/demo/runs/<time>/checkpoints/best.ckpt"
+    assert shown in block
+    checkpoint = str(demo.run_dir.relative_to(clone.root) / "checkpoints" / "best.ckpt")
+    code = block.replace(shown, checkpoint)
+    # What the block leaves to the reader: a batch of photos as uint8 at the checkpoint's image size.
+    before = (
+        "import numpy as np, torch\n"
+        "from pathlib import Path\n"
+        "from PIL import Image\n"
+        f"size = torch.load({checkpoint!r}, weights_only=True)['hyper_parameters']['image_size']\n"
+        "photos = sorted(Path('cache/demo_gems/Ruby').iterdir())[:12]\n"
+        "uint8_images = torch.stack([torch.from_numpy(np.asarray(Image.open(p).convert('RGB')"
+        ".resize((size, size)))).permute(2, 0, 1) for p in photos])\n"
+    )
+    after = "print(' '.join(model.class_names[i].replace(' ', '_') for i in probabilities.argmax(1)))\n"
+    result = subprocess.run(
+        [sys.executable, "-c", before + code + after],
+        cwd=clone.root,
+        env=clone.env(None),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    answers = result.stdout.split()
+    assert len(answers) == 12 and answers.count("Ruby") >= 9, answers
+
+
+def test_cfg_job_prints_the_composed_config(clone):
+    command = "python train.py --cfg job"
+    assert f"`{command}` prints the composed config" in README.read_text()
+    result = clone.run(command)
+    assert result.returncode == 0, result.stderr[-3000:]
+    import yaml
+
+    composed = yaml.safe_load(result.stdout)
+    assert composed["model"]["backbone"] == "resnet18" and composed["model"]["allow_download"] is True
+    assert composed["data"]["root"] == "${paths.data_dir}/gemstones" and composed["optim"]["lr"] == 3.0e-4
+    assert not (clone.root / "outputs" / "train").exists()  # printed, nothing run
 
 
 def test_web_page_serves(clone, demo):
@@ -1127,3 +1187,24 @@ def _slurm_jobs(slurm: dict[str, str]) -> list[str]:
         ["squeue", "-h", "-o", "%i %T"], env={**os.environ, **slurm}, capture_output=True, text=True
     )
     return listed.stdout.split("\n")[:-1]
+
+
+# -- last: every README command ran -------------------------------------------------------------------------
+
+
+def test_every_readme_command_ran(request):
+    """Runs last (file order): each README command that is not a set-up step was run by a test above, as
+    shown; a compound ``a && b`` when each part was (a pip install part being set-up)."""
+    module_tests = {name for name, value in globals().items() if name.startswith("test_") and callable(value)}
+    selected = {item.originalname for item in request.session.items if item.module.__name__ == __name__}
+    if selected != module_tests:
+        pytest.skip("only some of this module's tests were selected")
+
+    def ran(command: str) -> bool:
+        parts = [part.strip() for part in command.split("&&")]
+        return _as_shown(command) in COMMANDS_RAN or (
+            len(parts) > 1 and all(p.startswith("pip install") or _as_shown(p) in COMMANDS_RAN for p in parts)
+        )
+
+    not_run = [c for c, test in COMMAND_TESTS.items() if not test.startswith("set-up: ") and not ran(c)]
+    assert not not_run, f"README commands no test ran as shown: {not_run}"
