@@ -22,6 +22,7 @@ from gem_lightning.data.scan import scan_dataset
 from gem_lightning.errors import GemLightningError
 from gem_lightning.training.run import check_run_settings, train
 from tests.helpers.configs import TINY_DEMO, compose_config
+from tests.helpers.train_command import epoch_logged
 from tests.helpers.workplace import REPO_ROOT, U2NET_DIR, needs_shared
 
 
@@ -264,7 +265,9 @@ def test_a_killed_run_resumed_into_its_own_folder_with_hydra_run_dir(tmp_path):
     last = run_dir / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and killed.poll() is None:
-        if last.is_file() and torch.load(last, map_location="cpu", weights_only=True)["epoch"] >= 1:
+        # The checkpoint (130 MB) is read only once train.log says the second epoch ended.
+        logged = epoch_logged(run_dir / "train.log", 2)
+        if logged and last.is_file() and torch.load(last, map_location="cpu", weights_only=True)["epoch"] >= 1:
             break
         time.sleep(0.1)
     killed.kill()

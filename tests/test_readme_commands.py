@@ -33,6 +33,7 @@ from gem_lightning.files.hashing import file_sha256
 from gem_lightning.models.classifier import GemClassifier
 from tests.helpers.postgres_server import find_postgres_bin, postgres_server
 from tests.helpers.slurm_cluster import find_slurm, slurm_cluster
+from tests.helpers.train_command import epoch_logged
 from tests.helpers.workplace import GEMSTONES_DIR, REPO_ROOT, SHARED_DIR, U2NET_DIR, needs_shared
 
 README = REPO_ROOT / "README.md"
@@ -256,6 +257,19 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+def _poll_json(url: str, ready, deadline_s: float, process: subprocess.Popen):
+    """The JSON at ``url`` once ``ready(it)`` holds: a server that is up may still be loading what it serves
+    (TensorBoard reads the event files after it answers)."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        document = json.loads(_get(url, deadline_s, process))
+        if ready(document):
+            return document
+        if time.monotonic() > deadline:
+            return document  # the caller's assertion shows what was there
+        time.sleep(0.5)
+
+
 def _get(url: str, deadline_s: float, process: subprocess.Popen) -> bytes:
     """The body at ``url`` once the server answers (it is starting up), or fail with its output."""
     deadline = time.monotonic() + deadline_s
@@ -397,8 +411,10 @@ def test_web_page_serves(clone, demo):
         f"port={port}",
         placeholders={"<best checkpoint>": demo.checkpoint},
     )
-    page = _get(f"http://127.0.0.1:{port}/", 120, server)
-    _stop(server)
+    try:
+        page = _get(f"http://127.0.0.1:{port}/", 120, server)
+    finally:
+        _stop(server)
     assert b"gradio" in page.lower()
 
 
@@ -406,13 +422,18 @@ def test_tensorboard_shows_the_runs(clone, demo):
     port = _free_port()
     server = clone.start("tensorboard --logdir outputs", f"--port={port}")
     base = f"http://127.0.0.1:{port}"
-    runs = json.loads(_get(f"{base}/data/runs", 120, server))
     run_name = f"demo/runs/{demo.run_dir.name}/tensorboard"
-    assert run_name in runs, runs
-    tags = json.loads(_get(f"{base}/data/plugin/scalars/tags", 30, server))[run_name]
-    layout = json.loads(_get(f"{base}/data/plugin/custom_scalars/layout", 30, server))
-    _stop(server)
-    for tag in ("train/loss", "val/loss", "val/acc", "val/acc_best", "test/acc", "test/ece_calibrated"):
+    wanted = ("train/loss", "val/loss", "val/acc", "val/acc_best", "test/acc", "test/ece_calibrated")
+    try:
+        runs = _poll_json(f"{base}/data/runs", lambda runs: run_name in runs, 120, server)
+        assert run_name in runs, runs
+        tags = _poll_json(
+            f"{base}/data/plugin/scalars/tags", lambda tags: set(wanted) <= set(tags.get(run_name, {})), 60, server
+        )[run_name]
+        layout = _poll_json(f"{base}/data/plugin/custom_scalars/layout", bool, 60, server)
+    finally:
+        _stop(server)
+    for tag in wanted:
         assert tag in tags, sorted(tags)
     charts = json.dumps(layout)
     assert "train/loss" in charts and "val/loss" in charts  # the overfitting chart
@@ -436,11 +457,13 @@ def _kill_after_epoch_1(clone, overrides: str, whole_group: bool = True) -> Path
     deadline = time.monotonic() + 600
     last = None
     while time.monotonic() < deadline and killed.poll() is None:
-        found = [p / "checkpoints" / "last.ckpt" for p in set(runs.iterdir()) - before]
-        if found and found[0].is_file():
-            state = torch.load(found[0], map_location="cpu", weights_only=True)
-            if state["epoch"] >= 1:
-                last = found[0]
+        found = sorted(set(runs.iterdir()) - before)
+        # The cheap signal first: train.log's line for the second epoch (training.epoch_lines); only then is
+        # the checkpoint (tens of MB) read, until it holds that epoch.
+        if found and epoch_logged(found[0] / "train.log", 2):
+            checkpoint = found[0] / "checkpoints" / "last.ckpt"
+            if checkpoint.is_file() and torch.load(checkpoint, map_location="cpu", weights_only=True)["epoch"] >= 1:
+                last = checkpoint
                 break
         time.sleep(0.2)
     assert last is not None, "the run never wrote last.ckpt for epoch 1"
@@ -903,10 +926,15 @@ def test_tensorboard_compares_trials(clone, demo_sweep):
     server = clone.start(
         "tensorboard --logdir outputs/sweeps/<study>/trials", f"--port={port}", placeholders={"<study>": "demo"}
     )
-    runs = json.loads(_get(f"http://127.0.0.1:{port}/data/runs", 120, server))
-    plugins = json.loads(_get(f"http://127.0.0.1:{port}/data/plugins_listing", 30, server))
-    _stop(server)
-    assert {"0000/tensorboard", "0001/tensorboard"} <= set(runs), runs
+    trials = {"0000/tensorboard", "0001/tensorboard"}
+    try:
+        runs = _poll_json(f"http://127.0.0.1:{port}/data/runs", lambda runs: trials <= set(runs), 120, server)
+        plugins = _poll_json(
+            f"http://127.0.0.1:{port}/data/plugins_listing", lambda p: p.get("hparams", {}).get("enabled"), 60, server
+        )
+    finally:
+        _stop(server)
+    assert trials <= set(runs), runs
     assert plugins["hparams"]["enabled"]
 
 
@@ -915,8 +943,10 @@ def test_optuna_dashboard(clone, demo_sweep):
     dashboard = command.split("&&")[1].strip()  # the install is the test extra's (optuna-dashboard is in it)
     port = _free_port()
     server = clone.start(dashboard, f"--port={port}", placeholders={"<study>": "demo"})
-    studies = json.loads(_get(f"http://127.0.0.1:{port}/api/studies", 120, server))
-    _stop(server)
+    try:
+        studies = json.loads(_get(f"http://127.0.0.1:{port}/api/studies", 120, server))
+    finally:
+        _stop(server)
     assert [study["study_name"] for study in studies["study_summaries"]] == ["demo"]
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.helpers.configs import TINY_DEMO
 from tests.helpers.workplace import REPO_ROOT
@@ -27,3 +29,9 @@ def the_one_error_line(result: subprocess.CompletedProcess) -> str:
     assert "Traceback" not in result.stdout + result.stderr
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     return line
+
+
+def epoch_logged(log_file: Path, epoch: int) -> bool:
+    """Whether a run's ``train.log`` holds the line of epoch ``epoch`` (1-based) yet: a signal that costs a
+    small read, where reading the checkpoint costs tens of MB."""
+    return log_file.is_file() and re.search(rf"\] - epoch {epoch}/\d+: ", log_file.read_text()) is not None
