@@ -197,11 +197,18 @@ class Clone:
         return argv
 
     def env(self, extra: dict[str, str] | None) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HYDRA_FULL_ERROR", "U2NET_HOME")}
+        """A user's shell, not this test process's: only the variables any login has (and the machine's BLAS
+        and TLS settings), so nothing the tests set (PL_GLOBAL_SEED, U2NET_HOME, CI, ...) leaks into a run."""
+        env = {k: v for k, v in os.environ.items() if k in USER_ENVIRONMENT or k.startswith(("LC_", "OPENBLAS_"))}
         # No user's hub cache: what a missing weights file does is part of what is tested.
         env["TORCH_HOME"] = str(self.torch_home)
         env["COLUMNS"] = "200"
         return {**env, **(extra or {})}
+
+
+# What a user's shell has that a command may need: where programs and the home folder are, the language, the
+# temp folder, and the machine's certificate settings.
+USER_ENVIRONMENT = {"PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "TERM", "TMPDIR", "SSL_CERT_FILE"}
 
 
 def _copy_working_tree(clone: Path) -> None:
@@ -223,7 +230,17 @@ def _copy_working_tree(clone: Path) -> None:
 
 @pytest.fixture(scope="module")
 def clone(tmp_path_factory) -> Clone:
-    base = tmp_path_factory.mktemp("fresh")
+    return _fresh_clone(tmp_path_factory.mktemp("fresh"))
+
+
+@pytest.fixture(scope="module")
+def small_demo_clone(tmp_path_factory) -> Clone:
+    """A second fresh clone, for the tests that render the demo set smaller (``SMALL_DEMO``): the first clone's
+    ``cache/demo_gems`` keeps README's 60 photos a class whatever order the tests run in."""
+    return _fresh_clone(tmp_path_factory.mktemp("fresh_small_demo"))
+
+
+def _fresh_clone(base: Path) -> Clone:
     root = base / "gem-lightning"
     subprocess.run(["git", "clone", "--quiet", "--no-hardlinks", str(REPO_ROOT), str(root)], check=True)
     _copy_working_tree(root)
@@ -529,7 +546,9 @@ def test_resume_a_killed_run(clone, demo):
 
 # 7 classes x 3 = 21 validation and 21 test images: an odd number, which Lightning's default distributed sampler
 # would pad with a repeated image on one of the 2 processes, counting it twice.
-DDP_SHRINK = ("data.demo.images_per_class=17", "data.max_classes=7", "data.image_size=32", "trainer.max_epochs=3")
+# The demo set as small_demo_clone renders it: 17 photos a class, one size for every test there.
+SMALL_DEMO = "data.demo.images_per_class=17"
+DDP_SHRINK = (SMALL_DEMO, "data.max_classes=7", "data.image_size=32", "trainer.max_epochs=3")
 
 
 def _one_process_evaluation(checkpoint: Path) -> tuple[dict, dict]:
@@ -546,7 +565,8 @@ def _one_process_evaluation(checkpoint: Path) -> tuple[dict, dict]:
     return trainer.validate(model, datamodule=data, verbose=False)[0], trainer.test(model, data, verbose=False)[0]
 
 
-def test_data_parallel_on_two_cpu_processes(clone, demo):
+def test_data_parallel_on_two_cpu_processes(small_demo_clone, demo):
+    clone = small_demo_clone
     result = clone.run("python train.py experiment=demo trainer=ddp_cpu", *DDP_SHRINK)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
@@ -572,7 +592,8 @@ def test_data_parallel_on_two_cpu_processes(clone, demo):
     assert "test/ece_calibrated" in metrics and (run_dir / "evaluation" / "test" / "report.md").is_file()
 
 
-def test_head_only_data_parallel_computes_the_features_once(clone):
+def test_head_only_data_parallel_computes_the_features_once(small_demo_clone):
+    clone = small_demo_clone
     # No label audit: it would cache the features before the processes start, and the race would not happen.
     # 36 px, which no other test trains at: the features are not in the clone's cache yet.
     shrink = [o if not o.startswith("data.image_size=") else "data.image_size=36" for o in DDP_SHRINK]
@@ -588,7 +609,8 @@ def test_head_only_data_parallel_computes_the_features_once(clone):
     assert json.loads((run_dir / "metrics.json").read_text())["metrics"]["test/acc"] > 0
 
 
-def test_resume_a_killed_data_parallel_run(clone, demo):
+def test_resume_a_killed_data_parallel_run(small_demo_clone):
+    clone = small_demo_clone
     overrides = " ".join(("experiment=demo trainer=ddp_cpu", *DDP_SHRINK[:-1], "trainer.max_epochs=4"))
     # Only the process the user started is killed: the rank it started must not live on without it.
     last = _kill_after_epoch_1(clone, overrides, whole_group=False)
@@ -1059,7 +1081,7 @@ def test_export(clone, demo, my_photos):
 
 # Each job: one epoch of 12 demo photos a class at 32 px; augmented in the main process, so that a job's random
 # crops do not depend on how many loader processes its cores allow.
-CLUSTER_SHRINK = ("data.demo.images_per_class=12", "data.image_size=32", "trainer.max_epochs=1", "data.num_workers=0")
+CLUSTER_SHRINK = (SMALL_DEMO, "data.image_size=32", "trainer.max_epochs=1", "data.num_workers=0")
 needs_slurm = pytest.mark.skipif(
     find_slurm() is not None and not os.environ.get("CI"),
     reason=f"SLURM is not installed ({find_slurm()} missing; Debian: apt-get install slurm-wlm munge; CI installs it)",
@@ -1087,7 +1109,8 @@ def _multirun_metrics(output: str, root: Path) -> dict[str, dict]:
 
 
 @needs_slurm
-def test_multirun_on_slurm(clone, slurm):
+def test_multirun_on_slurm(small_demo_clone, slurm):
+    clone = small_demo_clone
     command = (
         "python train.py -m hydra/launcher=submitit_slurm experiment=demo optim.lr=1e-3,3e-4 "
         "augment=seed,colour_preserving"
@@ -1113,7 +1136,8 @@ def test_multirun_on_slurm(clone, slurm):
 
 
 @needs_slurm
-def test_data_parallel_on_slurm(clone, slurm):
+def test_data_parallel_on_slurm(small_demo_clone, slurm):
+    clone = small_demo_clone
     result = clone.run(
         "python train.py -m hydra/launcher=submitit_slurm hydra.launcher.tasks_per_node=2 trainer=ddp_cpu "
         "experiment=demo",
@@ -1140,7 +1164,8 @@ requires_postgres = pytest.mark.skipif(
 
 @needs_slurm
 @requires_postgres
-def test_sweep_workers_as_a_slurm_array(clone, slurm):
+def test_sweep_workers_as_a_slurm_array(small_demo_clone, slurm):
+    clone = small_demo_clone
     import optuna
 
     from gem_lightning.sweeps.storage import storage_url
@@ -1168,7 +1193,8 @@ def test_sweep_workers_as_a_slurm_array(clone, slurm):
 
 @needs_slurm
 @requires_postgres
-def test_sigterm_to_a_slurm_sweep_cancels_its_array_and_the_sweep_resumes(clone, slurm):
+def test_sigterm_to_a_slurm_sweep_cancels_its_array_and_the_sweep_resumes(small_demo_clone, slurm):
+    clone = small_demo_clone
     import optuna
     from optuna.trial import TrialState
 
