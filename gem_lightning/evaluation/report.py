@@ -149,6 +149,22 @@ def _percent(value: float) -> str:
     return f"{100 * value:.1f} %"
 
 
+def _absent_classes(evaluation: Evaluation) -> list[str]:
+    """One line naming the model's classes without a photo here, each with the photos wrongly called it."""
+    called = evaluation.confusion.sum(0)
+    absent = [
+        f"{row.name} ({int(called[index])} called it)" if called[index] else row.name
+        for index, row in enumerate(evaluation.classes)
+        if not row.support
+    ]
+    if not absent:
+        return []
+    return [
+        "",
+        f"No photos here of {len(absent)} of the model's {len(evaluation.classes)} classes: {', '.join(absent)}.",
+    ]
+
+
 def _markdown(evaluation: Evaluation, context: dict, calibration: CalibrationResult | None, drew_gallery: bool) -> str:
     s = evaluation.summary
     lines = [
@@ -201,10 +217,12 @@ def _markdown(evaluation: Evaluation, context: dict, calibration: CalibrationRes
     lines += ["## Per class (weakest F1 first)", ""]
     lines += [" | ".join(["| class | precision | recall | F1 | support", *names]) + " |"]
     lines += ["|---|---|---|---|---" + "|---" * len(names) + "|"]
-    for row in sorted(evaluation.classes, key=lambda r: (r.f1, r.name)):
+    # Only classes with photos here: a folder of a few classes would otherwise open the table with rows of zeros.
+    for row in sorted((r for r in evaluation.classes if r.support), key=lambda r: (r.f1, r.name)):
         extra = cells[evaluation.class_names.index(row.name)] if cells else []
         line = f"| {row.name} | {row.precision:.3f} | {row.recall:.3f} | {row.f1:.3f} | {row.support}"
         lines.append(" | ".join([line, *extra]) + " |")
+    lines += _absent_classes(evaluation)
     lines += ["", f"## Misclassified images ({len(evaluation.misclassified)})", ""]
     if drew_gallery:
         lines.append(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from collections import Counter
 
 import pytest
 import torch
@@ -177,7 +178,10 @@ def test_training_run_calibrates_its_checkpoint_and_writes_the_report(trained_de
 def test_evaluate_command_on_a_labelled_folder(trained_demo_run, tmp_path, capsys):
     run = trained_demo_run
     folder = tmp_path / "my_gems"
-    for item in [i for i in run.datamodule.prepared.items if i.split == "test"][:12]:
+    # A folder of three of the model's ten classes, as a user's photos often are.
+    present = sorted({i.label for i in run.datamodule.prepared.items})[:3]
+    photos = [i for i in run.datamodule.prepared.items if i.split == "test" and i.label in present]
+    for item in photos:
         (folder / item.label).mkdir(parents=True, exist_ok=True)
         shutil.copyfile(item.image_file, folder / item.label / item.image_file.name)
     out = tmp_path / "report"
@@ -191,8 +195,17 @@ def test_evaluate_command_on_a_labelled_folder(trained_demo_run, tmp_path, capsy
     assert evaluate.main(args) == 0
     assert f"report: {out / 'report.md'}" in capsys.readouterr().out
     document = json.loads((out / "evaluation.json").read_text())
-    assert document["summary"]["images"] == 12
+    assert document["summary"]["images"] == len(photos)
     assert document["data"] == f"labelled folder {folder}"
+    # report.md's per-class table lists the three classes with photos; one line names the seven without, each
+    # with the photos wrongly called it (counted here from the listed mistakes).
+    report = (out / "report.md").read_text()
+    table = report.split("## Per class (weakest F1 first)\n\n", 1)[1].split("\n\n", 1)[0].splitlines()[2:]
+    assert sorted(row.split(" | ")[0].removeprefix("| ") for row in table) == present
+    absent = [name for name in run.class_names if name not in present]
+    called = Counter(m["predicted"] for m in document["misclassified"] if m["predicted"] in absent)
+    shown = ", ".join(f"{name} ({called[name]} called it)" if called[name] else name for name in absent)
+    assert f"\nNo photos here of 7 of the model's 10 classes: {shown}.\n" in report
 
     (folder / "Obsidian").mkdir()
     shutil.copyfile(run.datamodule.prepared.items[0].image_file, folder / "Obsidian" / "x.png")
