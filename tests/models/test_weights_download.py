@@ -136,3 +136,17 @@ def test_downloads_are_on_by_default_for_every_resnet(tmp_path):
     for name in ("resnet18", "resnet34", "resnet50"):
         cfg = compose_config([f"model={name}"], tmp_path)
         assert cfg.model.allow_download is True, name
+
+
+def test_the_reports_recipe_fetches_its_weights_before_any_data_work(tmp_path, offline_torch_home, monkeypatch):
+    # experiment=seed_report as README types it: ImageNet ResNet-18, downloaded by the checks train() and
+    # sweep.py run before any data is prepared (check_run_settings).
+    from gem_lightning.training.run import check_run_settings
+
+    path, data, _ = _served_resnet18(seed=3)
+    with weights_server({path: data}) as server:
+        monkeypatch.setitem(backbones.RESNET_WEIGHTS_URLS, "resnet18", server.url(path))
+        check_run_settings(compose_config(["experiment=seed_report"], tmp_path))
+        assert server.requests == [path]
+    assert (offline_torch_home / "hub" / "checkpoints" / path.rsplit("/", 1)[1]).read_bytes() == data
+    assert not (tmp_path / "cache").exists()  # nothing scanned or prepared
