@@ -815,6 +815,9 @@ BENCH_SHRINK = (
     "timed_batches=2",
     "loader_batches=2",
     "head_epochs=2",
+    # Loaders in the measuring processes themselves: starting loader processes in each of its fresh processes
+    # cost about a minute here (README's demo run, as typed, loads with processes).
+    "num_workers=0",
 )
 
 
