@@ -577,8 +577,9 @@ def test_data_parallel_on_two_cpu_processes(small_demo_clone, demo):
     assert {p.name for p in run_dir.iterdir()} == {p.name for p in demo.run_dir.iterdir()} | {"train_ddp_process_1.log"}
     rank_1_log = (run_dir / "train_ddp_process_1.log").read_text()
     assert "7 classes; train" in rank_1_log
-    for own_work in ("cached", "computing", "temperature", "label audit", "data parallel"):
-        assert own_work not in rank_1_log, rank_1_log  # no cache, calibration, audit or summary of its own
+    for own_work in ("cached", "computing", "temperature", "label audit", "data parallel", "] - epoch "):
+        assert own_work not in rank_1_log, rank_1_log  # no cache, calibration, audit, summary or epoch line
+    assert epoch_logged(run_dir / "train.log", 3)  # rank 0 logs each epoch
     # Synchronised metrics: each epoch checkpointed scores, in one process, what the 2 processes logged for it.
     val_acc = _logged_by_epoch(run_dir, "val/acc")
     assert sorted(val_acc) == [0, 1, 2]
