@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import hydra
+import lightning.pytorch as pl
 from omegaconf import DictConfig
 
 from gem_lightning.config.composition import compose_train_config
@@ -51,3 +52,17 @@ def composed_model(class_names: list[str], workdir: Path, overrides: list[str] =
     ``overrides`` say otherwise."""
     cfg = compose_config(["model.pretrained=false", *overrides], workdir)
     return hydra.utils.instantiate(cfg.model, class_names=list(class_names))
+
+
+def bare_trainer(root_dir: Path, **settings) -> pl.Trainer:
+    """A one-process CPU Trainer with no logger, checkpoints, progress bar or summary (``settings`` change any),
+    for tests that fit the classifier directly."""
+    plain = dict(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=root_dir,
+    )
+    return pl.Trainer(**{**plain, **settings})

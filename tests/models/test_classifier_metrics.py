@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from tests.helpers.configs import composed_model
+from tests.helpers.configs import bare_trainer, composed_model
 
 NUM_CLASSES = 87
 
@@ -30,15 +30,7 @@ def test_logged_validation_metrics_match_an_independent_computation(tmp_path):
     train_set = _noisy_prototypes(960, prototypes, generator)
     val_set = _noisy_prototypes(432, prototypes, generator)
     model = composed_model([f"class {i}" for i in range(NUM_CLASSES)], tmp_path, ["data.image_size=32"])
-    trainer = pl.Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = bare_trainer(tmp_path, max_epochs=1)
     trainer.fit(model, DataLoader(train_set, batch_size=48, shuffle=True), DataLoader(val_set, batch_size=48))
 
     reference = {

@@ -6,14 +6,13 @@ import io
 import logging
 import sys
 
-import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.callbacks import RichProgressBar
 from torch.utils.data import DataLoader, TensorDataset
 
 from gem_lightning.training.epoch_lines import EpochLines
-from tests.helpers.configs import composed_model
+from tests.helpers.configs import bare_trainer, composed_model
 
 
 @pytest.mark.parametrize("progress_bar", [False, True])
@@ -28,12 +27,9 @@ def test_one_line_an_epoch_to_the_log_file_and_to_the_console_unless_a_bar_is_li
     # The project's classifier (ResNet-18 at 32 px, no pretrained weights) on 8 random photos of 2 classes.
     model = composed_model(["a", "b"], tmp_path, ["data.image_size=32"])
     data = TensorDataset(torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8), torch.arange(8) % 2)
-    trainer = pl.Trainer(
+    trainer = bare_trainer(
+        tmp_path,
         max_epochs=3,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
         enable_progress_bar=progress_bar,
         callbacks=[EpochLines(), *([RichProgressBar()] if progress_bar else [])],
     )
