@@ -863,7 +863,9 @@ def _summary(clone, result) -> list[dict]:
 
 def test_multirun(clone):
     result = clone.run(
-        "python train.py -m experiment=demo optim.lr=1e-3,3e-4 augment=seed,colour_preserving", "trainer.max_epochs=1"
+        "python train.py -m experiment=demo optim.lr=1e-3,3e-4 augment=seed,colour_preserving",
+        "trainer.max_epochs=1",
+        "evaluate=false",  # the jobs and their summary are checked here; the evaluation by test_demo_...
     )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = _summary(clone, result)
@@ -876,7 +878,7 @@ def test_multirun(clone):
 
 
 def test_multirun_with_a_failing_job_lists_it_and_exits_1(clone):
-    result = clone.run("python train.py -m experiment=demo trainer.max_epochs=1 optim.lr=1e-3,-1")
+    result = clone.run("python train.py -m experiment=demo trainer.max_epochs=1 optim.lr=1e-3,-1", "evaluate=false")
     assert result.returncode == 1, result.stderr[-3000:]
     assert "Traceback" not in result.stdout + result.stderr
     rows = _summary(clone, result)
@@ -1085,7 +1087,16 @@ def test_export(clone, demo, my_photos):
 
 # Each job: one epoch of 12 demo photos a class at 32 px; augmented in the main process, so that a job's random
 # crops do not depend on how many loader processes its cores allow.
-CLUSTER_SHRINK = (SMALL_DEMO, "data.image_size=32", "trainer.max_epochs=1", "data.num_workers=0")
+# No calibration, report or label audit in these jobs: what they check is where jobs run and what they train
+# (about 4 s a job here, 12 jobs in test_multirun_on_slurm alone).
+CLUSTER_SHRINK = (
+    SMALL_DEMO,
+    "data.image_size=32",
+    "trainer.max_epochs=1",
+    "data.num_workers=0",
+    "evaluate=false",
+    "label_audit=none",
+)
 needs_slurm = pytest.mark.skipif(
     find_slurm() is not None and not os.environ.get("CI"),
     reason=f"SLURM is not installed ({find_slurm()} missing; Debian: apt-get install slurm-wlm munge; CI installs it)",
