@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 @dataclass
 class Setup:
-    """Everything a measurement needs, picklable for the spawned process."""
+    """Everything a measurement needs, picklable for the measuring process."""
 
     photos: str  # ImageFolder root for the plain pipeline (class folders)
     overrides: list[str]  # train.py overrides that build our pipeline on the same photos
