@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from gem_lightning.errors import GemLightningError
 from gem_lightning.training.run import check_run_settings, train
 from tests.helpers.configs import TINY_DEMO, compose_config
 from tests.helpers.train_command import epoch_logged
-from tests.helpers.workplace import REPO_ROOT, U2NET_DIR, needs_shared
+from tests.helpers.workplace import REPO_ROOT
 
 
 def _train_py(*overrides: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -198,59 +197,6 @@ def test_a_complete_read_only_cache_still_serves_training(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"the cache folder {cache} is read-only" in result.stdout + result.stderr
     assert {p: p.stat().st_mtime_ns for p in cache.rglob("*") if p.is_file()} == before
-
-
-# -- background-removal workers die with their parent ------------------------------------------------------
-
-
-def _children(pid: int) -> set[int]:
-    found = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.add(int(stat.parent.name))
-    return found
-
-
-@needs_shared(U2NET_DIR / "u2netp.onnx")
-@pytest.mark.parametrize("kill", [signal.SIGKILL, signal.SIGTERM])
-def test_killing_prepare_ends_its_workers_and_the_rerun_does_only_the_rest(tmp_path, kill):
-    command = [
-        sys.executable,
-        "-m",
-        "gem_lightning.cli.prepare",
-        *TINY_DEMO,
-        "data.demo.images_per_class=4",  # 40 photos: enough to kill the run part-way, few to redo
-        "background=rembg",
-        "background.backend.model=u2netp",
-        "background.workers=2",
-        "background.progress=false",
-        f"paths.root_dir={tmp_path}",
-    ]
-    env = {**os.environ, "U2NET_HOME": str(U2NET_DIR)}
-    prepare = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    prepared = tmp_path / "cache" / "prepared"
-    deadline = time.monotonic() + 300
-    while len(list(prepared.rglob("*.json"))) < 4 and time.monotonic() < deadline and prepare.poll() is None:
-        time.sleep(0.2)
-    workers = _children(prepare.pid)
-    assert len(workers) >= 2, "no worker processes seen"
-    prepare.send_signal(kill)
-    prepare.wait(timeout=30)
-    deadline = time.monotonic() + 15
-    while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not any(Path(f"/proc/{pid}").exists() for pid in workers), "workers outlived their parent"
-    done_before = len(list(prepared.rglob("*.json")))
-    time.sleep(1.0)
-    assert len(list(prepared.rglob("*.json"))) == done_before  # nobody is still writing cut-outs
-
-    rerun = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert f"done {40 - done_before}, cached {done_before}," in rerun.stdout + rerun.stderr
 
 
 # -- a killed train.py resumed into its own folder ----------------------------------------------------------
