@@ -470,11 +470,11 @@ def _kill_after_epoch_1(clone, overrides: str, whole_group: bool = True) -> Path
     the processes it started (data-parallel ranks) end with it."""
     killed = clone.start(f"python train.py {overrides}")
     runs = clone.root / "outputs" / "demo" / "runs"
-    before = set(runs.iterdir())
+    before = set(runs.iterdir()) if runs.is_dir() else set()  # the clone's first run makes the folder
     deadline = time.monotonic() + 600
     last = None
     while time.monotonic() < deadline and killed.poll() is None:
-        found = sorted(set(runs.iterdir()) - before)
+        found = sorted(set(runs.iterdir()) - before) if runs.is_dir() else []
         # The cheap signal first: train.log's line for the second epoch (training.epoch_lines); only then is
         # the checkpoint (tens of MB) read, until it holds that epoch.
         if found and epoch_logged(found[0] / "train.log", 2):
@@ -538,7 +538,8 @@ def _logged_by_epoch(run_dir: Path, tag: str) -> dict[int, float]:
 
 
 def test_resume_a_killed_run(clone, demo):
-    overrides = "experiment=demo trainer.max_epochs=4 optim.lr=1e-2"
+    # Only the epochs are checked here: no calibration/report or label audit (test_demo_... checks those).
+    overrides = "experiment=demo trainer.max_epochs=4 optim.lr=1e-2 evaluate=false label_audit=none"
     _resume(clone, overrides, _kill_after_epoch_1(clone, overrides), epochs=4)
 
 
@@ -612,7 +613,8 @@ def test_head_only_data_parallel_computes_the_features_once(small_demo_clone):
 
 def test_resume_a_killed_data_parallel_run(small_demo_clone):
     clone = small_demo_clone
-    overrides = " ".join(("experiment=demo trainer=ddp_cpu", *DDP_SHRINK[:-1], "trainer.max_epochs=4"))
+    lean = ("evaluate=false", "label_audit=none")  # only the epochs and the ranks are checked here
+    overrides = " ".join(("experiment=demo trainer=ddp_cpu", *DDP_SHRINK[:-1], "trainer.max_epochs=4", *lean))
     # Only the process the user started is killed: the rank it started must not live on without it.
     last = _kill_after_epoch_1(clone, overrides, whole_group=False)
     resumed_dir = _resume(clone, overrides, last, epochs=4)
@@ -875,7 +877,9 @@ def test_multirun(clone):
     result = clone.run(
         "python train.py -m experiment=demo optim.lr=1e-3,3e-4 augment=seed,colour_preserving",
         "trainer.max_epochs=1",
-        "evaluate=false",  # the jobs and their summary are checked here; the evaluation by test_demo_...
+        # The jobs and their summary are checked here; the evaluation and the audit by test_demo_...
+        "evaluate=false",
+        "label_audit=none",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = _summary(clone, result)
@@ -888,7 +892,9 @@ def test_multirun(clone):
 
 
 def test_multirun_with_a_failing_job_lists_it_and_exits_1(clone):
-    result = clone.run("python train.py -m experiment=demo trainer.max_epochs=1 optim.lr=1e-3,-1", "evaluate=false")
+    result = clone.run(
+        "python train.py -m experiment=demo trainer.max_epochs=1 optim.lr=1e-3,-1", "evaluate=false", "label_audit=none"
+    )
     assert result.returncode == 1, result.stderr[-3000:]
     assert "Traceback" not in result.stdout + result.stderr
     rows = _summary(clone, result)
@@ -899,7 +905,9 @@ def test_multirun_with_a_failing_job_lists_it_and_exits_1(clone):
 
 def test_a_run_started_from_another_folder_uses_the_project_folders(clone, tmp_path):
     result = clone.run(
-        f"python {clone.root / 'train.py'} experiment=demo", "trainer.max_epochs=1", "test=false", cwd=tmp_path
+        f"python {clone.root / 'train.py'} experiment=demo",
+        *("trainer.max_epochs=1", "test=false", "label_audit=none"),
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = Path(_value(result.stdout, "run dir"))
