@@ -207,7 +207,7 @@ def test_a_killed_run_ends_its_workers_and_the_rerun_does_only_the_rest_leaving_
     prepared = tmp_path / "cache" / "prepared"
     deadline = time.monotonic() + 120
     try:
-        while len(list(prepared.rglob("*.json"))) < 4:
+        while len(list(prepared.rglob("*.json"))) < 5:
             assert process.poll() is None, "the run ended before it could be killed"
             assert time.monotonic() < deadline, "no image was prepared within two minutes"
             time.sleep(0.05)
@@ -225,7 +225,7 @@ def test_a_killed_run_ends_its_workers_and_the_rerun_does_only_the_rest_leaving_
     done_before = len(list(prepared.rglob("*.json")))
     time.sleep(1.0)
     assert len(list(prepared.rglob("*.json"))) == done_before  # nobody is still writing cut-outs
-    assert 4 <= done_before < DEMO_IMAGES, "the kill must land mid-way"
+    assert 5 <= done_before < DEMO_IMAGES, "the kill must land mid-way"
 
     finished = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr
