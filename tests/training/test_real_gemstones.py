@@ -44,12 +44,20 @@ def test_short_real_run_on_five_gem_classes_beats_chance_by_far_and_knows_what_i
     assert metrics["val/acc_best"] >= 0.6, metrics
 
     # Not a gem: the 50 ImageNet photos (animals, tools, food, ...) are far from all five classes' centroids and
-    # mostly answered "not one of the 5 classes I know"; the test gems mostly are not. (33 of 50 here: with about 28
-    # validation photos the threshold is the farthest one's distance; the 87-class model turns away 46-49.)
+    # mostly answered "not one of the 5 classes I know"; the test gems mostly are not. With about 27 validation
+    # photos the default accept=0.95 puts the threshold at the farthest one, which one odd photo sets (with one
+    # OpenMP thread: 0.77 against 0.63 for the next, 1 ImageNet photo of 50 turned away); accept=0.9 takes the
+    # second farthest (37 of 50 turned away with one thread, 34 with two). The 87-class model, at 0.95 on about
+    # 430 validation photos, turns away 46-49.
     evaluation = json.loads((tmp_path / "run" / "evaluation" / "test" / "evaluation.json").read_text())
     assert evaluation["summary"]["unknown_share"] <= 0.2, evaluation["trust"]["novelty"]
     output = tmp_path / "not_gems.json"
-    arguments = [f"ckpt={result.best_checkpoint}", f"input={IMAGENET_SAMPLES_DIR}", f"output={output}"]
+    arguments = [
+        f"ckpt={result.best_checkpoint}",
+        f"input={IMAGENET_SAMPLES_DIR}",
+        f"output={output}",
+        "novelty.accept=0.9",
+    ]
     assert predict.main([*arguments, f"cache_dir={tmp_path / 'cache'}", "progress=false"]) == 0
     answers = json.loads(output.read_text())["predictions"]
     turned_away = [row for row in answers if row["known"] is False]
