@@ -23,7 +23,10 @@ def test_one_line_an_epoch_to_the_log_file_and_to_the_console_unless_a_bar_is_li
     handlers = [logging.StreamHandler(console), logging.FileHandler(log_file)]
     for handler in handlers:
         root.addHandler(handler)
-    monkeypatch.setattr(root, "level", logging.INFO)
+    # setLevel, not the attribute: it also clears the loggers' cached answers to "is INFO on?", which an earlier
+    # test in this process may have left at no (under pytest-xdist the line then never reached the file).
+    level = root.level
+    root.setLevel(logging.INFO)
     # The project's classifier (ResNet-18 at 32 px, no pretrained weights) on 8 random photos of 2 classes.
     model = composed_model(["a", "b"], tmp_path, ["data.image_size=32"])
     data = TensorDataset(torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8), torch.arange(8) % 2)
@@ -36,6 +39,7 @@ def test_one_line_an_epoch_to_the_log_file_and_to_the_console_unless_a_bar_is_li
     try:
         trainer.fit(model, DataLoader(data, batch_size=4), DataLoader(data, batch_size=4))
     finally:
+        root.setLevel(level)
         for handler in handlers:
             root.removeHandler(handler)
             handler.close()
