@@ -7,8 +7,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-from hydra.core.global_hydra import GlobalHydra
+# Under pytest-xdist (pyproject's addopts: two test processes on this 2-core machine) each test process, and what
+# it starts, computes on one thread: two processes of two OpenMP threads each spin against each other on two
+# cores. Set before torch is imported, which sizes its thread pool once.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+import pytest  # noqa: E402
+from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 
 from gem_lightning.config.schema import register_config_schemas
 from tests.helpers.configs import TINY_DEMO, compose_config

@@ -197,9 +197,10 @@ class Clone:
         return argv
 
     def env(self, extra: dict[str, str] | None) -> dict[str, str]:
-        """A user's shell, not this test process's: only the variables any login has (and the machine's BLAS
-        and TLS settings), so nothing the tests set (PL_GLOBAL_SEED, U2NET_HOME, CI, ...) leaks into a run."""
-        env = {k: v for k, v in os.environ.items() if k in USER_ENVIRONMENT or k.startswith(("LC_", "OPENBLAS_"))}
+        """A user's shell, not this test process's: only the variables any login has (and the machine's BLAS,
+        OpenMP and TLS settings), so nothing the tests set (PL_GLOBAL_SEED, U2NET_HOME, CI, ...) leaks into a run."""
+        machine_settings = ("LC_", "OPENBLAS_", "OMP_")
+        env = {k: v for k, v in os.environ.items() if k in USER_ENVIRONMENT or k.startswith(machine_settings)}
         # No user's hub cache: what a missing weights file does is part of what is tested.
         env["TORCH_HOME"] = str(self.torch_home)
         env["COLUMNS"] = "200"
