@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from gem_lightning.files.hashing import file_sha256
 from gem_lightning.models.classifier import GemClassifier
@@ -111,6 +112,9 @@ COMMAND_TESTS = {
     "python -m gem_lightning.cli.evaluate ckpt=<checkpoint>": "test_evaluate_the_runs_test_split",
     "python -m gem_lightning.cli.evaluate ckpt=<checkpoint> input=other_gems/ calibrate=false": (
         "test_evaluate_a_folder"
+    ),
+    "python -m gem_lightning.cli.evaluate ckpt=<checkpoint> input=[other_gems/,shop_photos/] calibrate=false": (
+        "test_evaluate_sources_side_by_side"
     ),
     "python -m gem_lightning.cli.evaluate ckpt=<checkpoint> tta=dihedral": "test_evaluate_with_views_or_shifted_photos",
     "python -m gem_lightning.cli.evaluate ckpt=<checkpoint> shift=small": "test_evaluate_with_views_or_shifted_photos",
@@ -1002,7 +1006,8 @@ def test_optuna_dashboard(clone, demo_sweep):
 
 @pytest.fixture(scope="module")
 def my_photos(clone, demo) -> Path:
-    """A user's folder: a few photos, a notes file, a broken photo; and a labelled folder of other photos."""
+    """A user's folder: a few photos, a notes file, a broken photo; and two labelled folders of other photos (the
+    second's as a shop's small thumbnails)."""
     photos = clone.root / "my_photos"
     photos.mkdir()
     source = clone.root / "cache" / "demo_gems"
@@ -1017,6 +1022,12 @@ def my_photos(clone, demo) -> Path:
         (other / name).mkdir(parents=True)
         for photo in sorted((source / name).iterdir())[-3:]:
             shutil.copy(photo, other / name / photo.name)
+    shop = clone.root / "shop_photos"
+    for name in ("Ruby", "Sapphire Blue"):
+        (shop / name).mkdir(parents=True)
+        for photo in sorted((source / name).iterdir())[-3:]:
+            with Image.open(photo) as image:
+                image.convert("RGB").resize((32, 32)).save(shop / name / f"{photo.stem}.jpg", quality=70)
     return photos
 
 
@@ -1065,6 +1076,22 @@ def test_evaluate_a_folder(clone, demo, my_photos):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "on 6 images" in result.stdout
     assert (clone.root / _value(result.stdout, "report")).is_file()
+
+
+def test_evaluate_sources_side_by_side(clone, demo, my_photos):
+    result = clone.run(
+        "python -m gem_lightning.cli.evaluate ckpt=<checkpoint> input=[other_gems/,shop_photos/] calibrate=false",
+        placeholders={"<checkpoint>": demo.checkpoint},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = clone.root / _value(result.stdout, "table")
+    assert table == demo.run_dir / "evaluation" / "sources.md"
+    rows = [line.split(" | ") for line in table.read_text().splitlines() if line.startswith("| ")][1:]
+    names = [row[0].removeprefix("| ") for row in rows]
+    assert names[0].startswith("test split") and names[1:] == ["other_gems", "shop_photos"]
+    assert [row[1] for row in rows[1:]] == ["6", "6"]  # photos
+    for folder in ("test", "other_gems", "shop_photos"):
+        assert (demo.run_dir / "evaluation" / folder / "report.md").is_file()
 
 
 @pytest.mark.parametrize(

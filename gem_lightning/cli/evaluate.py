@@ -7,6 +7,8 @@
 #    (``input=<folder>/<class>/<images>``, cut out as the run's photos were).
 # 3. Write one report folder, by default ``<run dir>/evaluation/<split or folder>/``: ``report.md`` with the
 #    confusion matrix, reliability diagram and misclassified gallery, ``evaluation.json``, ``per_class.csv``.
+#    A list of folders (``input=[a/,b/]``, or ``sources=other_sources``) evaluates the split and each folder, a
+#    report folder each, and sets them side by side in ``sources.md`` (gem_lightning.evaluation.sources).
 #
 # ``train.py`` does the same for its best checkpoint after testing (``evaluate: true`` in conf/train.yaml).
 
@@ -14,10 +16,11 @@ from __future__ import annotations
 
 import sys
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 from gem_lightning.cli.front_end import run_command
-from gem_lightning.evaluation.checkpoint_evaluation import EvaluationRun, evaluate_checkpoint
+from gem_lightning.evaluation.checkpoint_evaluation import EvaluationRun, check_shift, evaluate_checkpoint
+from gem_lightning.evaluation.sources import evaluate_sources
 from gem_lightning.files.shown_paths import shown_path
 from gem_lightning.inference.predictor import Predictor
 
@@ -37,6 +40,16 @@ def print_evaluation(run: EvaluationRun) -> None:
 
 def run(cfg: DictConfig) -> int:
     predictor = Predictor.from_command_config(cfg)
+    if isinstance(cfg.input, ListConfig):
+        check_shift(cfg.shift, input_given=True)
+        table, runs = evaluate_sources(
+            predictor, cfg.split, list(cfg.input), cfg.calibrate, cfg.output_dir, answer_config=cfg
+        )
+        for evaluation_run in runs:
+            print_evaluation(evaluation_run)
+        print(table.read_text(), end="")
+        print(f"table: {shown_path(table)}")
+        return 0
     settings = {"shift": cfg.shift, "shift_mask_model": cfg.shift_mask_model, "answer_config": cfg}
     print_evaluation(evaluate_checkpoint(predictor, cfg.split, cfg.input, cfg.calibrate, cfg.output_dir, **settings))
     return 0

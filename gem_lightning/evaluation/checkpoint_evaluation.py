@@ -138,6 +138,14 @@ def _labelled_folder(predictor: Predictor, folder: Path, cache_dir: Path) -> tup
     return dataset, [str(src.relative_to(scan.root)) for src, _ in pairs]
 
 
+def check_shift(shift: str | None, input_given: bool) -> None:
+    """Before any work: ``shift`` names a known shift and comes without ``input=`` (a typo costs no preparation)."""
+    if shift is not None and input_given:
+        raise GemLightningError("shift= shifts the run's own split; give it without input=")
+    if shift is not None:
+        shift_named(shift)
+
+
 def evaluate_checkpoint(
     predictor: Predictor,
     split: str = "test",
@@ -157,10 +165,7 @@ def evaluate_checkpoint(
     nodes say how sets are fitted and how answers are worded and measured (``trust.answers.answering_for``).
     """
     checked_choice(split, SPLITS, "split", hint=" (or input=<labelled folder>)")
-    if shift is not None and input_folder is not None:
-        raise GemLightningError("shift= shifts the run's own split; give it without input=")
-    if shift is not None:
-        shift_named(shift)  # before the data module is rebuilt: a typo costs no preparation
+    check_shift(shift, input_folder is not None)
     model, checkpoint = predictor.model, predictor.checkpoint
     if datamodule is None and (calibrate_first or input_folder is None):
         datamodule = datamodule_of(model, checkpoint)

@@ -53,7 +53,9 @@ class ConfusedPair:
 class Evaluation:
     class_names: list[str]
     temperature: float
-    summary: dict[str, float]  # top1, top5, f1_macro, nll/ece before and after, leak-free figures
+    # top1, top5, f1_macro, nll/ece before and after, leak-free figures, mean recall over the classes present
+    # (recall_mean) and how many of them no photo was recognised of (classes_at_zero)
+    summary: dict[str, float]
     classes: list[ClassRow]  # every class, in class order
     confusion: torch.Tensor  # (C, C) counts, rows = true class
     confused_pairs: list[ConfusedPair]  # most confused first
@@ -112,6 +114,12 @@ def evaluate_logits(
     recall = multiclass_recall(calibrated, targets, num_classes, average=None)
     f1 = multiclass_f1_score(calibrated, targets, num_classes, average=None)
     support = torch.bincount(targets, minlength=num_classes)
+    # Over the classes with photos here: a user's folder or another source rarely holds all of them, and an
+    # absent class has no recall (torchmetrics would count it as 0).
+    present = support > 0
+    summary["classes_present"] = float(present.sum())
+    summary["recall_mean"] = float(recall[present].mean()) if present.any() else 0.0
+    summary["classes_at_zero"] = float((recall[present] == 0).sum())
     classes = [
         ClassRow(name, float(precision[i]), float(recall[i]), float(f1[i]), int(support[i]))
         for i, name in enumerate(class_names)

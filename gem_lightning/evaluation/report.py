@@ -181,6 +181,8 @@ def _markdown(evaluation: Evaluation, context: dict, calibration: CalibrationRes
         f"| top-1 accuracy | {_percent(s['top1'])} |",
         f"| top-5 accuracy | {_percent(s['top5'])} |",
         f"| macro F1 | {s['f1_macro']:.3f} |",
+        f"| mean recall over the {int(s['classes_present'])} classes with photos here | {_percent(s['recall_mean'])} |",
+        f"| classes none of whose photos was recognised | {int(s['classes_at_zero'])} |",
     ]
     if "top1_leak_free" in s:
         clean = int(s["images"] - s["leaked_images"])
