@@ -25,6 +25,7 @@ from gem_lightning.data.background.cut_outs import BackgroundRemoval
 from gem_lightning.data.image_dataset import GemImageDataset, evaluation_dataset
 from gem_lightning.errors import GemLightningError
 from gem_lightning.files.hashing import file_sha256
+from gem_lightning.inference.batchnorm_adaptation import batchnorm_adapted
 from gem_lightning.inference.logits import (
     TTA_VIEWS,
     averaged_probabilities,
@@ -62,7 +63,7 @@ class Predictor:
     # The settings a command's config may hold under the same names (conf/predict|evaluate|web.yaml).
     COMMAND_SETTINGS = (
         "cache_dir", "background", "device", "calibrated", "batch_size", "num_workers", "max_image_pixels",
-        "progress", "tta",
+        "progress", "tta", "adapt_batchnorm",
     )  # fmt: skip
 
     @classmethod
@@ -84,6 +85,7 @@ class Predictor:
         max_image_pixels: int = 50_000_000,
         progress: bool = True,
         tta: str = "none",
+        adapt_batchnorm: bool = False,
     ):
         checked_choice(background, BACKGROUND_CHOICES, "background")
         if batch_size < 1:
@@ -99,6 +101,7 @@ class Predictor:
         self.model = self.models[0]
         self._check_members_agree()
         self.tta = tta
+        self.adapt_batchnorm = adapt_batchnorm
         self.cache_dir = Path(cache_dir)
         self.calibrated = calibrated
         self.batch_size, self.num_workers = batch_size, num_workers
@@ -141,7 +144,8 @@ class Predictor:
         """``-ensemble3-tta-dihedral``: what a report or export folder adds so that an averaged prediction sits
         beside the single checkpoint's, not over it ("" for one checkpoint without views)."""
         members = f"-ensemble{len(self.models)}" if len(self.models) > 1 else ""
-        return members + (f"-tta-{self.tta}" if self.tta != "none" else "")
+        views = f"-tta-{self.tta}" if self.tta != "none" else ""
+        return members + views + ("-bn-adapted" if self.adapt_batchnorm else "")
 
     @property
     def temperature(self) -> float:
@@ -168,20 +172,26 @@ class Predictor:
 
     def describe_model(self) -> str:
         """``best.ckpt``, or ``an ensemble of 3 checkpoints, tta=dihedral (8 views)``."""
+        adapted = ", BatchNorm statistics adapted to the photos" if self.adapt_batchnorm else ""
         if not self.averaging:
-            return self.checkpoint.name
+            return self.checkpoint.name + adapted
         members = f"an ensemble of {len(self.models)} checkpoints" if len(self.models) > 1 else self.checkpoint.name
         views = f", tta={self.tta} ({len(TTA_VIEWS[self.tta])} views)" if self.tta != "none" else ""
-        return f"{members}{views}, calibrated probabilities averaged"
+        return f"{members}{views}{adapted}, calibrated probabilities averaged"
 
     def logits(
         self, datasets: Sequence[GemImageDataset], description: str = "predicting"
     ) -> tuple[DatasetOutputs, float]:
-        """(logits, temperature to divide them by) for one dataset per member, each at that member's image size."""
+        """(logits, temperature to divide them by) for one dataset per member, each at that member's image size;
+        with ``adapt_batchnorm`` each member's BatchNorm statistics are first measured on its dataset (a copy: the
+        next call starts from the checkpoint's again)."""
         options = {"batch_size": self.batch_size, "num_workers": self.num_workers, "progress": self.progress}
+        models = self.models
+        if self.adapt_batchnorm:
+            models = [batchnorm_adapted(m, d, **options) for m, d in zip(models, datasets, strict=True)]
         results = [
             collect_logits(model, dataset, description=description, tta=self.tta, **options)
-            for model, dataset in zip(self.models, datasets, strict=True)
+            for model, dataset in zip(models, datasets, strict=True)
         ]
         return self._combined(results)
 
