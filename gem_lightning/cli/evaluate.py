@@ -21,6 +21,7 @@ from omegaconf import DictConfig, ListConfig
 from gem_lightning.cli.front_end import run_command
 from gem_lightning.evaluation.checkpoint_evaluation import EvaluationRun, check_shift, evaluate_checkpoint
 from gem_lightning.evaluation.sources import evaluate_sources
+from gem_lightning.evaluation.trust_report import shift_line
 from gem_lightning.files.shown_paths import shown_path
 from gem_lightning.inference.predictor import Predictor
 
@@ -35,6 +36,9 @@ def print_evaluation(run: EvaluationRun) -> None:
         f"temperature {run.evaluation.temperature:.3f}: NLL {s['nll_before']:.4f} -> {s['nll_after']:.4f}, "
         f"ECE {s['ece_before']:.4f} -> {s['ece_after']:.4f}"
     )
+    trust = run.evaluation.trust
+    if trust is not None and trust.novelty is not None and trust.novelty.shifted:
+        print(shift_line(trust.novelty).replace("**", ""))
     print(f"report: {shown_path(run.report)}")
 
 

@@ -135,6 +135,8 @@ def evaluate_logits(
         if trust.novelty is not None:
             summary["unknown_share"] = trust.novelty.unknown / trust.novelty.images
             summary["top1_known"] = trust.novelty.top1_known
+            summary["novelty_shift_d"] = trust.novelty.shift_statistic
+            summary["novelty_shift_p"] = trust.novelty.shift_p_value
         for row in trust.sets:
             summary[f"set_coverage_{round(100 * row.target)}"] = row.coverage
             summary[f"set_size_{round(100 * row.target)}"] = row.mean_size

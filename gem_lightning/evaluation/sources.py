@@ -26,6 +26,7 @@ from gem_lightning.evaluation.checkpoint_evaluation import (
 )
 from gem_lightning.files.atomic_writes import write_text_atomically
 from gem_lightning.inference.predictor import Predictor
+from gem_lightning.trust.novelty import SHIFT_P_VALUE
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,9 @@ class SourceRow:
         answered = None if "unknown_share" not in s else 1.0 - s["unknown_share"]
         cells["answered"] = _share(answered)
         cells["top-1 of those"] = _share(s.get("top1_known"))
+        shift = s.get("novelty_shift_d")
+        unlike = "–" if shift is None else ("yes" if s["novelty_shift_p"] < SHIFT_P_VALUE else "no")
+        cells["unlike validation (KS D)"] = "–" if shift is None else f"{unlike} ({shift:.2f})"
         return cells
 
 
@@ -77,7 +81,9 @@ def table_markdown(rows: Sequence[SourceRow], title: str) -> str:
         "Mean recall: over the classes with photos in that source. Classes at 0: classes with photos there none of "
         "which was recognised. Sets: conformal prediction sets fitted on the run's validation split, and the share "
         'of photos whose set holds the true class. Answered: the share not turned away as "not one of the classes '
-        "I know\", and the top-1 accuracy on those. Each source's own report is in the folder of its name.",
+        'I know", and the top-1 accuracy on those. Unlike validation: whether the photos, as a set, are farther from '
+        f"the classes than the validation photos (one-sided Kolmogorov-Smirnov on the novelty distances, p < "
+        f"{SHIFT_P_VALUE}). Each source's own report is in the folder of its name.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from gem_lightning.trust.answers import Answering
+from gem_lightning.trust.novelty import SHIFT_P_VALUE
 from gem_lightning.trust.prediction_sets import REPORTED_COVERAGES, set_quality
 
 
@@ -39,6 +40,14 @@ class NoveltyRow:
     top1_known: float  # class accuracy of the photos kept (nan when none is)
     unknown_wrong: int  # of the photos turned away, those whose top class was wrong
     median_distance: float
+    # The photos as a set against the calibration photos (trust.novelty.Novelty.set_shift): one-sided KS D and p
+    shift_statistic: float
+    shift_p_value: float
+
+    @property
+    def shifted(self) -> bool:
+        """Whether the photos are, as a set, farther from the classes than the calibration photos were."""
+        return self.shift_p_value < SHIFT_P_VALUE
 
 
 @dataclass(frozen=True)
@@ -65,6 +74,7 @@ def novelty_row(
         return None
     known = answering.known(distances)
     right = predicted == targets
+    statistic, p_value = answering.novelty.set_shift(distances)
     return NoveltyRow(
         accept=answering.accept,
         threshold=answering.novelty.threshold(answering.accept),
@@ -73,6 +83,8 @@ def novelty_row(
         top1_known=float(right[known].double().mean()) if known.any() else math.nan,
         unknown_wrong=int((~right[~known]).sum()),
         median_distance=float(distances.median()),
+        shift_statistic=statistic,
+        shift_p_value=p_value,
     )
 
 

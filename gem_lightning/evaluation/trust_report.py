@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict
 
-from gem_lightning.evaluation.trust_metrics import TrustEvaluation
+from gem_lightning.evaluation.trust_metrics import NoveltyRow, TrustEvaluation
 
 CSV_TRUST_COLUMNS = ("family", "set_coverage", "set_size")
 
@@ -81,7 +81,21 @@ def novelty_lines(trust: TrustEvaluation) -> list[str]:
         f"Of those, {row.unknown_wrong} had a wrong top class. Top-1 of the photos kept: {kept}. Median "
         f"distance: {row.median_distance:.4f}.",
         "",
+        shift_line(row),
+        "",
     ]
+
+
+def shift_line(row: NoveltyRow) -> str:
+    """One line on whether these photos, as a set, are unlike the calibration photos (evaluate prints it too)."""
+    measured = f"one-sided Kolmogorov-Smirnov D {row.shift_statistic:.3f}, p {row.shift_p_value:.1e}"
+    if row.shifted:
+        return (
+            f"**These photos are unlike the validation photos as a set**: farther from the classes ({measured}). "
+            "The temperature, prediction sets and novelty threshold were fitted on validation photos and may not "
+            "hold here; read every figure above with that in mind."
+        )
+    return f"As a set these photos are no farther from the classes than the validation photos ({measured})."
 
 
 def trust_document(trust: TrustEvaluation | None) -> dict | None:

@@ -20,8 +20,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from scipy.stats import ks_2samp
 
 from gem_lightning.errors import GemLightningError
+
+# A set of photos whose distances are larger than the calibration photos' at this p-value is reported as unlike
+# them: one set in a thousand drawn like the calibration photos is reported so by chance.
+SHIFT_P_VALUE = 0.001
 
 
 def class_centroids(features: torch.Tensor, targets: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -68,6 +73,14 @@ class Novelty:
                 "the novelty fit belongs to another backbone"
             )
         return nearest_class_distances(features, self.centroids)
+
+    def set_shift(self, distances: torch.Tensor) -> tuple[float, float]:
+        """Whether photos are, as a set, farther from the classes than the calibration photos were: the one-sided
+        two-sample Kolmogorov-Smirnov statistic D (the largest gap by which fewer of them than of the calibration
+        photos lie within some distance) and its p-value. Photos drawn like the calibration ones give small D and
+        a p-value spread evenly over (0, 1); ``SHIFT_P_VALUE`` is the line below which a report says so."""
+        result = ks_2samp(distances.double().numpy(), self.calibration_distances, alternative="less")
+        return float(result.statistic), float(result.pvalue)
 
     def describe(self, accept: float) -> dict:
         """The rule as predict's JSON states it: ``accept``, the threshold (null: every photo is known), and what

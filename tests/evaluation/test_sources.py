@@ -13,6 +13,7 @@ from PIL import Image
 
 from gem_lightning.cli import evaluate
 from gem_lightning.inference.predictor import Predictor
+from gem_lightning.trust.novelty import SHIFT_P_VALUE
 from tests.helpers.workplace import CONFIG_DIR, SHARED_DIR, needs_shared
 
 OTHER_SOURCES_DIR = SHARED_DIR / "data" / "other-sources"
@@ -90,6 +91,8 @@ def test_sources_are_evaluated_side_by_side_with_the_split_each_as_its_own_evalu
     assert float(rows["shop"]["images"]) == sum(len(photos[name]) for name in classes[:3])
     assert {row["class"]: float(row["recall"]) for row in _per_class(out / "phone")}[wrong_label] == 0.0
     assert float(rows["phone"]["classes_at_zero"]) >= 1
+    # The run's own test photos are drawn like its validation photos: as a set, no farther from the classes.
+    assert float(rows["test split"]["novelty_shift_p"]) >= SHIFT_P_VALUE
 
     # One number per measurement: the folder evaluated alone gives the same figures as its row.
     alone = tmp_path / "alone"

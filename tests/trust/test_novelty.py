@@ -10,7 +10,7 @@ import torch
 from gem_lightning.errors import GemLightningError
 from gem_lightning.trust.answers import Answering
 from gem_lightning.trust.families import Taxonomy
-from gem_lightning.trust.novelty import Novelty, class_centroids, fit_novelty
+from gem_lightning.trust.novelty import SHIFT_P_VALUE, Novelty, class_centroids, fit_novelty
 
 
 def _seeded_features(images: int, classes: int, seed: int, spread: float = 0.6) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,3 +71,21 @@ def test_a_photo_far_from_every_class_is_answered_not_one_i_know():
     # Without features (or without a fit) nothing is turned away and nothing is claimed.
     (unmeasured,) = answering.answers(probabilities[:1], 2)
     assert unmeasured.known is None and unmeasured.novelty is None
+
+
+def test_a_set_of_photos_farther_than_the_validation_ones_is_reported_as_unlike_them():
+    train, train_labels = _seeded_features(2000, 10, seed=0)
+    validation, _ = _seeded_features(400, 10, seed=1)
+    fitted = fit_novelty(train, train_labels, validation, num_classes=10)
+    # Photos drawn like the validation ones: no alarm on any of 20 draws of 300 (one in a thousand would be).
+    for seed in range(2, 22):
+        alike, _ = _seeded_features(300, 10, seed=seed)
+        statistic, p_value = fitted.set_shift(fitted.distances(alike))
+        assert p_value >= SHIFT_P_VALUE and statistic < 0.15, (seed, statistic, p_value)
+    # Noisier photos of the same classes (another camera, other light) sit farther from them: reported.
+    unlike, _ = _seeded_features(300, 10, seed=30, spread=0.8)
+    statistic, p_value = fitted.set_shift(fitted.distances(unlike))
+    assert p_value < SHIFT_P_VALUE and statistic > 0.3
+    # Photos nearer the classes than validation ones are no warning: the test is one-sided.
+    nearer, _ = _seeded_features(300, 10, seed=31, spread=0.4)
+    assert fitted.set_shift(fitted.distances(nearer))[1] > 0.5
