@@ -23,6 +23,7 @@ from gem_lightning.files.atomic_writes import write_text_atomically
 from gem_lightning.inference.predictor import ImagePrediction, Predictor
 from gem_lightning.inference.user_photos import SkippedImage, find_images
 from gem_lightning.trust.answers import Answer, Answering, answering_for
+from gem_lightning.trust.novelty import SHIFT_P_VALUE
 
 OUTPUT_FORMATS = (".json", ".csv")
 
@@ -34,6 +35,15 @@ def _nearest_rows(answer: Answer, class_names: list[str]) -> list[dict] | None:
         {"class": class_names[near.class_index], "file": str(near.file), "distance": near.distance}
         for near in answer.nearest
     ]
+
+
+def _set_shift(answering: Answering, answers: list[Answer]) -> dict | None:
+    distances = [answer.novelty for answer in answers if answer.novelty is not None]
+    if answering.novelty is None or not distances:
+        return None
+    statistic, p_value = answering.novelty.set_shift(torch.tensor(distances))
+    unlike = p_value < SHIFT_P_VALUE
+    return {"photos": len(distances), "statistic": statistic, "p_value": p_value, "unlike_validation": unlike}
 
 
 def predictions_document(
@@ -63,6 +73,8 @@ def predictions_document(
         "taxonomy": answering.taxonomy.name,
         # null: the checkpoint has no novelty fit (calibrate it with evaluate); every photo then gets a class.
         "novelty": None if answering.novelty is None else answering.novelty.describe(answering.accept),
+        # null without a novelty fit: are these photos, as a set, farther from the classes than validation photos?
+        "set_shift": _set_shift(answering, answers),
         "predictions": [
             {
                 "file": str(item.source),
@@ -126,6 +138,13 @@ def _print_table(document: dict) -> None:
     unknown = sum(row["known"] is False for row in document["predictions"])
     if unknown:
         print(f"{unknown} photo(s) answered 'not one of the classes I know': far from every class the model learnt")
+    shift = document["set_shift"]
+    if shift is not None and shift["unlike_validation"]:
+        print(
+            f"as a set these {shift['photos']} photos are unlike the validation photos the answers were calibrated "
+            f"on (farther from every class: one-sided Kolmogorov-Smirnov D {shift['statistic']:.3f}, p "
+            f"{shift['p_value']:.1e}): the stated certainty may not hold for them"
+        )
     for row in document["skipped"]:
         print(f"skipped {row['file']}: {row['reason']}")
 

@@ -37,6 +37,7 @@ PREDICTIONS_SCHEMA = {
         "prediction_sets",
         "taxonomy",
         "novelty",
+        "set_shift",
         "predictions",
         "skipped",
     ],  # fmt: skip
@@ -53,6 +54,16 @@ PREDICTIONS_SCHEMA = {
             "type": ["object", "null"],
             "required": ["accept", "threshold", "fitted_on"],
             "properties": {"accept": {"type": "number", "exclusiveMinimum": 0, "maximum": 1}},
+        },
+        "set_shift": {
+            "type": ["object", "null"],
+            "required": ["photos", "statistic", "p_value", "unlike_validation"],
+            "properties": {
+                "photos": {"type": "integer", "minimum": 1},
+                "statistic": {"type": "number", "minimum": 0, "maximum": 1},
+                "p_value": {"type": "number", "minimum": 0, "maximum": 1},
+                "unlike_validation": {"type": "boolean"},
+            },
         },
         "predictions": {
             "type": "array",
@@ -159,6 +170,8 @@ def test_predict_command_writes_json_with_full_distributions_and_skips_bad_files
     # The run calibrated its best checkpoint and fitted its prediction sets and novelty rule; predictions use them.
     assert document["prediction_sets"]["score"] == "lac" and document["prediction_sets"]["coverage"] == 0.9
     assert document["novelty"]["accept"] == 0.95 and document["novelty"]["fitted_on"].startswith("centroids of")
+    # Three of the run's own test photos: as a set no farther from the classes than its validation photos.
+    assert document["set_shift"]["photos"] == 3 and document["set_shift"]["unlike_validation"] is False
     stored = torch.load(run.checkpoint, weights_only=True)["gem_lightning"]["temperature"]
     assert document["temperature"] == pytest.approx(stored)
     printed = capsys.readouterr().out
