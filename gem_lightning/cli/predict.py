@@ -23,7 +23,7 @@ from gem_lightning.files.atomic_writes import write_text_atomically
 from gem_lightning.inference.predictor import ImagePrediction, Predictor
 from gem_lightning.inference.user_photos import SkippedImage, find_images
 from gem_lightning.trust.answers import Answer, Answering, answering_for
-from gem_lightning.trust.novelty import SHIFT_P_VALUE
+from gem_lightning.trust.novelty import unlike_calibration
 
 OUTPUT_FORMATS = (".json", ".csv")
 
@@ -42,7 +42,7 @@ def _set_shift(answering: Answering, answers: list[Answer]) -> dict | None:
     if answering.novelty is None or not distances:
         return None
     statistic, p_value = answering.novelty.set_shift(torch.tensor(distances))
-    unlike = p_value < SHIFT_P_VALUE
+    unlike = unlike_calibration(p_value)
     return {"photos": len(distances), "statistic": statistic, "p_value": p_value, "unlike_validation": unlike}
 
 

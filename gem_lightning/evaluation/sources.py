@@ -26,7 +26,7 @@ from gem_lightning.evaluation.checkpoint_evaluation import (
 )
 from gem_lightning.files.atomic_writes import write_text_atomically
 from gem_lightning.inference.predictor import Predictor
-from gem_lightning.trust.novelty import SHIFT_P_VALUE
+from gem_lightning.trust.novelty import SHIFT_P_VALUE, unlike_calibration
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class SourceRow:
         cells["answered"] = _share(answered)
         cells["top-1 of those"] = _share(s.get("top1_known"))
         shift = s.get("novelty_shift_d")
-        unlike = "–" if shift is None else ("yes" if s["novelty_shift_p"] < SHIFT_P_VALUE else "no")
+        unlike = "–" if shift is None else ("yes" if unlike_calibration(s["novelty_shift_p"]) else "no")
         cells["unlike validation (KS D)"] = "–" if shift is None else f"{unlike} ({shift:.2f})"
         return cells
 

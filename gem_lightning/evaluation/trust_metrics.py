@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from gem_lightning.trust.answers import Answering
-from gem_lightning.trust.novelty import SHIFT_P_VALUE
+from gem_lightning.trust.novelty import unlike_calibration
 from gem_lightning.trust.prediction_sets import REPORTED_COVERAGES, set_quality
 
 
@@ -47,7 +47,7 @@ class NoveltyRow:
     @property
     def shifted(self) -> bool:
         """Whether the photos are, as a set, farther from the classes than the calibration photos were."""
-        return self.shift_p_value < SHIFT_P_VALUE
+        return unlike_calibration(self.shift_p_value)
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,11 @@ from gem_lightning.errors import GemLightningError
 SHIFT_P_VALUE = 0.001
 
 
+def unlike_calibration(p_value: float) -> bool:
+    """The one rule for ``Novelty.set_shift``'s p-value: are the photos, as a set, unlike the calibration ones?"""
+    return p_value < SHIFT_P_VALUE
+
+
 def class_centroids(features: torch.Tensor, targets: torch.Tensor, num_classes: int) -> torch.Tensor:
     """(C, F) unit mean direction of each class's (N, F) features; a class without photos gets a zero row,
     which no photo is near (cosine distance 1)."""
