@@ -137,7 +137,7 @@ def evaluate_sources(
             predictor, split, None, calibrate_first, report_folder, datamodule, answer_config=answer_config
         )
         runs.append(run)
-        rows.append(SourceRow(f"{split} split", run.evaluation.summary))
+        rows.append(SourceRow(f"{split} split{predictor.folder_suffix}", run.evaluation.summary))
     for folder, name in zip(folders, names, strict=True):
         run = evaluate_checkpoint(predictor, split, folder, False, base / name, datamodule, answer_config=answer_config)
         runs.append(run)
