@@ -18,6 +18,7 @@ from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 
 from gem_lightning.config.schema import register_config_schemas
 from tests.helpers.configs import TINY_DEMO, compose_config
+from tests.helpers.scratch_folders import fixture_folder
 from tests.helpers.workplace import U2NET_DIR
 
 register_config_schemas()
@@ -53,23 +54,23 @@ class TrainedRun:
 
 
 @pytest.fixture(scope="session")
-def trained_demo_run(tmp_path_factory) -> TrainedRun:
+def trained_demo_run(request, tmp_path_factory) -> Iterator[TrainedRun]:
     from gem_lightning.training.run import train
 
-    workdir = tmp_path_factory.mktemp("trained_demo")
-    # Two epochs on 16 images per class: good enough to be better than chance, bad enough to make mistakes.
-    overrides = [*TINY_DEMO, "data.demo.images_per_class=16", "trainer.max_epochs=2"]
-    cfg = compose_config(overrides, workdir)
-    result = train(cfg)
-    metrics = result.metrics
-    GlobalHydra.instance().clear()
-    checkpoint = Path(result.best_checkpoint)
-    datamodule = result.datamodule
-    return TrainedRun(workdir, workdir / "run", checkpoint, tuple(datamodule.class_names), metrics, datamodule)
+    with fixture_folder(request, tmp_path_factory, "trained_demo") as workdir:
+        # Two epochs on 16 images per class: good enough to be better than chance, bad enough to make mistakes.
+        overrides = [*TINY_DEMO, "data.demo.images_per_class=16", "trainer.max_epochs=2"]
+        cfg = compose_config(overrides, workdir)
+        result = train(cfg)
+        metrics = result.metrics
+        GlobalHydra.instance().clear()
+        checkpoint = Path(result.best_checkpoint)
+        datamodule = result.datamodule
+        yield TrainedRun(workdir, workdir / "run", checkpoint, tuple(datamodule.class_names), metrics, datamodule)
 
 
 @pytest.fixture(scope="session")
-def trained_rembg_run(tmp_path_factory) -> Iterator[TrainedRun]:
+def trained_rembg_run(request, tmp_path_factory) -> Iterator[TrainedRun]:
     """A tiny demo run trained on rembg u2netp cut-outs (needs ../shared); U2NET_HOME stays set for its users."""
     from gem_lightning.training.run import train
 
@@ -77,8 +78,7 @@ def trained_rembg_run(tmp_path_factory) -> Iterator[TrainedRun]:
         if os.environ.get("CI"):
             pytest.fail(f"{U2NET_DIR / 'u2netp.onnx'} is missing: CI must have ../shared")
         pytest.skip(f"{U2NET_DIR / 'u2netp.onnx'} is absent: needs the real rembg model in ../shared")
-    workdir = tmp_path_factory.mktemp("trained_rembg")
-    with pytest.MonkeyPatch.context() as patch:
+    with fixture_folder(request, tmp_path_factory, "trained_rembg") as workdir, pytest.MonkeyPatch.context() as patch:
         patch.setenv("U2NET_HOME", str(U2NET_DIR))
         # 6 photos a class, 60 cut-outs: u2netp takes about 0.5 s a photo on one core here.
         cut_outs = ["background=rembg", "background.backend.model=u2netp", "background.progress=false"]

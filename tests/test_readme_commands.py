@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from PIL import Image
 from gem_lightning.files.hashing import file_sha256
 from gem_lightning.models.classifier import GemClassifier
 from tests.helpers.postgres_server import find_postgres_bin, postgres_server
+from tests.helpers.scratch_folders import fixture_folder
 from tests.helpers.slurm_cluster import find_slurm, slurm_cluster
 from tests.helpers.train_command import epoch_logged
 from tests.helpers.workplace import GEMSTONES_DIR, REPO_ROOT, SHARED_DIR, U2NET_DIR, needs_shared
@@ -234,15 +236,17 @@ def _copy_working_tree(clone: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def clone(tmp_path_factory) -> Clone:
-    return _fresh_clone(tmp_path_factory.mktemp("fresh"))
+def clone(request, tmp_path_factory) -> Iterator[Clone]:
+    with fixture_folder(request, tmp_path_factory, "fresh") as folder:
+        yield _fresh_clone(folder)
 
 
 @pytest.fixture(scope="module")
-def small_demo_clone(tmp_path_factory) -> Clone:
+def small_demo_clone(request, tmp_path_factory) -> Iterator[Clone]:
     """A second fresh clone, for the tests that render the demo set smaller (``SMALL_DEMO``): the first clone's
     ``cache/demo_gems`` keeps README's 60 photos a class whatever order the tests run in."""
-    return _fresh_clone(tmp_path_factory.mktemp("fresh_small_demo"))
+    with fixture_folder(request, tmp_path_factory, "fresh_small_demo") as folder:
+        yield _fresh_clone(folder)
 
 
 def _fresh_clone(base: Path) -> Clone:
