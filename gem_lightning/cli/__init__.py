@@ -1,4 +1,4 @@
-"""The commands (prepare, sweep, predict, evaluate, export, web, bench) on one front end: argument parsing,
+"""The commands (prepare, sweep, predict, evaluate, adapt, export, web, bench) on one front end: argument parsing,
 logging, the library noise kept quiet, one line and one exit status for each user error.
 
 Imports any package; nothing imports it but train.py and sweep.py.

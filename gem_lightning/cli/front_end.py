@@ -1,6 +1,6 @@
 """The commands' one front end besides ``train.py``'s ``@hydra.main``: process set-up, arguments, exit status."""
 
-# ``run_entry_point`` is what every command's ``main`` calls (prepare, sweep, predict, evaluate, export, web,
+# ``run_entry_point`` is what every command's ``main`` calls (prepare, sweep, predict, evaluate, adapt, export, web,
 # bench). ``run_command`` adds the config commands' arguments: each is a Hydra override of ``conf/<command>.yaml``
 # (``python -m gem_lightning.cli.predict ckpt=... input=...`` reads like ``train.py``), composed with the compose API,
 # so these commands make no run folder; a required key left out (``???``) is named.

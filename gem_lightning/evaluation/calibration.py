@@ -126,12 +126,15 @@ def calibrate(logits: torch.Tensor, targets: torch.Tensor, split: str = "val") -
     )
 
 
-def store_calibration(checkpoint_path: Path, result: CalibrationResult, fitted_after: Mapping[str, dict]) -> None:
+def store_calibration(
+    checkpoint_path: Path, result: CalibrationResult, fitted_after: Mapping[str, dict], written_to: Path | None = None
+) -> None:
     """Write the temperature and what was fitted after it (``fitted_after``: the ``as_dict()`` of the prediction
     sets, the novelty rule and the training photos, by their names in ``checkpoint_format.FITTED``) into the
-    checkpoint, replacing the file atomically; weights stay untouched."""
+    checkpoint, replacing the file atomically (or into a new file ``written_to``); weights stay untouched."""
     checkpoint_path = Path(checkpoint_path)
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    checkpoint_path = Path(written_to) if written_to is not None else checkpoint_path
     checkpoint["state_dict"]["temperature"] = torch.tensor(result.temperature)
     checkpoint[CHECKPOINT_KEY]["temperature"] = result.temperature
     checkpoint[CHECKPOINT_KEY]["calibration"] = result.as_dict()

@@ -115,7 +115,7 @@ def calibrate_checkpoint(
     return calibration
 
 
-def _labelled_folder(predictor: Predictor, folder: Path, cache_dir: Path) -> tuple[GemImageDataset, list[str]]:
+def labelled_folder(predictor: Predictor, folder: Path, cache_dir: Path) -> tuple[GemImageDataset, list[str]]:
     """The usable images of ``<folder>/<class>/`` (classes the checkpoint knows), cut out as in training."""
     scan = scan_dataset(folder, cache_dir, predictor.max_image_pixels)
     scan.log_skipped()
@@ -207,7 +207,7 @@ def evaluate_checkpoint(
         name, data = split, f"{split} split of {datamodule.root}"
     else:
         folder = Path(input_folder)
-        dataset, sources = _labelled_folder(predictor, folder, predictor.cache_dir)
+        dataset, sources = labelled_folder(predictor, folder, predictor.cache_dir)
         name, data = folder.resolve().name, f"labelled folder {folder}"
         if shift is not None:
             name, data = f"{split}-shift-{shift}", f"the {split} split of {datamodule.root}, shift={shift}"

@@ -85,6 +85,19 @@ def most_confused_pairs(confusion: torch.Tensor, class_names: list[str], limit: 
     return pairs[:limit]
 
 
+def recall_over_present(scores: torch.Tensor, targets: torch.Tensor, num_classes: int) -> dict[str, float]:
+    """``classes_present``, ``recall_mean`` and ``classes_at_zero`` of (N, C) scores: over the classes with photos
+    here, since a user's folder or another source rarely holds all of them and an absent class has no recall
+    (torchmetrics would count it as 0). The one computation of mean recall (evaluate, the adaptation curve)."""
+    recall = multiclass_recall(scores, targets, num_classes, average=None)
+    present = torch.bincount(targets, minlength=num_classes) > 0
+    return {
+        "classes_present": float(present.sum()),
+        "recall_mean": float(recall[present].mean()) if present.any() else 0.0,
+        "classes_at_zero": float((recall[present] == 0).sum()),
+    }
+
+
 def evaluate_logits(
     result: DatasetOutputs, class_names: list[str], temperature: float, answering: Answering | None = None
 ) -> Evaluation:
@@ -114,12 +127,7 @@ def evaluate_logits(
     recall = multiclass_recall(calibrated, targets, num_classes, average=None)
     f1 = multiclass_f1_score(calibrated, targets, num_classes, average=None)
     support = torch.bincount(targets, minlength=num_classes)
-    # Over the classes with photos here: a user's folder or another source rarely holds all of them, and an
-    # absent class has no recall (torchmetrics would count it as 0).
-    present = support > 0
-    summary["classes_present"] = float(present.sum())
-    summary["recall_mean"] = float(recall[present].mean()) if present.any() else 0.0
-    summary["classes_at_zero"] = float((recall[present] == 0).sum())
+    summary.update(recall_over_present(calibrated, targets, num_classes))
     classes = [
         ClassRow(name, float(precision[i]), float(recall[i]), float(f1[i]), int(support[i]))
         for i, name in enumerate(class_names)

@@ -40,7 +40,8 @@ GALLERY_FILE = "misclassified.png"
 GALLERY_LIMIT = 48
 
 
-def _save(figure: Figure, path: Path, dpi: int = 100) -> None:
+def save_figure(figure: Figure, path: Path, dpi: int = 100) -> None:
+    """The figure as a PNG at ``path``, written atomically."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=dpi)
     write_bytes_atomically(path, buffer.getvalue())
@@ -254,11 +255,11 @@ def write_evaluation_report(
     ``explained_by`` draws the gallery's heat maps (an ensemble's first member).
     """
     folder = Path(folder)
-    _save(confusion_figure(evaluation), folder / CONFUSION_FILE, dpi=120)
-    _save(reliability_figure(evaluation), folder / RELIABILITY_FILE)
+    save_figure(confusion_figure(evaluation), folder / CONFUSION_FILE, dpi=120)
+    save_figure(reliability_figure(evaluation), folder / RELIABILITY_FILE)
     drew_gallery = bool(evaluation.misclassified)
     if drew_gallery:
-        _save(gallery_figure(evaluation, model_inputs, image_size, explained_by), folder / GALLERY_FILE)
+        save_figure(gallery_figure(evaluation, model_inputs, image_size, explained_by), folder / GALLERY_FILE)
     else:
         (folder / GALLERY_FILE).unlink(missing_ok=True)  # an earlier report's mistakes are not this one's
 

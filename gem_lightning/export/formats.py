@@ -33,6 +33,7 @@ from gem_lightning.inference.logits import TTA_VIEWS
 from gem_lightning.inference.predictor import Predictor
 from gem_lightning.inference.user_photos import usable_images
 from gem_lightning.models.classifier import GemClassifier
+from gem_lightning.models.source_prototypes import SourcePrototypes
 from gem_lightning.trust.prediction_sets import PredictionSets
 
 log = logging.getLogger(__name__)
@@ -51,9 +52,14 @@ class ExportableClassifier(nn.Module):
         self.register_buffer("mean", model._mean.detach().clone())
         self.register_buffer("std", model._std.detach().clone())
         self.register_buffer("temperature", model.temperature.detach().clone())
+        # An adapted checkpoint's source prototypes, as GemClassifier.classify adds them.
+        self.prototypes = SourcePrototypes.from_dict(model.source_prototypes) if model.source_prototypes else None
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.head(self.backbone((images.float() / 255.0 - self.mean) / self.std))
+        features = self.backbone((images.float() / 255.0 - self.mean) / self.std)
+        logits = self.head(features)
+        if self.prototypes is not None:
+            logits = logits + self.prototypes.added_logits(features)
         return logits, (logits / self.temperature).softmax(-1)
 
 

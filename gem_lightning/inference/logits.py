@@ -49,7 +49,7 @@ def view_logits(
     for view in views:
         features = model.features(view(images)).float()
         first_features = features if first_features is None else first_features
-        logits.append(model.head(features).float())
+        logits.append(model.classify(features).float())
     return torch.stack(logits, dim=1), first_features
 
 

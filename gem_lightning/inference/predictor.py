@@ -37,6 +37,7 @@ from gem_lightning.inference.loop import DatasetOutputs
 from gem_lightning.inference.user_photos import SkippedImage, usable_images
 from gem_lightning.machine import auto_settings
 from gem_lightning.models.classifier import GemClassifier
+from gem_lightning.models.source_prototypes import SourcePrototypes
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,8 @@ class Predictor:
         beside the single checkpoint's, not over it ("" for one checkpoint without views)."""
         members = f"-ensemble{len(self.models)}" if len(self.models) > 1 else ""
         views = f"-tta-{self.tta}" if self.tta != "none" else ""
-        return members + views + ("-bn-adapted" if self.adapt_batchnorm else "")
+        adapted = "-adapted" if self.model.source_prototypes is not None else ""
+        return adapted + members + views + ("-bn-adapted" if self.adapt_batchnorm else "")
 
     @property
     def temperature(self) -> float:
@@ -173,6 +175,9 @@ class Predictor:
     def describe_model(self) -> str:
         """``best.ckpt``, or ``an ensemble of 3 checkpoints, tta=dihedral (8 views)``."""
         adapted = ", BatchNorm statistics adapted to the photos" if self.adapt_batchnorm else ""
+        if self.model.source_prototypes is not None:
+            prototypes = SourcePrototypes.from_dict(self.model.source_prototypes)
+            adapted = f" (adapted to {prototypes.describe(self.class_names)})" + adapted
         if not self.averaging:
             return self.checkpoint.name + adapted
         members = f"an ensemble of {len(self.models)} checkpoints" if len(self.models) > 1 else self.checkpoint.name

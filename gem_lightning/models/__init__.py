@@ -1,5 +1,7 @@
 """The network: the backbone registry (each entry beside its weights and mean/std), pretrained weights, the
-LightningModule, MixUp/CutMix, learning-rate schedules and the checkpoint format.
+LightningModule, a user's source prototypes added to its head, MixUp/CutMix, learning-rate schedules and the
+checkpoint format.
 
-Imports ``files`` and ``choices``: a network knows nothing of folders, splits or loops.
+Imports ``files``, ``choices`` and ``trust`` (the class centroids the prototypes share with the novelty rule): a
+network knows nothing of folders, splits or loops.
 """

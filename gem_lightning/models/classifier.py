@@ -19,6 +19,7 @@ from gem_lightning.models.backbones import create_backbone
 from gem_lightning.models.batch_mixing import batch_mixer
 from gem_lightning.models.checkpoint_format import CHECKPOINT_KEY
 from gem_lightning.models.lr_schedules import STEP_SCHEDULE_ARGUMENT, steps_per_batch
+from gem_lightning.models.source_prototypes import SourcePrototypes
 
 STAGES = ("train", "val", "test")
 
@@ -101,6 +102,7 @@ class GemClassifier(pl.LightningModule):
         self.prediction_sets: dict | None = None  # conformal scores fitted after it (trust.prediction_sets)
         self.novelty: dict | None = None  # class centroids and validation distances (trust.novelty)
         self.training_photos: dict | None = None  # their features and files (trust.nearest_photos)
+        self.source_prototypes: dict | None = None  # a user's source, when adapted (models.source_prototypes)
         self.optimizer_factory = optimizer
         # scheduler=none composes an empty node: no schedule.
         self.scheduler_factory = scheduler or None
@@ -133,7 +135,15 @@ class GemClassifier(pl.LightningModule):
     # -- forward -------------------------------------------------------------------------------------------
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(images))
+        return self.classify(self.features(images))
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits of (N, F) backbone features: the head's, plus a user's source prototypes in an adapted
+        checkpoint (gem_lightning.models.source_prototypes). Every path from features to logits calls this."""
+        logits = self.head(features)
+        if self.source_prototypes is not None:
+            logits = logits + SourcePrototypes.from_dict(self.source_prototypes).added_logits(features)
+        return logits
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """The backbone's pooled feature vectors (N, F): what the head classifies."""
@@ -192,7 +202,7 @@ class GemClassifier(pl.LightningModule):
             # Accuracy against each mixed image's larger share: what a mixed batch can be right about.
             targets = loss_targets.argmax(-1)
         # (N, F) rows are cached backbone features (head_only); (N, 3, H, W) are images.
-        logits = self.head(inputs) if inputs.ndim == 2 else self(inputs)
+        logits = self.classify(inputs) if inputs.ndim == 2 else self(inputs)
         loss = self.criterion(logits, loss_targets)
         mean_loss, metrics = self.losses[f"{stage}_loss"], self.metrics[f"{stage}_metrics"]
         mean_loss(loss, weight=targets.numel())

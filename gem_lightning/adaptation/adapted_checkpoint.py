@@ -1,0 +1,98 @@
+"""``adapt``: a checkpoint adapted to a user's source from a labelled folder of its photos, written as a new file.
+
+The new checkpoint is the original (weights untouched) plus the folder's class prototypes
+(``source_prototypes``), and with the fits that depend on what the logits look like refitted on that folder, each
+photo left out of its own class's prototype so that they see answers on photos the prototypes have not seen:
+the temperature, the prediction sets (same score and settings as the original's), and the novelty rule, whose
+class directions gain the prototypes and whose threshold comes from the folder's photos. Predict, evaluate,
+export and the web page take it like any checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from gem_lightning.errors import GemLightningError
+from gem_lightning.evaluation.calibration import CalibrationResult, calibrate, store_calibration
+from gem_lightning.evaluation.checkpoint_evaluation import labelled_folder
+from gem_lightning.inference.loop import DatasetOutputs
+from gem_lightning.inference.predictor import Predictor
+from gem_lightning.models.source_prototypes import SourcePrototypes
+from gem_lightning.trust.novelty import Novelty, nearest_class_distances
+from gem_lightning.trust.prediction_sets import fit_prediction_sets
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AdaptedCheckpoint:
+    path: Path
+    prototypes: SourcePrototypes
+    calibration: CalibrationResult
+
+
+def labelled_features(predictor: Predictor, folder: Path) -> DatasetOutputs:
+    """One pass of the (unadapted) model over a labelled folder: its head's logits, features and labels."""
+    if predictor.averaging or predictor.adapt_batchnorm:
+        raise GemLightningError(
+            "adapt takes one checkpoint without test-time views or adapt_batchnorm: the prototypes are of one "
+            "model's features of the photos as they are"
+        )
+    if predictor.model.source_prototypes is not None:
+        source = predictor.model.source_prototypes["source"]
+        raise GemLightningError(
+            f"{predictor.checkpoint} is already adapted to {source}: adapt the checkpoint it was made from"
+        )
+    dataset, _ = labelled_folder(predictor, folder, predictor.cache_dir)
+    result, _ = predictor.logits([dataset], description=f"features of {folder.name}")
+    return result
+
+
+def adapted_checkpoint_path(checkpoint: Path, folder: Path) -> Path:
+    """``<run>/checkpoints/best-adapted-<folder name>.ckpt``: beside the original, named by both."""
+    return checkpoint.with_name(f"{checkpoint.stem}-adapted-{folder.resolve().name}{checkpoint.suffix}")
+
+
+def adapt_checkpoint(
+    predictor: Predictor, folder: str | Path, weight: float, output: str | Path | None = None
+) -> AdaptedCheckpoint:
+    """Fit ``folder``'s prototypes (``<folder>/<class>/<photos>``, classes the model knows) and write the adapted
+    checkpoint to ``output`` (default: ``adapted_checkpoint_path``); the original file is not changed."""
+    folder = Path(folder)
+    model = predictor.model
+    passed = labelled_features(predictor, folder)
+    features, targets = passed.features, passed.targets
+    prototypes = SourcePrototypes.fit(features, targets, len(model.class_names), weight, str(folder.resolve()))
+    held_out = passed.outputs + prototypes.held_out_logits(features, targets)
+    split = f"{folder.resolve().name} (each photo left out of its class's prototype)"
+    calibration = calibrate(held_out, targets, split=split)
+    fitted = {"source_prototypes": prototypes.as_dict()}
+    if model.prediction_sets is not None:
+        settings = {key: model.prediction_sets[key] for key in ("score", "penalty", "free_ranks")}
+        probabilities = (held_out / calibration.temperature).softmax(-1)
+        fitted["prediction_sets"] = fit_prediction_sets(probabilities, targets, split=split, **settings).as_dict()
+    if model.novelty is not None:
+        fitted["novelty"] = _novelty_with_prototypes(model.novelty, prototypes, features, targets, split).as_dict()
+    path = Path(output) if output is not None else adapted_checkpoint_path(predictor.checkpoint, folder)
+    store_calibration(predictor.checkpoint, calibration, fitted, written_to=path)
+    log.info("adapted to %s: %s", prototypes.describe(model.class_names), path)
+    return AdaptedCheckpoint(path, prototypes, calibration)
+
+
+def _novelty_with_prototypes(
+    stored: dict, prototypes: SourcePrototypes, features: torch.Tensor, targets: torch.Tensor, split: str
+) -> Novelty:
+    """The original class directions and the source's prototypes; the threshold from the labelled photos'
+    distances, each to its own class's prototype refitted without it (``held_out_logits`` / weight: cosines)."""
+    original = Novelty(**stored)
+    held_out_cosines = prototypes.held_out_logits(features, targets) / prototypes.weight
+    distances = torch.minimum(
+        nearest_class_distances(features, original.centroids), 1.0 - held_out_cosines.double().max(dim=1).values
+    )
+    centroids = torch.cat([original.centroids, prototypes.prototypes[prototypes.photos > 0]])
+    images = original.training_images + len(targets)
+    return Novelty(centroids, images, split, sorted(distances.tolist()))
