@@ -123,6 +123,10 @@ COMMAND_TESTS = {
     "python -m gem_lightning.cli.predict ckpt=[<checkpoint>,<other checkpoint>] input=my_photos/": (
         "test_predict_with_an_ensemble"
     ),
+    "python -m gem_lightning.cli.adapt ckpt=<checkpoint> input=shop_photos/": "test_adapt_to_a_source",
+    "python -m gem_lightning.cli.adapt ckpt=<checkpoint> input=[other_gems/,shop_photos/] curve=true": (
+        "test_adaptation_curve"
+    ),
     "python -m gem_lightning.cli.export ckpt=<checkpoint> input=my_photos/": "test_export",
     'pip install -e ".[web]"': "set-up: the web extra is part of the test extra .ci/run installs",
     "python -m gem_lightning.cli.web ckpt=<checkpoint>": "test_web_page_serves",
@@ -1120,6 +1124,39 @@ def test_predict_with_an_ensemble(clone, demo, my_photos):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "temperature 1.000" in result.stdout  # each member's temperature is applied before averaging
+
+
+def test_adapt_to_a_source(clone, demo, my_photos):
+    result = clone.run(
+        "python -m gem_lightning.cli.adapt ckpt=<checkpoint> input=shop_photos/",
+        placeholders={"<checkpoint>": demo.checkpoint},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    adapted = clone.root / _value(result.stdout, "adapted checkpoint")
+    assert adapted == demo.run_dir / "checkpoints" / "best-adapted-shop_photos.ckpt"
+    assert "adapted to 3 photos each of 2 of 10 classes of shop_photos" in result.stdout
+    try:
+        # What it prints to do next: predict with the adapted checkpoint, as with any other.
+        use = result.stdout.split("use it: ", 1)[1].splitlines()[0].replace("<photos>", "shop_photos/")
+        predicted = clone.run(use)
+        assert predicted.returncode == 0, predicted.stderr[-3000:]
+        assert "Ruby" in predicted.stdout
+    finally:
+        adapted.unlink()  # the run's checkpoints folder as the other tests expect it
+
+
+def test_adaptation_curve(clone, demo, my_photos):
+    result = clone.run(
+        "python -m gem_lightning.cli.adapt ckpt=<checkpoint> input=[other_gems/,shop_photos/] curve=true",
+        placeholders={"<checkpoint>": demo.checkpoint},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    figure = clone.root / _value(result.stdout, "curve")
+    assert figure == demo.run_dir / "evaluation" / "adaptation.png"
+    recall_table = figure.with_suffix(".md").read_text().split("Mean recall:\n\n", 1)[1].split("\n\n", 1)[0]
+    rows = recall_table.splitlines()
+    assert rows[0] == "| source | N = 0 | N = 1 | N = 3 | N = 5 | N = 10 |"
+    assert [row.split(" | ")[0] for row in rows[2:]] == ["| other_gems", "| shop_photos"]
 
 
 def test_export(clone, demo, my_photos):

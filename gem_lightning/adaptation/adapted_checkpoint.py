@@ -21,18 +21,32 @@ from gem_lightning.evaluation.calibration import CalibrationResult, calibrate, s
 from gem_lightning.evaluation.checkpoint_evaluation import labelled_folder
 from gem_lightning.inference.loop import DatasetOutputs
 from gem_lightning.inference.predictor import Predictor
+from gem_lightning.models.classifier import GemClassifier
 from gem_lightning.models.source_prototypes import SourcePrototypes
 from gem_lightning.trust.novelty import Novelty, nearest_class_distances
-from gem_lightning.trust.prediction_sets import fit_prediction_sets
+from gem_lightning.trust.prediction_sets import PredictionSets, fit_prediction_sets
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class AdaptedCheckpoint:
-    path: Path
+class AdaptedFits:
+    """What adapting to a source fits, each from the source's labelled photos."""
+
     prototypes: SourcePrototypes
     calibration: CalibrationResult
+    prediction_sets: PredictionSets | None  # None when the original checkpoint had none
+    novelty: Novelty | None
+
+    def logits(self, head_logits: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """The adapted model's raw logits from the original head's and the backbone features."""
+        return head_logits + self.prototypes.added_logits(features)
+
+
+@dataclass(frozen=True)
+class AdaptedCheckpoint:
+    path: Path
+    fits: AdaptedFits
 
 
 def labelled_features(predictor: Predictor, folder: Path) -> DatasetOutputs:
@@ -57,6 +71,25 @@ def adapted_checkpoint_path(checkpoint: Path, folder: Path) -> Path:
     return checkpoint.with_name(f"{checkpoint.stem}-adapted-{folder.resolve().name}{checkpoint.suffix}")
 
 
+def fit_adaptation(model: GemClassifier, passed: DatasetOutputs, weight: float, source: str) -> AdaptedFits:
+    """Prototypes from one pass of the unadapted ``model`` over a source's labelled photos (head logits, features,
+    labels), then the temperature, sets and novelty rule on the held-out adapted logits of the same photos."""
+    features, targets = passed.features, passed.targets
+    prototypes = SourcePrototypes.fit(features, targets, len(model.class_names), weight, source)
+    held_out = passed.outputs + prototypes.held_out_logits(features, targets)
+    split = f"{Path(source).name} (each photo left out of its class's prototype)"
+    calibration = calibrate(held_out, targets, split=split)
+    sets = None
+    if model.prediction_sets is not None:
+        settings = {key: model.prediction_sets[key] for key in ("score", "penalty", "free_ranks")}
+        probabilities = (held_out / calibration.temperature).softmax(-1)
+        sets = fit_prediction_sets(probabilities, targets, split=split, **settings)
+    novelty = None
+    if model.novelty is not None:
+        novelty = _novelty_with_prototypes(model.novelty, prototypes, features, targets, split)
+    return AdaptedFits(prototypes, calibration, sets, novelty)
+
+
 def adapt_checkpoint(
     predictor: Predictor, folder: str | Path, weight: float, output: str | Path | None = None
 ) -> AdaptedCheckpoint:
@@ -64,23 +97,16 @@ def adapt_checkpoint(
     checkpoint to ``output`` (default: ``adapted_checkpoint_path``); the original file is not changed."""
     folder = Path(folder)
     model = predictor.model
-    passed = labelled_features(predictor, folder)
-    features, targets = passed.features, passed.targets
-    prototypes = SourcePrototypes.fit(features, targets, len(model.class_names), weight, str(folder.resolve()))
-    held_out = passed.outputs + prototypes.held_out_logits(features, targets)
-    split = f"{folder.resolve().name} (each photo left out of its class's prototype)"
-    calibration = calibrate(held_out, targets, split=split)
-    fitted = {"source_prototypes": prototypes.as_dict()}
-    if model.prediction_sets is not None:
-        settings = {key: model.prediction_sets[key] for key in ("score", "penalty", "free_ranks")}
-        probabilities = (held_out / calibration.temperature).softmax(-1)
-        fitted["prediction_sets"] = fit_prediction_sets(probabilities, targets, split=split, **settings).as_dict()
-    if model.novelty is not None:
-        fitted["novelty"] = _novelty_with_prototypes(model.novelty, prototypes, features, targets, split).as_dict()
+    fits = fit_adaptation(model, labelled_features(predictor, folder), weight, str(folder.resolve()))
+    fitted = {"source_prototypes": fits.prototypes.as_dict()}
+    if fits.prediction_sets is not None:
+        fitted["prediction_sets"] = fits.prediction_sets.as_dict()
+    if fits.novelty is not None:
+        fitted["novelty"] = fits.novelty.as_dict()
     path = Path(output) if output is not None else adapted_checkpoint_path(predictor.checkpoint, folder)
-    store_calibration(predictor.checkpoint, calibration, fitted, written_to=path)
-    log.info("adapted to %s: %s", prototypes.describe(model.class_names), path)
-    return AdaptedCheckpoint(path, prototypes, calibration)
+    store_calibration(predictor.checkpoint, fits.calibration, fitted, written_to=path)
+    log.info("adapted to %s: %s", fits.prototypes.describe(model.class_names), path)
+    return AdaptedCheckpoint(path, fits)
 
 
 def _novelty_with_prototypes(

@@ -24,15 +24,20 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from gem_lightning.adaptation.adapted_checkpoint import labelled_features
+from gem_lightning.adaptation.adapted_checkpoint import fit_adaptation, labelled_features
 from gem_lightning.evaluation.metrics import recall_over_present
 from gem_lightning.evaluation.report import save_figure
 from gem_lightning.files.atomic_writes import write_text_atomically
 from gem_lightning.inference.loop import DatasetOutputs
 from gem_lightning.inference.predictor import Predictor
-from gem_lightning.models.source_prototypes import SourcePrototypes
+from gem_lightning.models.classifier import GemClassifier
+from gem_lightning.trust.prediction_sets import PredictionSets, set_quality
 
 CURVE_NAME = "adaptation"
+
+
+# The coverage the curve measures of the sets: the one README's answers use by default (conf/prediction_sets).
+SET_COVERAGE = 0.9
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,8 @@ class CurvePoint:
     recall_mean: float  # over the classes with photos among the rest
     top1: float
     classes_at_zero: int
+    temperature: float  # the model's (N = 0) or fitted on the drawn photos
+    set_coverage: float | None  # of the SET_COVERAGE sets (refitted on the drawn photos); None: no sets
 
 
 def drawn_photos(targets: torch.Tensor, shots: int, seed: int) -> torch.Tensor:
@@ -58,32 +65,45 @@ def drawn_photos(targets: torch.Tensor, shots: int, seed: int) -> torch.Tensor:
     return chosen
 
 
+def _subset(passed: DatasetOutputs, rows: torch.Tensor) -> DatasetOutputs:
+    return DatasetOutputs(passed.outputs[rows], passed.targets[rows], passed.leaked[rows], passed.features[rows])
+
+
 def curve_points(
-    source: str, passed: DatasetOutputs, num_classes: int, shots: Sequence[int], draws: int, weight: float
+    model: GemClassifier, source: str, passed: DatasetOutputs, shots: Sequence[int], draws: int, weight: float
 ) -> list[CurvePoint]:
-    """Every (shots, draw) of one source, from one pass of the unadapted model (raw logits and features)."""
+    """Every (shots, draw) of one source, from one pass of the unadapted ``model`` (raw logits and features)."""
+    num_classes = len(model.class_names)
     points = []
     for count in shots:
         for draw in range(draws if count > 0 else 1):  # no photos drawn: every draw is the same
-            adapted = drawn_photos(passed.targets, count, seed=draw)
-            logits, targets = passed.outputs[~adapted], passed.targets[~adapted]
-            if adapted.any():
-                prototypes = SourcePrototypes.fit(
-                    passed.features[adapted], passed.targets[adapted], num_classes, weight, source
-                )
-                logits = logits + prototypes.added_logits(passed.features[~adapted])
-            recall = recall_over_present(logits, targets, num_classes)
-            top1 = float((logits.argmax(dim=1) == targets).double().mean())
+            drawn = drawn_photos(passed.targets, count, seed=draw)
+            rest = _subset(passed, ~drawn)
+            if drawn.any():
+                fits = fit_adaptation(model, _subset(passed, drawn), weight, source)
+                logits, temperature = fits.logits(rest.outputs, rest.features), fits.calibration.temperature
+                sets = fits.prediction_sets
+            else:
+                logits, temperature = rest.outputs, float(model.temperature)
+                sets = PredictionSets(**model.prediction_sets) if model.prediction_sets else None
+            coverage = None
+            if sets is not None:
+                chosen = sets.sets((logits / temperature).softmax(-1), SET_COVERAGE)
+                coverage = set_quality(chosen, rest.targets).coverage
+            recall = recall_over_present(logits, rest.targets, num_classes)
+            top1 = float((logits.argmax(dim=1) == rest.targets).double().mean())
             points.append(
                 CurvePoint(
                     source,
                     count,
                     draw,
-                    int(adapted.sum()),
-                    len(targets),
+                    int(drawn.sum()),
+                    len(rest.targets),
                     recall["recall_mean"],
                     top1,
                     int(recall["classes_at_zero"]),
+                    temperature,
+                    coverage,
                 )
             )
     return points
@@ -101,7 +121,7 @@ def adaptation_curve(
     points = []
     for folder in map(Path, folders):
         passed = labelled_features(predictor, folder)
-        points += curve_points(folder.resolve().name, passed, len(predictor.class_names), shots, draws, weight)
+        points += curve_points(predictor.model, folder.resolve().name, passed, shots, draws, weight)
     table = Path(output_dir) / f"{CURVE_NAME}.md"
     write_text_atomically(table.with_suffix(".csv"), points_csv(points))
     write_text_atomically(table, points_markdown(points, f"{predictor.describe_model()}, adapted with prototypes"))
@@ -120,27 +140,33 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def points_markdown(points: Sequence[CurvePoint], title: str) -> str:
-    grouped = _by_source_and_shots(points)
+def _table(points: Sequence[CurvePoint], figure: str) -> list[str]:
+    """A row per source, a column per N: mean ± sd over the draws of each point's ``figure`` (a share)."""
     shots = sorted({point.shots for point in points})
-    draws = max(point.draw for point in points) + 1
-    lines = [
-        f"# {title}",
-        "",
-        "| source | " + " | ".join(f"N = {count}" for count in shots) + " |",
-        "|---|" + "---|" * len(shots),
-    ]
-    for source, by_shots in grouped.items():
+    lines = ["| source | " + " | ".join(f"N = {count}" for count in shots) + " |", "|---|" + "---|" * len(shots)]
+    for source, by_shots in _by_source_and_shots(points).items():
         cells = []
         for count in shots:
-            mean, sd = _mean_sd([100 * point.recall_mean for point in by_shots.get(count, [])] or [float("nan")])
-            cells.append(f"{mean:.1f} %" if count == 0 else f"{mean:.1f} ± {sd:.1f} %")
+            values = [getattr(point, figure) for point in by_shots.get(count, [])]
+            if not values or None in values:
+                cells.append("–")
+                continue
+            mean, sd = _mean_sd([100 * value for value in values])
+            cells.append(f"{mean:.1f} %" if len(values) == 1 else f"{mean:.1f} ± {sd:.1f} %")
         lines.append(f"| {source} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def points_markdown(points: Sequence[CurvePoint], title: str) -> str:
+    draws = max(point.draw for point in points) + 1
+    lines = [f"# {title}", "", "Mean recall:", "", *_table(points, "recall_mean"), ""]
+    lines += [f"Coverage of the {round(100 * SET_COVERAGE)} % prediction sets:", "", *_table(points, "set_coverage")]
     lines += [
         "",
-        f"Mean recall over the classes present, on the photos of each source not used to adapt; N labelled photos "
-        f"per class (at most half of a class's photos) drawn at random, mean ± sd over {draws} draws. N = 0: the "
-        "model as it is, on every photo.",
+        "Measured on the photos of each source not used to adapt; N labelled photos per class (at most half of a "
+        f"class's photos) drawn at random, mean ± sd over {draws} draws. Mean recall: over the classes present. "
+        "Sets: refitted with the temperature on the drawn photos, each left out of its class's prototype. N = 0: "
+        "the model as it is, with its own temperature and sets, on every photo.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -33,8 +33,10 @@ def run(cfg: DictConfig) -> int:
     predictor = Predictor.from_command_config(cfg)
     adapted = adapt_checkpoint(predictor, folders[0], cfg.weight, cfg.output)
     shown = shown_path(adapted.path)
-    print(f"adapted to {adapted.prototypes.describe(predictor.class_names)}")
-    print(f"temperature {adapted.calibration.temperature:.3f} (fitted on those photos, each left out of its class)")
+    print(f"adapted to {adapted.fits.prototypes.describe(predictor.class_names)}")
+    print(
+        f"temperature {adapted.fits.calibration.temperature:.3f} (fitted on those photos, each left out of its class)"
+    )
     print(f"adapted checkpoint: {shown}")
     print(f"use it: python -m gem_lightning.cli.predict ckpt={shown} input=<photos>")
     return 0

@@ -86,7 +86,10 @@ def test_the_curve_starts_at_evaluates_figure_and_rises_with_photos_per_class(tr
     assert "| shop |" in (tmp_path / "curve" / "adaptation.md").read_text()
     plain = [f"ckpt={run.checkpoint}", f"input={shop}", "calibrate=false", f"output_dir={tmp_path / 'plain'}", cache]
     assert evaluate.main(plain) == 0
-    # One number per measurement: the curve's N = 0 is evaluate's mean recall on the same photos.
-    assert float(points[0]["recall_mean"]) == _summary(tmp_path / "plain")["summary"]["recall_mean"]
+    # One number per measurement: the curve's N = 0 is evaluate's mean recall and set coverage on the same photos.
+    summary = _summary(tmp_path / "plain")["summary"]
+    assert float(points[0]["recall_mean"]) == summary["recall_mean"]
+    assert float(points[0]["set_coverage"]) == summary["set_coverage_90"]
+    assert all(0 <= float(p["set_coverage"]) <= 1 for p in points[1:])
     # 0.21 -> 0.42 and more here.
     assert min(float(p["recall_mean"]) for p in points[1:]) >= float(points[0]["recall_mean"]) + 0.15
