@@ -52,6 +52,7 @@ class CurvePoint:
     classes_at_zero: int
     temperature: float  # the model's (N = 0) or fitted on the drawn photos
     set_coverage: float | None  # of the SET_COVERAGE sets (refitted on the drawn photos); None: no sets
+    set_size: float | None  # their mean number of classes
 
 
 def drawn_photos(targets: torch.Tensor, shots: int, seed: int) -> torch.Tensor:
@@ -86,10 +87,9 @@ def curve_points(
             else:
                 logits, temperature = rest.outputs, float(model.temperature)
                 sets = PredictionSets(**model.prediction_sets) if model.prediction_sets else None
-            coverage = None
+            quality = None
             if sets is not None:
-                chosen = sets.sets((logits / temperature).softmax(-1), SET_COVERAGE)
-                coverage = set_quality(chosen, rest.targets).coverage
+                quality = set_quality(sets.sets((logits / temperature).softmax(-1), SET_COVERAGE), rest.targets)
             recall = recall_over_present(logits, rest.targets, num_classes)
             top1 = float((logits.argmax(dim=1) == rest.targets).double().mean())
             points.append(
@@ -103,7 +103,8 @@ def curve_points(
                     top1,
                     int(recall["classes_at_zero"]),
                     temperature,
-                    coverage,
+                    None if quality is None else quality.coverage,
+                    None if quality is None else quality.mean_size,
                 )
             )
     return points
@@ -140,8 +141,9 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def _table(points: Sequence[CurvePoint], figure: str) -> list[str]:
-    """A row per source, a column per N: mean ± sd over the draws of each point's ``figure`` (a share)."""
+def _table(points: Sequence[CurvePoint], figure: str, share: bool = True) -> list[str]:
+    """A row per source, a column per N: mean ± sd over the draws of each point's ``figure`` (as a percentage
+    when it is a ``share``)."""
     shots = sorted({point.shots for point in points})
     lines = ["| source | " + " | ".join(f"N = {count}" for count in shots) + " |", "|---|" + "---|" * len(shots)]
     for source, by_shots in _by_source_and_shots(points).items():
@@ -151,8 +153,9 @@ def _table(points: Sequence[CurvePoint], figure: str) -> list[str]:
             if not values or None in values:
                 cells.append("–")
                 continue
-            mean, sd = _mean_sd([100 * value for value in values])
-            cells.append(f"{mean:.1f} %" if len(values) == 1 else f"{mean:.1f} ± {sd:.1f} %")
+            scale, unit = (100, " %") if share else (1, "")
+            mean, sd = _mean_sd([scale * value for value in values])
+            cells.append(f"{mean:.1f}{unit}" if len(values) == 1 else f"{mean:.1f} ± {sd:.1f}{unit}")
         lines.append(f"| {source} | " + " | ".join(cells) + " |")
     return lines
 
@@ -161,6 +164,7 @@ def points_markdown(points: Sequence[CurvePoint], title: str) -> str:
     draws = max(point.draw for point in points) + 1
     lines = [f"# {title}", "", "Mean recall:", "", *_table(points, "recall_mean"), ""]
     lines += [f"Coverage of the {round(100 * SET_COVERAGE)} % prediction sets:", "", *_table(points, "set_coverage")]
+    lines += ["", "Their mean size (classes):", "", *_table(points, "set_size", share=False)]
     lines += [
         "",
         "Measured on the photos of each source not used to adapt; N labelled photos per class (at most half of a "
