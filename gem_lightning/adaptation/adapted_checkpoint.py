@@ -3,7 +3,8 @@
 The new checkpoint is the original (weights untouched) plus the folder's class prototypes
 (``source_prototypes``), and with the fits that depend on what the logits look like refitted on that folder, each
 photo left out of its own class's prototype so that they see answers on photos the prototypes have not seen:
-the temperature, the prediction sets (same score and settings as the original's), and the novelty rule, whose
+the temperature, the prediction sets (same score and settings as the original's), the confidences for answering
+only when sure (``trust.selective_answers``), and the novelty rule, whose
 class directions gain the prototypes and whose threshold comes from the folder's photos. Predict, evaluate,
 export and the web page take it like any checkpoint.
 """
@@ -25,6 +26,7 @@ from gem_lightning.models.classifier import GemClassifier
 from gem_lightning.models.source_prototypes import SourcePrototypes
 from gem_lightning.trust.novelty import Novelty, nearest_class_distances
 from gem_lightning.trust.prediction_sets import PredictionSets, fit_prediction_sets
+from gem_lightning.trust.selective_answers import SelectiveAnswers, fit_selective_answers
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,7 @@ class AdaptedFits:
     calibration: CalibrationResult
     prediction_sets: PredictionSets | None  # None when the original checkpoint had none
     novelty: Novelty | None
+    selective_answers: SelectiveAnswers
 
     def logits(self, head_logits: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """The adapted model's raw logits from the original head's and the backbone features."""
@@ -79,15 +82,16 @@ def fit_adaptation(model: GemClassifier, passed: DatasetOutputs, weight: float, 
     held_out = passed.outputs + prototypes.held_out_logits(features, targets)
     split = f"{Path(source).name} (each photo left out of its class's prototype)"
     calibration = calibrate(held_out, targets, split=split)
+    probabilities = (held_out / calibration.temperature).softmax(-1)
     sets = None
     if model.prediction_sets is not None:
         settings = {key: model.prediction_sets[key] for key in ("score", "penalty", "free_ranks")}
-        probabilities = (held_out / calibration.temperature).softmax(-1)
         sets = fit_prediction_sets(probabilities, targets, split=split, **settings)
     novelty = None
     if model.novelty is not None:
         novelty = _novelty_with_prototypes(model.novelty, prototypes, features, targets, split)
-    return AdaptedFits(prototypes, calibration, sets, novelty)
+    selective = fit_selective_answers(probabilities, targets, split=split)
+    return AdaptedFits(prototypes, calibration, sets, novelty, selective)
 
 
 def adapt_checkpoint(
@@ -98,7 +102,7 @@ def adapt_checkpoint(
     folder = Path(folder)
     model = predictor.model
     fits = fit_adaptation(model, labelled_features(predictor, folder), weight, str(folder.resolve()))
-    fitted = {"source_prototypes": fits.prototypes.as_dict()}
+    fitted = {"source_prototypes": fits.prototypes.as_dict(), "selective_answers": fits.selective_answers.as_dict()}
     if fits.prediction_sets is not None:
         fitted["prediction_sets"] = fits.prediction_sets.as_dict()
     if fits.novelty is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -73,6 +74,8 @@ def predictions_document(
         "taxonomy": answering.taxonomy.name,
         # null: the checkpoint has no novelty fit (calibrate it with evaluate); every photo then gets a class.
         "novelty": None if answering.novelty is None else answering.novelty.describe(answering.accept),
+        # null unless selective.accuracy is asked and the checkpoint has the fit: answer only when sure enough.
+        "selective_answers": _selective(answering),
         # null without a novelty fit: are these photos, as a set, farther from the classes than validation photos?
         "set_shift": _set_shift(answering, answers),
         "predictions": [
@@ -83,6 +86,8 @@ def predictions_document(
                 # false: "not one of the classes I know"; novelty: distance to the nearest class centroid
                 "known": answer.known,
                 "novelty": answer.novelty,
+                # false: "not sure enough to answer" (selective.accuracy); null: every photo is answered
+                "sure_enough": answer.sure_enough,
                 # For each of the top classes its nearest training photos: real examples to compare with.
                 "nearest_training_photos": _nearest_rows(answer, predictor.class_names),
                 "top_k": [{"class": name, "probability": probability} for name, probability in answer.top],
@@ -98,6 +103,18 @@ def predictions_document(
             for item, answer in zip(predictions, answers, strict=True)
         ],
         "skipped": [{"file": str(item.source), "reason": item.reason} for item in skipped],
+    }
+
+
+def _selective(answering: Answering) -> dict | None:
+    fitted = answering.selective_answers
+    if answering.accuracy is None or fitted is None:
+        return None
+    threshold = fitted.threshold(answering.accuracy)
+    return {
+        "accuracy": answering.accuracy,
+        "threshold": threshold if math.isfinite(threshold) else None,  # null: no answer is given
+        "fitted_on": f"{len(fitted.confidences)} {fitted.split} images",
     }
 
 
@@ -135,6 +152,13 @@ def _print_table(document: dict) -> None:
         others = ", ".join(f"{entry['class']} {entry['probability']:.3f}" for entry in rest)
         table.add_row(row["file"], first["class"], f"{first['probability']:.3f}", others, row["answer"])
     Console().print(table)
+    unsure = sum(row["sure_enough"] is False for row in document["predictions"])
+    if unsure:
+        accuracy = document["selective_answers"]["accuracy"]
+        print(
+            f"{unsure} photo(s) not answered: less sure than the validation answers that were {accuracy:.0%} right "
+            "(selective.accuracy)"
+        )
     unknown = sum(row["known"] is False for row in document["predictions"])
     if unknown:
         print(f"{unknown} photo(s) answered 'not one of the classes I know': far from every class the model learnt")

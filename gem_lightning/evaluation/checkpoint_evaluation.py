@@ -33,6 +33,7 @@ from gem_lightning.trust.answers import answering_for
 from gem_lightning.trust.nearest_photos import TrainingPhotos
 from gem_lightning.trust.novelty import fit_novelty
 from gem_lightning.trust.prediction_sets import fit_prediction_sets
+from gem_lightning.trust.selective_answers import fit_selective_answers
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +94,10 @@ def calibrate_checkpoint(
     features = prepared_image_features(model, datamodule)[training.rows]
     labels = torch.tensor([label for _, label in training.items])
     files = [datamodule.prepared.items[row].source for row in training.rows]
+    calibrated = (validation.outputs / calibration.temperature).softmax(-1)
     fitted_after = {
         "prediction_sets": prediction_sets.as_dict(),
+        "selective_answers": fit_selective_answers(calibrated, validation.targets, split="val").as_dict(),
         "novelty": fit_novelty(features, labels, validation.features, len(model.class_names), split="val").as_dict(),
         "training_photos": TrainingPhotos.of(features, labels, files, datamodule.root).as_dict(),
     }

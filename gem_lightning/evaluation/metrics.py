@@ -148,6 +148,10 @@ def evaluate_logits(
         for row in trust.sets:
             summary[f"set_coverage_{round(100 * row.target)}"] = row.coverage
             summary[f"set_size_{round(100 * row.target)}"] = row.mean_size
+        summary["risk_coverage_area"] = trust.risk_coverage_area
+        for row in trust.selective:
+            summary[f"answered_at_{round(100 * row.accuracy)}"] = row.answered
+            summary[f"top1_answered_at_{round(100 * row.accuracy)}"] = row.top1_answered
     return Evaluation(
         class_names=list(class_names),
         temperature=temperature,

@@ -27,11 +27,13 @@ from gem_lightning.evaluation.checkpoint_evaluation import (
 from gem_lightning.files.atomic_writes import write_text_atomically
 from gem_lightning.inference.predictor import Predictor
 from gem_lightning.trust.novelty import SHIFT_P_VALUE, unlike_calibration
+from gem_lightning.trust.selective_answers import REPORTED_ACCURACIES
 
 log = logging.getLogger(__name__)
 
 TABLE_NAME = "sources"
 SET_TARGETS = (80, 90, 95)  # the coverages every report measures (conf/prediction_sets)
+SELECTIVE_ACCURACY = REPORTED_ACCURACIES[0]  # the answers sure enough to be this often right, in the table
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,10 @@ class SourceRow:
         answered = None if "unknown_share" not in s else 1.0 - s["unknown_share"]
         cells["answered"] = _share(answered)
         cells["top-1 of those"] = _share(s.get("top1_known"))
+        cells["AURC"] = "–" if "risk_coverage_area" not in s else f"{s['risk_coverage_area']:.3f}"
+        sure = round(100 * SELECTIVE_ACCURACY)
+        cells[f"sure at {sure} %"] = _share(s.get(f"answered_at_{sure}"))
+        cells["top-1 of the sure"] = _share(s.get(f"top1_answered_at_{sure}"))
         shift = s.get("novelty_shift_d")
         unlike = "–" if shift is None else ("yes" if unlike_calibration(s["novelty_shift_p"]) else "no")
         cells["unlike validation (KS D)"] = "–" if shift is None else f"{unlike} ({shift:.2f})"
@@ -83,7 +89,10 @@ def table_markdown(rows: Sequence[SourceRow], title: str) -> str:
         'of photos whose set holds the true class. Answered: the share not turned away as "not one of the classes '
         'I know", and the top-1 accuracy on those. Unlike validation: whether the photos, as a set, are farther from '
         f"the classes than the validation photos (one-sided Kolmogorov-Smirnov on the novelty distances, p < "
-        f"{SHIFT_P_VALUE}). Each source's own report is in the folder of its name.",
+        f"{SHIFT_P_VALUE}). AURC: the error of the k surest answers averaged over every k (lower is better). Sure at "
+        f"{round(100 * SELECTIVE_ACCURACY)} %: the share of photos at least as sure as the validation answers that "
+        "were right that often, and the top-1 of those (what selective.accuracy gives). Each source's own report "
+        "is in the folder of its name.",
     ]
     return "\n".join(lines) + "\n"
 

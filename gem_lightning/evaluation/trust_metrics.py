@@ -1,5 +1,6 @@
 """How far a model's answers can be trusted on a labelled split: prediction-set coverage and size, accuracy
-per gem family, and how many photos the novelty rule turns away, from the same calibrated probabilities and
+per gem family, how many photos the novelty rule turns away, and how right the surest answers are (the
+risk-coverage area, and the answers given at each reported accuracy), from the same calibrated probabilities and
 the same pass's backbone features as every other figure of the evaluation."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import torch
 from gem_lightning.trust.answers import Answering
 from gem_lightning.trust.novelty import unlike_calibration
 from gem_lightning.trust.prediction_sets import REPORTED_COVERAGES, set_quality
+from gem_lightning.trust.selective_answers import REPORTED_ACCURACIES, risk_coverage_area
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,14 @@ class NoveltyRow:
 
 
 @dataclass(frozen=True)
+class SelectiveRow:
+    accuracy: float  # the accuracy asked (of validation's answers at or above the threshold)
+    threshold: float  # the calibrated top probability below which no answer is given (inf: none is)
+    answered: float  # the share of photos answered
+    top1_answered: float  # how many of those answers were right (nan when none was given)
+
+
+@dataclass(frozen=True)
 class TrustEvaluation:
     sets: list[SetRow]  # one per REPORTED_COVERAGES (and the answers' coverage); empty without fitted sets
     set_score: str | None  # the fitted non-conformity score, None without fitted sets
@@ -64,6 +74,9 @@ class TrustEvaluation:
     family_answers_right: int  # of those, the family was right
     family_answers_class_right: int  # of those, the top class was right
     novelty: NoveltyRow | None  # None without a novelty fit or features
+    # The k surest answers' error averaged over every k (trust.selective_answers.risk_coverage_area)
+    risk_coverage_area: float
+    selective: list[SelectiveRow]  # one per REPORTED_ACCURACIES; empty without the checkpoint's fit
 
 
 def novelty_row(
@@ -86,6 +99,20 @@ def novelty_row(
         shift_statistic=statistic,
         shift_p_value=p_value,
     )
+
+
+def selective_rows(answering: Answering, probabilities: torch.Tensor, targets: torch.Tensor) -> list[SelectiveRow]:
+    """At each reported accuracy: the threshold fitted on validation, the share it answers here, their top-1."""
+    fitted = answering.selective_answers
+    if fitted is None:
+        return []
+    right = probabilities.argmax(dim=1) == targets
+    rows = []
+    for accuracy in REPORTED_ACCURACIES:
+        answered = fitted.answered(probabilities, accuracy)
+        top1 = float(right[answered].double().mean()) if answered.any() else math.nan
+        rows.append(SelectiveRow(accuracy, fitted.threshold(accuracy), float(answered.double().mean()), top1))
+    return rows
 
 
 def trust_evaluation(
@@ -139,4 +166,6 @@ def trust_evaluation(
         family_answers_right=sum(names[int(true_family[i])] == family for i, family in answered),
         family_answers_class_right=sum(int(predicted[i] == targets[i]) for i, _ in answered),
         novelty=novelty_row(answering, features, predicted, targets),
+        risk_coverage_area=risk_coverage_area(probabilities.max(dim=1).values, predicted == targets),
+        selective=selective_rows(answering, probabilities, targets),
     )

@@ -63,7 +63,32 @@ def trust_lines(trust: TrustEvaluation, top1: float) -> list[str]:
                 f"| {row.family} | {row.classes} | {row.images} | {_percent(row.top1)} | {_percent(row.family_top1)} |"
             )
         lines.append("")
-    return lines + novelty_lines(trust)
+    return lines + selective_lines(trust) + novelty_lines(trust)
+
+
+def selective_lines(trust: TrustEvaluation) -> list[str]:
+    lines = [
+        "## Answering only when sure",
+        "",
+        f"Risk-coverage area: {trust.risk_coverage_area:.4f} (the error of the k surest answers averaged over every k; "
+        "0 when every wrong answer is less sure than every right one, the plain error when sureness says nothing).",
+        "",
+    ]
+    if not trust.selective:
+        return lines + ["Answers at a chosen accuracy: not measured (the checkpoint holds no fit; calibrate it).", ""]
+    lines += [
+        "With `selective.accuracy=A`, predict answers only photos at least as sure (calibrated top probability) as "
+        "the validation answers that were right A of the time:",
+        "",
+        "| accuracy asked | top probability at least | answered | top-1 of those |",
+        "|---|---|---|---|",
+    ]
+    for row in trust.selective:
+        threshold = f"{row.threshold:.3f}" if math.isfinite(row.threshold) else "none answered"
+        lines.append(
+            f"| {_percent(row.accuracy)} | {threshold} | {_percent(row.answered)} | {_share(row.top1_answered)} |"
+        )
+    return lines + [""]
 
 
 def novelty_lines(trust: TrustEvaluation) -> list[str]:
@@ -105,6 +130,8 @@ def trust_document(trust: TrustEvaluation | None) -> dict | None:
     # JSON has no NaN: a class without images has no coverage.
     for key in ("class_coverage", "class_set_size"):
         document[key] = [None if math.isnan(value) else value for value in document[key]]
+    for row in document["selective"]:  # nor Infinity (no share reached the accuracy)
+        row.update({key: None for key in ("threshold", "top1_answered") if not math.isfinite(row[key])})
     if document["novelty"] is not None:  # nor Infinity (accept=1)
         novelty = document["novelty"]
         novelty.update({key: None for key in ("threshold", "top1_known") if not math.isfinite(novelty[key])})

@@ -162,6 +162,12 @@ class Predictor:
         return self.model.prediction_sets if self.calibrated and not self.averaging else None
 
     @property
+    def selective_answers(self) -> dict | None:
+        """The validation confidences for answering only when sure (gem_lightning.trust.selective_answers), when
+        they apply: to one checkpoint's own calibrated probabilities, as the sets."""
+        return self.model.selective_answers if self.calibrated and not self.averaging else None
+
+    @property
     def novelty(self) -> dict | None:
         """The first checkpoint's novelty fit (gem_lightning.trust.novelty): it measures that checkpoint's
         features of the photo as it is, which every prediction carries, ensemble or not."""

@@ -59,8 +59,9 @@ MODEL_KEYS_BEFORE_THEY_EXISTED = {
 
 # What a model learns after training (on its validation split) and keeps in its description, attributes of the
 # same names on GemClassifier: the record of the temperature fit, the conformal prediction sets, the novelty rule
-# and the training photos it can show as look-alikes; in an adapted checkpoint, the user's source prototypes.
-FITTED = ("calibration", "prediction_sets", "novelty", "training_photos", "source_prototypes")
+# the training photos it can show as look-alikes, and the answers' confidences for answering only when sure; in an
+# adapted checkpoint, the user's source prototypes.
+FITTED = ("calibration", "prediction_sets", "novelty", "training_photos", "selective_answers", "source_prototypes")
 
 
 def description_of(model) -> dict:

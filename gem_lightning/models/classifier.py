@@ -102,6 +102,7 @@ class GemClassifier(pl.LightningModule):
         self.prediction_sets: dict | None = None  # conformal scores fitted after it (trust.prediction_sets)
         self.novelty: dict | None = None  # class centroids and validation distances (trust.novelty)
         self.training_photos: dict | None = None  # their features and files (trust.nearest_photos)
+        self.selective_answers: dict | None = None  # validation confidences, right or wrong (trust.selective_answers)
         self.source_prototypes: dict | None = None  # a user's source, when adapted (models.source_prototypes)
         self.optimizer_factory = optimizer
         # scheduler=none composes an empty node: no schedule.

@@ -15,6 +15,7 @@ from gem_lightning.trust.families import FamilyAnswer, Taxonomy
 from gem_lightning.trust.nearest_photos import CLASSES_SHOWN, NearPhoto, TrainingPhotos
 from gem_lightning.trust.novelty import Novelty, check_accept
 from gem_lightning.trust.prediction_sets import PredictionSets
+from gem_lightning.trust.selective_answers import SelectiveAnswers, check_accuracy
 
 LONGEST_SET_NAMED = 4  # a larger set is named by its size and first classes
 
@@ -29,6 +30,10 @@ class Answer:
     novelty: float | None  # cosine distance of the photo's features to the nearest class centroid
     classes: int  # how many classes the model knows
     nearest: list[NearPhoto] | None  # the nearest training photos of each of the top classes, in their order
+    # False: less sure than the answers that were right at the asked accuracy on validation (trust.selective_answers);
+    # None: every photo is answered (no accuracy asked, or no fit)
+    sure_enough: bool | None = None
+    accuracy: float | None = None  # the accuracy asked
 
     def sentence(self) -> str:
         """``Ruby or Spinel, 90% sure``; ``a garnet (75%): Rhodolite 45%, Almandine 30%; ...``;
@@ -36,6 +41,12 @@ class Answer:
         if self.known is False:
             name, probability = self.top[0]
             return f"not one of the {self.classes} classes I know (nearest: {name}, {probability:.0%})"
+        if self.sure_enough is False:
+            name, probability = self.top[0]
+            return (
+                f"not sure enough to answer: less sure than answers that were {self.accuracy:.0%} right on "
+                f"validation (most probable: {name}, {probability:.0%})"
+            )
         parts = []
         if self.family is not None:
             members = ", ".join(f"{name} {probability:.0%}" for name, probability in self.family.members)
@@ -65,9 +76,13 @@ class Answering:
         novelty: dict | None,
         accept: float,
         training_photos: dict | None = None,
+        selective_answers: dict | None = None,
+        accuracy: float | None = None,
     ):
-        """``prediction_sets``, ``novelty``, ``training_photos``: the fits as a checkpoint stores them
-        (``as_dict()``), or None. ``accept``: the share of validation gems the novelty rule keeps as known."""
+        """``prediction_sets``, ``novelty``, ``training_photos``, ``selective_answers``: the fits as a checkpoint
+        stores them (``as_dict()``), or None. ``accept``: the share of validation gems the novelty rule keeps as
+        known. ``accuracy``: answer only photos at least as sure as validation answers that were right at this
+        rate (None: answer every photo)."""
         self.class_names, self.taxonomy, self.coverage = class_names, taxonomy, coverage
         self.prediction_sets = PredictionSets(**prediction_sets) if prediction_sets else None
         if self.prediction_sets is not None:
@@ -75,6 +90,8 @@ class Answering:
         self.novelty = Novelty(**novelty) if novelty else None
         self.accept = check_accept(accept)
         self.training_photos = TrainingPhotos(**training_photos) if training_photos else None
+        self.selective_answers = SelectiveAnswers(**selective_answers) if selective_answers else None
+        self.accuracy = None if accuracy is None else check_accuracy(accuracy)
 
     def distances(self, features: torch.Tensor | None) -> torch.Tensor | None:
         """(N,) each photo's distance to the nearest class centroid; None without a novelty fit or features."""
@@ -90,6 +107,9 @@ class Answering:
         sets = self.prediction_sets.sets(probabilities, self.coverage) if self.prediction_sets else None
         distances = self.distances(features)
         known = self.known(distances) if distances is not None else None
+        sure_enough = None
+        if self.accuracy is not None and self.selective_answers is not None:
+            sure_enough = self.selective_answers.answered(probabilities, self.accuracy)
         nearest = None
         if self.training_photos is not None and features is not None:
             top_classes = probabilities.topk(min(CLASSES_SHOWN, len(self.class_names)), dim=1).indices
@@ -112,6 +132,8 @@ class Answering:
                     None if distances is None else float(distances[row]),
                     len(self.class_names),
                     None if nearest is None else nearest[row],
+                    None if sure_enough is None else bool(sure_enough[row]),
+                    self.accuracy,
                 )
             )
         return result
@@ -119,7 +141,8 @@ class Answering:
 
 def answering_for(predictor, cfg) -> Answering:
     """The answering rules a command's config gives a predictor (``inference.predictor.Predictor``): its
-    ``taxonomy``, ``prediction_sets`` and ``novelty`` nodes, with the checkpoint's fits where they apply."""
+    ``taxonomy``, ``prediction_sets``, ``novelty`` and ``selective`` nodes, with the checkpoint's fits where they
+    apply."""
     taxonomy = hydra.utils.instantiate(cfg.taxonomy)
     coverage, accept = cfg.prediction_sets.coverage, cfg.novelty.accept
     return Answering(
@@ -130,4 +153,6 @@ def answering_for(predictor, cfg) -> Answering:
         novelty=predictor.novelty,
         accept=accept,
         training_photos=predictor.training_photos,
+        selective_answers=predictor.selective_answers,
+        accuracy=cfg.selective.accuracy,
     )

@@ -37,6 +37,7 @@ PREDICTIONS_SCHEMA = {
         "prediction_sets",
         "taxonomy",
         "novelty",
+        "selective_answers",
         "set_shift",
         "predictions",
         "skipped",
@@ -54,6 +55,14 @@ PREDICTIONS_SCHEMA = {
             "type": ["object", "null"],
             "required": ["accept", "threshold", "fitted_on"],
             "properties": {"accept": {"type": "number", "exclusiveMinimum": 0, "maximum": 1}},
+        },
+        "selective_answers": {
+            "type": ["object", "null"],
+            "required": ["accuracy", "threshold", "fitted_on"],
+            "properties": {
+                "accuracy": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+                "threshold": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+            },
         },
         "set_shift": {
             "type": ["object", "null"],
@@ -75,6 +84,7 @@ PREDICTIONS_SCHEMA = {
                     "answer",
                     "known",
                     "novelty",
+                    "sure_enough",
                     "nearest_training_photos",
                     "top_k",
                     "prediction_set",
@@ -85,6 +95,7 @@ PREDICTIONS_SCHEMA = {
                     "model_input": {"type": "string"},
                     "answer": {"type": "string", "minLength": 1},
                     "known": {"type": ["boolean", "null"]},
+                    "sure_enough": {"type": ["boolean", "null"]},
                     "novelty": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
                     "nearest_training_photos": {
                         "type": ["array", "null"],
@@ -177,6 +188,44 @@ def test_predict_command_writes_json_with_full_distributions_and_skips_bad_files
     printed = capsys.readouterr().out
     said = [line for line in printed.splitlines() if "broken.jpg" in line]
     assert len(said) == 1 and said[0].startswith("skipped ") and "notes.txt" not in printed  # said once
+
+
+def test_selective_answers_withhold_the_photos_less_sure_than_validation_answers_right_that_often(
+    trained_demo_run, tmp_path, capsys
+):
+    run = trained_demo_run
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for item in run.datamodule.prepared.items:
+        if item.split == "test":
+            shutil.copyfile(item.image_file, folder / f"{item.label}_{item.image_file.name}")
+    plain, selective = tmp_path / "plain.json", tmp_path / "selective.json"
+    common = [f"ckpt={run.checkpoint}", f"input={folder}", "progress=false", "novelty.accept=1.0"]
+    assert predict.main([*common, f"output={plain}"]) == 0
+    assert predict.main([*common, f"output={selective}", "selective.accuracy=0.85"]) == 0
+    plain, selective = json.loads(plain.read_text()), json.loads(selective.read_text())
+    jsonschema.validate(selective, PREDICTIONS_SCHEMA)
+    assert plain["selective_answers"] is None and all(row["sure_enough"] is None for row in plain["predictions"])
+    rule = selective["selective_answers"]
+    assert rule["accuracy"] == 0.85 and rule["fitted_on"].endswith("val images")
+    stored = torch.load(run.checkpoint, weights_only=True)["gem_lightning"]["selective_answers"]
+    assert len(stored["confidences"]) == len([i for i in run.datamodule.prepared.items if i.split == "val"])
+    threshold = rule["threshold"] if rule["threshold"] is not None else float("inf")
+    withheld = 0
+    for row, as_before in zip(selective["predictions"], plain["predictions"], strict=True):
+        top = row["top_k"][0]
+        assert row["sure_enough"] == (top["probability"] >= threshold)
+        if row["sure_enough"]:
+            assert row["answer"] == as_before["answer"]  # the same answer as without the mode
+        else:
+            withheld += 1
+            assert row["answer"] == (
+                "not sure enough to answer: less sure than answers that were 85% right on validation "
+                f"(most probable: {top['class']}, {top['probability']:.0%})"
+            )
+    # The tiny demo model is unsure of some of its test photos and sure of others.
+    assert 0 < withheld < len(selective["predictions"]), selective["predictions"]
+    assert f"{withheld} photo(s) not answered: less sure than" in capsys.readouterr().out
 
 
 def test_predict_command_writes_csv(trained_demo_run, tmp_path):
