@@ -145,10 +145,12 @@ def evaluate_logits(
             summary["top1_known"] = trust.novelty.top1_known
             summary["novelty_shift_d"] = trust.novelty.shift_statistic
             summary["novelty_shift_p"] = trust.novelty.shift_p_value
+            summary["novelty_wrong_auroc"] = trust.novelty.wrong_answer_auroc
         for row in trust.sets:
             summary[f"set_coverage_{round(100 * row.target)}"] = row.coverage
             summary[f"set_size_{round(100 * row.target)}"] = row.mean_size
         summary["risk_coverage_area"] = trust.risk_coverage_area
+        summary["confidence_wrong_auroc"] = trust.confidence_wrong_answer_auroc
         for row in trust.selective:
             summary[f"answered_at_{round(100 * row.accuracy)}"] = row.answered
             summary[f"top1_answered_at_{round(100 * row.accuracy)}"] = row.top1_answered

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,7 +63,10 @@ class SourceRow:
         answered = None if "unknown_share" not in s else 1.0 - s["unknown_share"]
         cells["answered"] = _share(answered)
         cells["top-1 of those"] = _share(s.get("top1_known"))
-        cells["AURC"] = "–" if "risk_coverage_area" not in s else f"{s['risk_coverage_area']:.3f}"
+        cells["AURC"] = _figure(s.get("risk_coverage_area"))
+        cells["wrong-answer AUROC: novelty / confidence"] = (
+            f"{_figure(s.get('novelty_wrong_auroc'))} / {_figure(s.get('confidence_wrong_auroc'))}"
+        )
         sure = round(100 * SELECTIVE_ACCURACY)
         cells[f"sure at {sure} %"] = _share(s.get(f"answered_at_{sure}"))
         cells["top-1 of the sure"] = _share(s.get(f"top1_answered_at_{sure}"))
@@ -70,6 +74,10 @@ class SourceRow:
         unlike = "–" if shift is None else ("yes" if unlike_calibration(s["novelty_shift_p"]) else "no")
         cells["unlike validation (KS D)"] = "–" if shift is None else f"{unlike} ({shift:.2f})"
         return cells
+
+
+def _figure(value: float | None) -> str:
+    return "–" if value is None or math.isnan(value) else f"{value:.3f}"
 
 
 def _share(value: float | None) -> str:
@@ -89,7 +97,9 @@ def table_markdown(rows: Sequence[SourceRow], title: str) -> str:
         'of photos whose set holds the true class. Answered: the share not turned away as "not one of the classes '
         'I know", and the top-1 accuracy on those. Unlike validation: whether the photos, as a set, are farther from '
         f"the classes than the validation photos (one-sided Kolmogorov-Smirnov on the novelty distances, p < "
-        f"{SHIFT_P_VALUE}). AURC: the error of the k surest answers averaged over every k (lower is better). Sure at "
+        f"{SHIFT_P_VALUE}). AURC: the error of the k surest answers averaged over every k (lower is better). "
+        "Wrong-answer AUROC: how well the novelty distance, and the calibrated top probability, tell wrong answers "
+        "from right ones (0.5: not at all). Sure at "
         f"{round(100 * SELECTIVE_ACCURACY)} %: the share of photos at least as sure as the validation answers that "
         "were right that often, and the top-1 of those (what selective.accuracy gives). Each source's own report "
         "is in the folder of its name.",

@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from torchmetrics.functional.classification import binary_auroc
 
 from gem_lightning.trust.answers import Answering
 from gem_lightning.trust.novelty import unlike_calibration
@@ -45,6 +46,8 @@ class NoveltyRow:
     # The photos as a set against the calibration photos (trust.novelty.Novelty.set_shift): one-sided KS D and p
     shift_statistic: float
     shift_p_value: float
+    # How well the distance tells wrong answers from right ones: AUROC, 0.5 = not at all (nan: all right or all wrong)
+    wrong_answer_auroc: float
 
     @property
     def shifted(self) -> bool:
@@ -76,7 +79,17 @@ class TrustEvaluation:
     novelty: NoveltyRow | None  # None without a novelty fit or features
     # The k surest answers' error averaged over every k (trust.selective_answers.risk_coverage_area)
     risk_coverage_area: float
+    # The same AUROC as the novelty rule's, with the calibrated top probability (less sure: more likely wrong)
+    confidence_wrong_answer_auroc: float
     selective: list[SelectiveRow]  # one per REPORTED_ACCURACIES; empty without the checkpoint's fit
+
+
+def wrong_answer_auroc(score: torch.Tensor, wrong: torch.Tensor) -> float:
+    """AUROC of ``score`` (larger: more likely wrong) for telling wrong answers from right ones; nan when the
+    photos are all right or all wrong."""
+    if wrong.all() or not wrong.any():
+        return math.nan
+    return float(binary_auroc(score.double(), wrong.long()))
 
 
 def novelty_row(
@@ -98,6 +111,7 @@ def novelty_row(
         median_distance=float(distances.median()),
         shift_statistic=statistic,
         shift_p_value=p_value,
+        wrong_answer_auroc=wrong_answer_auroc(distances, ~right),
     )
 
 
@@ -167,5 +181,6 @@ def trust_evaluation(
         family_answers_class_right=sum(int(predicted[i] == targets[i]) for i, _ in answered),
         novelty=novelty_row(answering, features, predicted, targets),
         risk_coverage_area=risk_coverage_area(probabilities.max(dim=1).values, predicted == targets),
+        confidence_wrong_answer_auroc=wrong_answer_auroc(-probabilities.max(dim=1).values, predicted != targets),
         selective=selective_rows(answering, probabilities, targets),
     )

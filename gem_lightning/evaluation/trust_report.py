@@ -19,6 +19,10 @@ def _share(value: float) -> str:
     return "-" if math.isnan(value) else _percent(value)
 
 
+def _auroc(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.3f}"
+
+
 def _size(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.2f}"
 
@@ -104,7 +108,9 @@ def novelty_lines(trust: TrustEvaluation) -> list[str]:
         f"alarm: {row.unknown} of {row.images} ({_percent(row.unknown / row.images)}; about "
         f"{_percent(1 - row.accept)} is expected on photos like the validation ones, more on photos unlike them). "
         f"Of those, {row.unknown_wrong} had a wrong top class. Top-1 of the photos kept: {kept}. Median "
-        f"distance: {row.median_distance:.4f}.",
+        f"distance: {row.median_distance:.4f}. How well the distance tells wrong answers from right ones: AUROC "
+        f"{_auroc(row.wrong_answer_auroc)} (the calibrated top probability: "
+        f"{_auroc(trust.confidence_wrong_answer_auroc)}; 0.5 is chance).",
         "",
         shift_line(row),
         "",
@@ -134,7 +140,10 @@ def trust_document(trust: TrustEvaluation | None) -> dict | None:
         row.update({key: None for key in ("threshold", "top1_answered") if not math.isfinite(row[key])})
     if document["novelty"] is not None:  # nor Infinity (accept=1)
         novelty = document["novelty"]
-        novelty.update({key: None for key in ("threshold", "top1_known") if not math.isfinite(novelty[key])})
+        unmeasured = ("threshold", "top1_known", "wrong_answer_auroc")
+        novelty.update({key: None for key in unmeasured if not math.isfinite(novelty[key])})
+    if math.isnan(document["confidence_wrong_answer_auroc"]):
+        document["confidence_wrong_answer_auroc"] = None
     return document
 
 
