@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -32,12 +33,15 @@ from gem_lightning.inference.loop import DatasetOutputs
 from gem_lightning.inference.predictor import Predictor
 from gem_lightning.models.classifier import GemClassifier
 from gem_lightning.trust.prediction_sets import PredictionSets, set_quality
+from gem_lightning.trust.selective_answers import REPORTED_ACCURACIES, SelectiveAnswers
 
 CURVE_NAME = "adaptation"
 
 
 # The coverage the curve measures of the sets: the one README's answers use by default (conf/prediction_sets).
 SET_COVERAGE = 0.9
+# The accuracy it asks of the answers given (trust.selective_answers), as the sources table.
+SELECTIVE_ACCURACY = REPORTED_ACCURACIES[0]
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,8 @@ class CurvePoint:
     temperature: float  # the model's (N = 0) or fitted on the drawn photos
     set_coverage: float | None  # of the SET_COVERAGE sets (refitted on the drawn photos); None: no sets
     set_size: float | None  # their mean number of classes
+    answered: float | None  # the share at least as sure as SELECTIVE_ACCURACY asks (None: no fit)
+    top1_answered: float | None  # how many of those answers were right (nan when none was given)
 
 
 def drawn_photos(targets: torch.Tensor, shots: int, seed: int) -> torch.Tensor:
@@ -83,13 +89,21 @@ def curve_points(
             if drawn.any():
                 fits = fit_adaptation(model, _subset(passed, drawn), weight, source)
                 logits, temperature = fits.logits(rest.outputs, rest.features), fits.calibration.temperature
-                sets = fits.prediction_sets
+                sets, selective = fits.prediction_sets, fits.selective_answers
             else:
                 logits, temperature = rest.outputs, float(model.temperature)
                 sets = PredictionSets(**model.prediction_sets) if model.prediction_sets else None
+                selective = SelectiveAnswers(**model.selective_answers) if model.selective_answers else None
+            probabilities = (logits / temperature).softmax(-1)
             quality = None
             if sets is not None:
-                quality = set_quality(sets.sets((logits / temperature).softmax(-1), SET_COVERAGE), rest.targets)
+                quality = set_quality(sets.sets(probabilities, SET_COVERAGE), rest.targets)
+            answered = top1_answered = None
+            if selective is not None:
+                chosen = selective.answered(probabilities, SELECTIVE_ACCURACY)
+                right = logits.argmax(dim=1) == rest.targets
+                answered = float(chosen.double().mean())
+                top1_answered = float(right[chosen].double().mean()) if chosen.any() else math.nan
             recall = recall_over_present(logits, rest.targets, num_classes)
             top1 = float((logits.argmax(dim=1) == rest.targets).double().mean())
             points.append(
@@ -105,6 +119,8 @@ def curve_points(
                     temperature,
                     None if quality is None else quality.coverage,
                     None if quality is None else quality.mean_size,
+                    answered,
+                    top1_answered,
                 )
             )
     return points
@@ -150,7 +166,7 @@ def _table(points: Sequence[CurvePoint], figure: str, share: bool = True) -> lis
         cells = []
         for count in shots:
             values = [getattr(point, figure) for point in by_shots.get(count, [])]
-            if not values or None in values:
+            if not values or None in values or any(math.isnan(value) for value in values):
                 cells.append("–")
                 continue
             scale, unit = (100, " %") if share else (1, "")
@@ -165,12 +181,16 @@ def points_markdown(points: Sequence[CurvePoint], title: str) -> str:
     lines = [f"# {title}", "", "Mean recall:", "", *_table(points, "recall_mean"), ""]
     lines += [f"Coverage of the {round(100 * SET_COVERAGE)} % prediction sets:", "", *_table(points, "set_coverage")]
     lines += ["", "Their mean size (classes):", "", *_table(points, "set_size", share=False)]
+    sure = round(100 * SELECTIVE_ACCURACY)
+    lines += ["", f"Answered at selective.accuracy={SELECTIVE_ACCURACY}:", "", *_table(points, "answered")]
+    lines += ["", "Top-1 of those answers:", "", *_table(points, "top1_answered")]
     lines += [
         "",
         "Measured on the photos of each source not used to adapt; N labelled photos per class (at most half of a "
         f"class's photos) drawn at random, mean ± sd over {draws} draws. Mean recall: over the classes present. "
-        "Sets: refitted with the temperature on the drawn photos, each left out of its class's prototype. N = 0: "
-        "the model as it is, with its own temperature and sets, on every photo.",
+        "Sets and answers: refitted with the temperature on the drawn photos, each left out of its class's "
+        f"prototype; answered: the photos at least as sure as those photos' answers that were {sure} % right. "
+        "N = 0: the model as it is, with its own temperature and fits, on every photo.",
     ]
     return "\n".join(lines) + "\n"
 

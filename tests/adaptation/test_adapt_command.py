@@ -90,6 +90,7 @@ def test_the_curve_starts_at_evaluates_figure_and_rises_with_photos_per_class(tr
     summary = _summary(tmp_path / "plain")["summary"]
     assert float(points[0]["recall_mean"]) == summary["recall_mean"]
     assert float(points[0]["set_coverage"]) == summary["set_coverage_90"]
+    assert float(points[0]["answered"]) == summary["answered_at_85"]
     assert all(0 <= float(p["set_coverage"]) <= 1 for p in points[1:])
     # 0.21 -> 0.42 and more here.
     assert min(float(p["recall_mean"]) for p in points[1:]) >= float(points[0]["recall_mean"]) + 0.15
