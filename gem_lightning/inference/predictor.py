@@ -163,8 +163,7 @@ class Predictor:
 
     @property
     def selective_answers(self) -> dict | None:
-        """The validation confidences for answering only when sure (gem_lightning.trust.selective_answers), when
-        they apply: to one checkpoint's own calibrated probabilities, as the sets."""
+        """The fit for answering only when sure (trust.selective_answers), where it applies, as the sets'."""
         return self.model.selective_answers if self.calibrated and not self.averaging else None
 
     @property

@@ -105,8 +105,7 @@ class GemClassifier(pl.LightningModule):
         self.selective_answers: dict | None = None  # validation confidences, right or wrong (trust.selective_answers)
         self.source_prototypes: dict | None = None  # a user's source, when adapted (models.source_prototypes)
         self.optimizer_factory = optimizer
-        # scheduler=none composes an empty node: no schedule.
-        self.scheduler_factory = scheduler or None
+        self.scheduler_factory = scheduler or None  # scheduler=none composes an empty node: no schedule
         # The composed Hydra config of the run that trained this model, saved into every checkpoint.
         self.run_config: dict | None = None
         # One photo as the loaders serve it, so the model summary shows real FLOPs and layer sizes, not zeros.
@@ -139,8 +138,7 @@ class GemClassifier(pl.LightningModule):
         return self.classify(self.features(images))
 
     def classify(self, features: torch.Tensor) -> torch.Tensor:
-        """Logits of (N, F) backbone features: the head's, plus a user's source prototypes in an adapted
-        checkpoint (gem_lightning.models.source_prototypes). Every path from features to logits calls this."""
+        """Logits of (N, F) features: the head's, plus an adapted checkpoint's source prototypes (every path)."""
         logits = self.head(features)
         if self.source_prototypes is not None:
             logits = logits + SourcePrototypes.from_dict(self.source_prototypes).added_logits(features)
