@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 import sys
+from pathlib import Path
 
 from omegaconf import DictConfig
 
@@ -31,7 +32,8 @@ def _check_port_free(host: str, port: int) -> None:
 def run(cfg: DictConfig) -> int:
     _check_port_free(cfg.host, cfg.port)  # before the model loads
     predictor = Predictor.from_command_config(cfg, progress=False)
-    page = build_page(predictor, answering_for(predictor, cfg))
+    save_to = Path(cfg.save_to) if cfg.save_to else None
+    page = build_page(predictor, answering_for(predictor, cfg), save_to)
     # Larger uploads are refused by Gradio before they are stored.
     page.launch(server_name=cfg.host, server_port=cfg.port, share=cfg.share, max_file_size=f"{cfg.max_upload_mb}mb")
     return 0

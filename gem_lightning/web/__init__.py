@@ -1,4 +1,5 @@
-"""The Gradio page that identifies an uploaded photo through the predictor.
+"""The Gradio page that identifies an uploaded photo through the predictor, and keeps photos the user labels.
 
-Imports ``inference``, ``trust`` and ``data`` (to show training photos, decoded as training decoded them).
+Imports ``inference``, ``trust``, ``files`` (to save labelled photos atomically) and ``data`` (to show training
+photos, decoded as training decoded them).
 """

@@ -2,7 +2,8 @@
 
 # Upload (or paste) a photo; the page shows the stone as the model sees it, cut out as in training, a heat map of
 # where it found evidence for its top class, the answer in words, the top-5 classes with calibrated confidence
-# bars, and the training photos it most resembles in each of its top classes.
+# bars, and the training photos it most resembles in each of its top classes; with ``save_to``, a class list and
+# a button that keep the photo as a labelled photo of the user's source (for ``adapt``).
 #
 # Why Gradio: its ``Label`` component is exactly a top-k list with confidence bars and its ``Image`` input
 # handles upload, drag-and-drop and paste, so the page is a dozen lines with no front-end code to keep;
@@ -23,6 +24,7 @@ from gem_lightning.errors import GemLightningError
 from gem_lightning.inference.heat_maps import heat_maps, overlay
 from gem_lightning.inference.predictor import Predictor
 from gem_lightning.trust.answers import Answer, Answering
+from gem_lightning.web.labelled_photos import save_labelled_photo
 
 TOP_K = 5
 THUMBNAIL = 160  # the longer side, in pixels, of a training photo shown as a look-alike
@@ -58,9 +60,20 @@ def where_it_looked(predictor: Predictor, view: np.ndarray, class_index: int) ->
     return overlay(view, heat.numpy())
 
 
-def build_page(predictor: Predictor, answering: Answering):
-    """The Gradio Blocks app for ``predictor``; ``answering`` words the answer (set, family) above the bars."""
+def build_page(predictor: Predictor, answering: Answering, save_to: Path | None = None):
+    """The Gradio Blocks app for ``predictor``; ``answering`` words the answer (set, family) above the bars.
+    With ``save_to``, the user can keep the photo under the class they know it is (``labelled_photos``)."""
     gr = _import_gradio()
+
+    def save(photo: dict | str | None, class_name: str | None):
+        path = photo.get("path") if isinstance(photo, dict) else photo
+        if not path or not class_name:
+            raise gr.Error("upload a photo and choose its class first")
+        try:
+            saved, written = save_labelled_photo(Path(path), class_name, predictor.class_names, save_to)
+        except GemLightningError as error:
+            raise gr.Error(str(error)) from None
+        return f"{'saved' if written else 'already saved'} as `{saved}`"
 
     def identify(photo: dict | str | None):
         # The upload as sent (preprocess=False below): Gradio's own decoding would turn a non-image, an empty
@@ -108,4 +121,13 @@ def build_page(predictor: Predictor, answering: Answering):
         )
         outputs = [cut_out, heat, ranking, answer, nearest]
         photo.change(identify, inputs=photo, outputs=outputs, preprocess=False)
+        if save_to is not None:
+            # A wrong answer corrected, or a right one confirmed: a labelled photo of the user's source for adapt.
+            with gr.Row():
+                right_class = gr.Dropdown(
+                    choices=predictor.class_names, label=f"its class, to keep it in {save_to}", elem_id="right-class"
+                )
+                keep = gr.Button("save as a labelled photo", elem_id="save")
+            saved = gr.Markdown(elem_id="saved")
+            keep.click(save, inputs=[photo, right_class], outputs=saved, preprocess=False)
     return page

@@ -91,7 +91,8 @@ def test_upload_a_gem_photo_and_see_the_cut_out_and_top_5(request, tmp_path):
     port = _free_port()
     log = tmp_path / "web.log"
     command = [sys.executable, "-m", "gem_lightning.cli.web", f"ckpt={run.checkpoint}", f"port={port}"]
-    command.append(f"cache_dir={tmp_path / 'cache'}")
+    my_source = tmp_path / "my_source"  # where the page keeps the photos the user labels
+    command += [f"cache_dir={tmp_path / 'cache'}", f"save_to={my_source}"]
     with log.open("w") as output:
         server = subprocess.Popen(command, cwd=REPO_ROOT, stdout=output, stderr=subprocess.STDOUT)
     browser = None
@@ -153,6 +154,24 @@ def test_upload_a_gem_photo_and_see_the_cut_out_and_top_5(request, tmp_path):
         expected_heat = where_it_looked(predictor, view, run.class_names.index(names[0]))
         assert heat.shape == view.shape and np.abs(heat - expected_heat).mean() < 1.0
         assert np.abs(heat - view).mean() > 5  # painted over, not the bare view
+        # The user knows better: the photo kept under the class they choose, as a labelled photo for adapt.
+        right_class = run.class_names[-1]
+        browser.find_element(By.CSS_SELECTOR, "#right-class input").click()
+
+        def option(b):
+            shown = b.find_elements(By.CSS_SELECTOR, "#right-class li, ul.options li")
+            return next((item for item in shown if item.text.strip() == right_class), False)
+
+        wait.until(option).click()
+        chosen = (By.CSS_SELECTOR, "#right-class input")
+        wait.until(lambda b: b.find_element(*chosen).get_attribute("value") == right_class)
+        browser.find_element(By.CSS_SELECTOR, "#save").click()
+        wait.until(lambda b: "saved as" in b.find_element(By.CSS_SELECTOR, "#saved").text)
+        (kept,) = (my_source / right_class).iterdir()
+        assert kept.read_bytes() == Path(photo).read_bytes() and kept.name.startswith(Path(photo).stem)
+        browser.find_element(By.CSS_SELECTOR, "#save").click()  # again: the same file, nothing new
+        wait.until(lambda b: "already saved as" in b.find_element(By.CSS_SELECTOR, "#saved").text)
+        assert [path.name for path in my_source.rglob("*") if path.is_file()] == [kept.name]
         browser.save_screenshot(str(tmp_path / "page.png"))
     finally:
         if browser is not None:
