@@ -79,6 +79,12 @@ def calibrate_checkpoint(
     test-time views and ensembles then average), then the prediction sets on the calibrated probabilities
     (``set_settings``: the ``prediction_sets`` config node), and from the backbone features of the training and
     validation photos the novelty rule and the training photos to show; store them in the checkpoint and the model."""
+    if model.source_prototypes is not None:
+        raise GemLightningError(
+            f"{checkpoint} is adapted to {Path(model.source_prototypes['source']).name}: its temperature, sets and "
+            "rules were fitted on that source's photos, and calibrating would refit them on the run's validation "
+            "split; evaluate it with calibrate=false"
+        )
     validation = collect_logits(model, datamodule.datasets["val"], description="validation logits", **options)
     calibration = calibrate(validation.outputs, validation.targets, split="val")
     prediction_sets = fit_prediction_sets(

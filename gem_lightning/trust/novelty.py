@@ -61,7 +61,9 @@ def check_accept(accept: float) -> float:
 class Novelty:
     """A fitted novelty rule: the class centroids and the calibration photos' distances to them."""
 
-    centroids: torch.Tensor  # (C, F) float32, unit rows (zero for a class without training photos)
+    # (C, F) float32 unit rows, one per class (zero for a class without training photos); an adapted checkpoint's
+    # has its source's prototypes as more rows (adaptation.adapted_checkpoint): the nearest of all counts
+    centroids: torch.Tensor
     training_images: int  # how many photos the centroids average
     split: str  # where the distances were measured
     calibration_distances: list[float]  # sorted ascending, one per calibration photo

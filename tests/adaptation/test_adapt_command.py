@@ -57,6 +57,9 @@ def test_an_adapted_checkpoint_recognises_the_source_and_every_command_takes_it(
         command = [f"ckpt={ckpt}", f"input={rest}", "calibrate=false", f"output_dir={tmp_path / name}", cache]
         assert evaluate.main(command) == 0
     plain, adapted = _summary(tmp_path / "plain"), _summary(tmp_path / "adapted")
+    # Calibrating it on the run's validation split would undo the fits made on the source: one line instead.
+    assert evaluate.main([f"ckpt={adapted_file}", f"input={rest}", cache]) == 2
+    assert read_checkpoint(adapted_file)["gem_lightning"]["calibration"] == stored["calibration"]
     assert "adapted to 3 photos each of 10 of 10 classes of shop_labelled" in adapted["title"]
     assert plain["summary"]["images"] == adapted["summary"]["images"] == 50
     # Three photos a class of the new light lift what the tiny demo model recognises of the other five
