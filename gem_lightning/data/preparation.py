@@ -4,6 +4,7 @@ to; every output is cached under ``cache_dir``."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,8 @@ from gem_lightning.data.report import build_report, contact_sheet_samples, write
 from gem_lightning.data.scan import DatasetScan, scan_dataset
 from gem_lightning.data.splits import SplitPlan, manifest_path, plan_splits, render_manifest, write_manifest
 from gem_lightning.data.training_items import TrainingItem, training_items
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,13 @@ def prepare_folder(
         contact_sheet_samples(items, scan.class_names),
         f"{scan.root.name}: {background_report['method'] if background_report else 'original photos'}",
     )
+    if background_report and background_report["not_used"]:
+        log.warning(
+            "%d image(s) have no prepared version (dropped by background.fallback=drop or failed) and are left "
+            "out; see %s",
+            len(background_report["not_used"]),
+            report_file,
+        )
     source = background.backend.describe() if background is not None else "original photos"
     return PreparedFolder(scan, plan, items, report, manifest_file, report_file, arrays, split, source)
 

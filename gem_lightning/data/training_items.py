@@ -7,17 +7,13 @@ the data report (None for original photos).
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from gem_lightning.data.background.cut_out_job import SourceImage
 from gem_lightning.data.background.cut_outs import BackgroundRemoval
-from gem_lightning.data.report import REPORT_NAME
 from gem_lightning.data.scan import DatasetScan
 from gem_lightning.data.splits import SplitPlan
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -58,13 +54,6 @@ def training_items(
             "fallbacks": fallbacks,
             "not_used": sorted(item.path for item in chosen if item.path not in files),
         }
-        if background_report["not_used"]:
-            log.warning(
-                "%d image(s) have no prepared version (dropped by background.fallback=drop or failed) and "
-                "are left out; see %s",
-                len(background_report["not_used"]),
-                REPORT_NAME,
-            )
     items = [
         TrainingItem(
             source=item.path,
