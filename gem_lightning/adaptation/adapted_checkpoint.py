@@ -79,7 +79,8 @@ def fit_adaptation(model: GemClassifier, passed: DatasetOutputs, weight: float, 
     labels), then the temperature, sets and novelty rule on the held-out adapted logits of the same photos."""
     features, targets = passed.features, passed.targets
     prototypes = SourcePrototypes.fit(features, targets, len(model.class_names), weight, source)
-    held_out = passed.outputs + prototypes.held_out_logits(features, targets)
+    held_out_added = prototypes.held_out_logits(features, targets)
+    held_out = passed.outputs + held_out_added
     split = f"{Path(source).name} (each photo left out of its class's prototype)"
     calibration = calibrate(held_out, targets, split=split)
     probabilities = (held_out / calibration.temperature).softmax(-1)
@@ -89,7 +90,7 @@ def fit_adaptation(model: GemClassifier, passed: DatasetOutputs, weight: float, 
         sets = fit_prediction_sets(probabilities, targets, split=split, **settings)
     novelty = None
     if model.novelty is not None:
-        novelty = _novelty_with_prototypes(model.novelty, prototypes, features, targets, split)
+        novelty = _novelty_with_prototypes(model.novelty, prototypes, features, held_out_added, split)
     selective = fit_selective_answers(probabilities, targets, split=split)
     return AdaptedFits(prototypes, calibration, sets, novelty, selective)
 
@@ -114,15 +115,16 @@ def adapt_checkpoint(
 
 
 def _novelty_with_prototypes(
-    stored: dict, prototypes: SourcePrototypes, features: torch.Tensor, targets: torch.Tensor, split: str
+    stored: dict, prototypes: SourcePrototypes, features: torch.Tensor, held_out_added: torch.Tensor, split: str
 ) -> Novelty:
     """The original class directions and the source's prototypes; the threshold from the labelled photos'
-    distances, each to its own class's prototype refitted without it (``held_out_logits`` / weight: cosines)."""
+    distances, each to its own class's prototype refitted without it (``held_out_added``, the prototypes'
+    ``held_out_logits``, over the weight: cosines)."""
     original = Novelty(**stored)
-    held_out_cosines = prototypes.held_out_logits(features, targets) / prototypes.weight
+    held_out_cosines = held_out_added / prototypes.weight
     distances = torch.minimum(
         nearest_class_distances(features, original.centroids), 1.0 - held_out_cosines.double().max(dim=1).values
     )
     centroids = torch.cat([original.centroids, prototypes.prototypes[prototypes.photos > 0]])
-    images = original.training_images + len(targets)
+    images = original.training_images + len(features)
     return Novelty(centroids, images, split, sorted(distances.tolist()))

@@ -28,6 +28,7 @@ from matplotlib.figure import Figure
 from gem_lightning.adaptation.adapted_checkpoint import fit_adaptation, labelled_features
 from gem_lightning.evaluation.metrics import recall_over_present
 from gem_lightning.evaluation.report import save_figure
+from gem_lightning.evaluation.trust_metrics import selective_row
 from gem_lightning.files.atomic_writes import write_text_atomically
 from gem_lightning.inference.loop import DatasetOutputs
 from gem_lightning.inference.predictor import Predictor
@@ -98,12 +99,9 @@ def curve_points(
             quality = None
             if sets is not None:
                 quality = set_quality(sets.sets(probabilities, SET_COVERAGE), rest.targets)
-            answered = top1_answered = None
+            sure = None
             if selective is not None:
-                chosen = selective.answered(probabilities, SELECTIVE_ACCURACY)
-                right = logits.argmax(dim=1) == rest.targets
-                answered = float(chosen.double().mean())
-                top1_answered = float(right[chosen].double().mean()) if chosen.any() else math.nan
+                sure = selective_row(selective, probabilities, rest.targets, SELECTIVE_ACCURACY)
             recall = recall_over_present(logits, rest.targets, num_classes)
             top1 = float((logits.argmax(dim=1) == rest.targets).double().mean())
             points.append(
@@ -119,8 +117,8 @@ def curve_points(
                     temperature,
                     None if quality is None else quality.coverage,
                     None if quality is None else quality.mean_size,
-                    answered,
-                    top1_answered,
+                    None if sure is None else sure.answered,
+                    None if sure is None else sure.top1_answered,
                 )
             )
     return points

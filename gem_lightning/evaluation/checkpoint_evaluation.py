@@ -87,8 +87,9 @@ def calibrate_checkpoint(
         )
     validation = collect_logits(model, datamodule.datasets["val"], description="validation logits", **options)
     calibration = calibrate(validation.outputs, validation.targets, split="val")
+    calibrated = (validation.outputs / calibration.temperature).softmax(-1)
     prediction_sets = fit_prediction_sets(
-        (validation.outputs / calibration.temperature).softmax(-1),
+        calibrated,
         validation.targets,
         score=set_settings["score"],
         penalty=set_settings["penalty"],
@@ -100,7 +101,6 @@ def calibrate_checkpoint(
     features = prepared_image_features(model, datamodule)[training.rows]
     labels = torch.tensor([label for _, label in training.items])
     files = [datamodule.prepared.items[row].source for row in training.rows]
-    calibrated = (validation.outputs / calibration.temperature).softmax(-1)
     fitted_after = {
         "prediction_sets": prediction_sets.as_dict(),
         "selective_answers": fit_selective_answers(calibrated, validation.targets, split="val").as_dict(),

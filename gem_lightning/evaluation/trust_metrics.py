@@ -14,7 +14,7 @@ from torchmetrics.functional.classification import binary_auroc
 from gem_lightning.trust.answers import Answering
 from gem_lightning.trust.novelty import unlike_calibration
 from gem_lightning.trust.prediction_sets import REPORTED_COVERAGES, set_quality
-from gem_lightning.trust.selective_answers import REPORTED_ACCURACIES, risk_coverage_area
+from gem_lightning.trust.selective_answers import REPORTED_ACCURACIES, SelectiveAnswers, risk_coverage_area
 
 
 @dataclass(frozen=True)
@@ -115,18 +115,22 @@ def novelty_row(
     )
 
 
+def selective_row(
+    fitted: SelectiveAnswers, probabilities: torch.Tensor, targets: torch.Tensor, accuracy: float
+) -> SelectiveRow:
+    """At ``accuracy``: the threshold ``fitted`` gives, the share of these photos it answers, their top-1."""
+    answered = fitted.answered(probabilities, accuracy)
+    right = probabilities.argmax(dim=1) == targets
+    top1 = float(right[answered].double().mean()) if answered.any() else math.nan
+    return SelectiveRow(accuracy, fitted.threshold(accuracy), float(answered.double().mean()), top1)
+
+
 def selective_rows(answering: Answering, probabilities: torch.Tensor, targets: torch.Tensor) -> list[SelectiveRow]:
-    """At each reported accuracy: the threshold fitted on validation, the share it answers here, their top-1."""
+    """A ``selective_row`` at each reported accuracy, with the checkpoint's fit (none without it)."""
     fitted = answering.selective_answers
     if fitted is None:
         return []
-    right = probabilities.argmax(dim=1) == targets
-    rows = []
-    for accuracy in REPORTED_ACCURACIES:
-        answered = fitted.answered(probabilities, accuracy)
-        top1 = float(right[answered].double().mean()) if answered.any() else math.nan
-        rows.append(SelectiveRow(accuracy, fitted.threshold(accuracy), float(answered.double().mean()), top1))
-    return rows
+    return [selective_row(fitted, probabilities, targets, accuracy) for accuracy in REPORTED_ACCURACIES]
 
 
 def trust_evaluation(

@@ -21,8 +21,6 @@ import torch.nn.functional as F
 from gem_lightning.errors import GemLightningError
 from gem_lightning.trust.novelty import class_centroids
 
-DEFAULT_WEIGHT = 40.0
-
 
 @dataclass(frozen=True)
 class SourcePrototypes:
