@@ -14,9 +14,8 @@ from PIL import Image
 from gem_lightning.cli import evaluate
 from gem_lightning.inference.predictor import Predictor
 from gem_lightning.trust.novelty import SHIFT_P_VALUE
-from tests.helpers.workplace import CONFIG_DIR, SHARED_DIR, needs_shared
+from tests.helpers.workplace import CONFIG_DIR, OTHER_SOURCES_DIR, needs_shared
 
-OTHER_SOURCES_DIR = SHARED_DIR / "data" / "other-sources"
 COMPARED = ("images", "top1", "top5", "recall_mean", "classes_at_zero", "ece_before", "ece_after", "set_coverage_90")
 
 

@@ -13,6 +13,7 @@ SHARED_DIR = REPO_ROOT.parent / "shared"
 GEMSTONES_DIR = SHARED_DIR / "data" / "gemstones"
 IMAGENET_SAMPLES_DIR = SHARED_DIR / "data" / "imagenet-samples"
 U2NET_DIR = SHARED_DIR / "models" / "u2net"
+OTHER_SOURCES_DIR = SHARED_DIR / "data" / "other-sources"
 FIXTURES_DIR = REPO_ROOT / "tests" / "fixtures"
 
 

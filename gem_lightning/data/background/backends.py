@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from gem_lightning.data.background.framing import framed_on_stone
 from gem_lightning.errors import GemLightningError
 
 FALLBACKS = ("original", "grabcut", "drop")
@@ -216,18 +217,40 @@ def cut_out(
     min_foreground: float,
     max_foreground: float,
     fallback_backend: GrabCutBackend | None = None,
+    max_side: int | None = None,
+    frame: str = "whole",
+    margin: float = 0.15,
 ) -> CutOut:
-    """Cut ``image`` out with ``backend``; if the mask is implausible, apply ``fallback``."""
-    mask = backend.mask(image)
+    """Cut ``image`` out with ``backend``; if the mask is implausible, apply ``fallback``.
+
+    Masks are found on a copy at most ``max_side`` (None: as given); the result is at most ``max_side``.
+    ``frame="stone"`` crops a good cut-out to the square around its mask (``framing.framed_on_stone``),
+    from ``image`` at the size given, so a larger ``image`` gives a sharper small stone.
+    """
+    small = image.copy() if max_side is not None and max(image.size) > max_side else image
+    if small is not image:
+        small.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+
+    def finished(mask: np.ndarray) -> Image.Image:
+        if small is not image:
+            mask = np.asarray(Image.fromarray(mask, mode="L").resize(image.size, Image.Resampling.BILINEAR))
+        result = composite_on_black(image, mask)
+        if frame == "stone":
+            result = framed_on_stone(result, mask, margin, (0, 0, 0))
+        if max_side is not None:
+            result.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+        return result
+
+    mask = backend.mask(small)
     kept, problem = mask_problem(mask, min_foreground, max_foreground)
     if not problem:
-        return CutOut(composite_on_black(image, mask), backend.describe(), kept)
+        return CutOut(finished(mask), backend.describe(), kept)
     if fallback == "grabcut" and fallback_backend is not None and backend.name != "grabcut":
-        second = fallback_backend.mask(image)
+        second = fallback_backend.mask(small)
         _, second_problem = mask_problem(second, min_foreground, max_foreground)
         if not second_problem:
-            return CutOut(composite_on_black(image, second), fallback_backend.describe(), kept, problem)
+            return CutOut(finished(second), fallback_backend.describe(), kept, problem)
         problem = f"{problem}; GrabCut too: {second_problem}"
     if fallback == "drop":
         return CutOut(None, "dropped", kept, problem)
-    return CutOut(image, "original", kept, problem)
+    return CutOut(small, "original", kept, problem)

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from gem_lightning.data.background.backends import cut_out
+from gem_lightning.data.background.framing import DETAIL_FACTOR
 from gem_lightning.data.image_files import to_rgb, upright
 from gem_lightning.files.atomic_writes import write_bytes_atomically, write_text_atomically
 from gem_lightning.machine.child_processes import die_with_parent
@@ -68,7 +69,8 @@ def prepare_one(source: SourceImage, variant: Path) -> dict | str:
     job = _WORKER["job"]
     started = time.perf_counter()
     try:
-        image = load_downscaled(source.path, job["max_side"])
+        detail = DETAIL_FACTOR if job["frame"] == "stone" else 1
+        image = load_downscaled(source.path, job["max_side"] * detail)
         result = cut_out(
             image,
             _WORKER["backend"],
@@ -76,6 +78,9 @@ def prepare_one(source: SourceImage, variant: Path) -> dict | str:
             job["min_foreground"],
             job["max_foreground"],
             _WORKER["fallback_backend"],
+            max_side=job["max_side"],
+            frame=job["frame"],
+            margin=job["margin"],
         )
     except Exception as error:  # one bad file must not stop thousands of others; it is reported
         return f"{type(error).__name__}: {error}"

@@ -38,6 +38,7 @@ from gem_lightning.data.background.cut_out_job import (
     start_pool_worker,
     start_worker,
 )
+from gem_lightning.data.background.framing import FRAMES
 from gem_lightning.errors import GemLightningError
 from gem_lightning.files.locks import exclusive_lock
 from gem_lightning.machine import auto_settings
@@ -89,11 +90,16 @@ class BackgroundRemoval:
         min_foreground: float = 0.02,
         max_foreground: float = 0.98,
         fallback: str = "original",
+        frame: str = "whole",
+        margin: float = 0.15,
         workers: int | str = "auto",
         threads_per_worker: int | str = "auto",
         progress: bool = True,
     ):
         checked_choice(fallback, FALLBACKS, "background.fallback")
+        checked_choice(frame, FRAMES, "background.frame")
+        if not 0 <= margin <= 1:
+            raise GemLightningError(f"background.margin={margin} must be between 0 and 1 (a share of the stone's size)")
         if max_side < 16:
             raise GemLightningError(f"background.max_side={max_side} is too small; use 16 or more")
         if not 0 <= min_foreground < max_foreground <= 1:
@@ -105,6 +111,7 @@ class BackgroundRemoval:
         self.max_side = max_side
         self.min_foreground, self.max_foreground = min_foreground, max_foreground
         self.fallback = fallback
+        self.frame, self.margin = frame, margin
         self.workers = auto_settings.process_count(workers, "background.workers")
         self.threads_per_worker = auto_settings.threads_per_process(
             threads_per_worker, "background.threads_per_worker", self.workers
@@ -131,6 +138,8 @@ class BackgroundRemoval:
             "max_foreground": self.max_foreground,
             "fallback": self.fallback,
             "fallback_backend": fallback_backend.settings() if fallback_backend else None,
+            # Only a framed variant names its frame, so caches made before framing existed stay valid.
+            **({"frame": self.frame, "margin": self.margin} if self.frame != "whole" else {}),
         }
 
     def variant_dir(self, cache_dir: Path) -> Path:
@@ -231,4 +240,6 @@ class BackgroundRemoval:
             "min_foreground": self.min_foreground,
             "max_foreground": self.max_foreground,
             "fallback": self.fallback,
+            "frame": self.frame,
+            "margin": self.margin,
         }

@@ -21,7 +21,14 @@ from gem_lightning.data.background.cut_out_job import SourceImage, load_downscal
 from gem_lightning.data.background.cut_outs import BackgroundRemoval
 from gem_lightning.errors import GemLightningError
 from gem_lightning.files.hashing import file_sha256
-from tests.helpers.workplace import GEMSTONES_DIR, REPO_ROOT, U2NET_DIR, checkout_env, needs_shared
+from tests.helpers.workplace import (
+    GEMSTONES_DIR,
+    OTHER_SOURCES_DIR,
+    REPO_ROOT,
+    U2NET_DIR,
+    checkout_env,
+    needs_shared,
+)
 
 # Real Kaggle photos of single stones on plain light backgrounds, large and small, one a PNG named .jpg.
 REAL_PHOTOS = (
@@ -286,3 +293,29 @@ def test_two_concurrent_runs_share_the_work_instead_of_doing_it_twice(tmp_path):
     closing = sorted(line for out, _ in outputs for line in out.splitlines() if "background removal (" in line)
     assert closing[0].startswith(f"background removal (OpenCV GrabCut): done 0, cached {DEMO_IMAGES},")
     assert closing[1].startswith(f"background removal (OpenCV GrabCut): done {DEMO_IMAGES}, cached 0,")
+
+
+@needs_shared(OTHER_SOURCES_DIR)
+def test_framing_the_stone_brings_a_small_stone_to_the_size_of_a_studio_shot(tmp_path, u2net_home):
+    # A real table-top photo (960x540) whose tumbled stone fills a few per cent of the frame.
+    photo = OTHER_SOURCES_DIR / "tumbled-stones-in-frame" / "Amethyst" / "amethyst_2024_03_17_12_36_49_fr0001.jpg"
+    sources = [SourceImage(file_sha256(photo), photo)]
+    shares = {}
+    for frame in ("whole", "stone"):
+        removal = BackgroundRemoval(RembgBackend("u2netp"), max_side=128, frame=frame, workers=1, progress=False)
+        records, summary = removal.prepare(sources, tmp_path / "cache")
+        record = records[sources[0].sha256]
+        assert summary.failed == 0 and record["method"] == "rembg u2netp" and not record["flag"], record
+        with Image.open(removal.variant_dir(tmp_path / "cache") / record["file"]) as prepared:
+            pixels = np.asarray(prepared)
+        shares[frame] = float((pixels.max(axis=2) > 24).mean())
+        if frame == "stone":
+            assert pixels.shape == (128, 128, 3), "the stone's square, at max_side"
+            assert _border_is_black(pixels) > 0.95, "the margin around the stone is background"
+    assert shares["whole"] < 0.10, shares
+    assert shares["stone"] > 0.35, f"the stone must fill its square: {shares}"
+    # Framing is its own cache variant; the whole-frame key is the one it always was.
+    whole = BackgroundRemoval(RembgBackend("u2netp"), max_side=128, workers=1, progress=False)
+    assert "frame" not in whole.settings() and whole.variant_dir(tmp_path) != BackgroundRemoval(
+        RembgBackend("u2netp"), max_side=128, frame="stone", workers=1, progress=False
+    ).variant_dir(tmp_path)
