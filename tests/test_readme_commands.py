@@ -37,7 +37,7 @@ from tests.helpers.postgres_server import find_postgres_bin, postgres_server
 from tests.helpers.scratch_folders import fixture_folder
 from tests.helpers.slurm_cluster import find_slurm, slurm_cluster
 from tests.helpers.train_command import epoch_logged
-from tests.helpers.workplace import GEMSTONES_DIR, REPO_ROOT, SHARED_DIR, U2NET_DIR, needs_shared
+from tests.helpers.workplace import GEMSTONES_DIR, OTHER_SOURCES_DIR, REPO_ROOT, SHARED_DIR, U2NET_DIR, needs_shared
 
 README = REPO_ROOT / "README.md"
 # Overrides no user types: a test that needs one is testing another command than README.md's.
@@ -80,6 +80,7 @@ COMMAND_TESTS = {
     "python train.py model=efficientnet_lite0 background=rembg background.backend.model=u2netp": "test_prepare",
     "python train.py experiment=best_cpu background_swap=random": "test_best_cpu_with_background_swap",
     "python train.py experiment=robust_cpu": "test_robust_cpu",
+    "python train.py experiment=framed_cpu": "test_framed_cpu",
     "python -m gem_lightning.cli.bench data_dir=data/gemstones": "test_bench",
     "python -m gem_lightning.cli.bench data_dir=data/gemstones && python train.py experiment=gpu_check "
     "data.root=data/gemstones": "test_gpu_check",
@@ -806,6 +807,33 @@ def test_robust_cpu(clone):
     assert config["model"]["frozen_stages"] == 3 and config["data"]["split"] == "predefined"
     assert config["scheduler"]["_target_"] == "gem_lightning.models.lr_schedules.warmup_cosine"
     assert "background swap: 50% of training photos" in run["output"]
+
+
+@needs_shared(U2NET_DIR / "u2netp.onnx")
+@needs_shared(GEMSTONES_DIR)
+def test_framed_cpu(clone, tmp_path):
+    run = _kaggle_run(clone, "python train.py experiment=framed_cpu", env=_u2net_home(), shrink=MASKED_KAGGLE_SHRINK)
+    checkpoint = torch.load(clone.root / run["best_checkpoint"], map_location="cpu", weights_only=True)
+    config = checkpoint["gem_lightning"]["config"]
+    assert config["task_name"] == "framed_cpu" and config["model"]["frozen_stages"] == 3  # best_cpu otherwise
+    assert (config["background"]["backend"]["model"], config["background"]["frame"]) == ("u2netp", "stone")
+    # Every photo was cut out (none left as it was), and each cut-out is the square around its stone.
+    (variant,) = (clone.root / "cache" / "prepared").iterdir()
+    records = {p: json.loads(p.read_text()) for p in variant.rglob("*.json")}
+    assert len(records) == run["report"]["background"]["summary"]["done"] > 0
+    assert all(r["method"] == "rembg u2netp" and r["width"] == r["height"] for r in records.values()), records
+    # A photo to identify is framed the same way: a table-top photo (960x540) becomes the square around its stone.
+    photos = tmp_path / "my_photos"
+    photos.mkdir()
+    shutil.copy(next((OTHER_SOURCES_DIR / "tumbled-stones-in-frame" / "Amethyst").glob("*.jpg")), photos)
+    result = clone.run(
+        "python -m gem_lightning.cli.predict ckpt=<best checkpoint> input=my_photos/ output=predictions.json",
+        placeholders={"<best checkpoint>": run["best_checkpoint"], "my_photos/": f"{photos}/"},
+        env=_u2net_home(),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (added,) = [json.loads(p.read_text()) for p in variant.rglob("*.json") if p not in records]
+    assert added["method"] == "rembg u2netp" and added["width"] == added["height"], added
 
 
 @needs_shared(U2NET_DIR / "u2netp.onnx")
