@@ -333,6 +333,14 @@ class DemoRun:
     run_dir: Path
     checkpoint: str  # as printed: relative to the clone's root
 
+    def use(self, clone: Clone, command: str, more: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        """README's ``command`` with this run's checkpoint for its checkpoint (and ``more`` placeholders filled);
+        it must succeed."""
+        placeholders = {"<checkpoint>": self.checkpoint, "<best checkpoint>": self.checkpoint, **(more or {})}
+        result = clone.run(command, placeholders=placeholders)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result
+
 
 @pytest.fixture(scope="module")
 def demo(clone) -> DemoRun:
@@ -372,11 +380,7 @@ def test_demo_trains_and_prints_what_readme_shows(clone, demo):
 
 
 def test_predict_the_demo_rubies(clone, demo):
-    result = clone.run(
-        "python -m gem_lightning.cli.predict ckpt=<best checkpoint> input=cache/demo_gems/Ruby",
-        placeholders={"<best checkpoint>": demo.checkpoint},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = demo.use(clone, "python -m gem_lightning.cli.predict ckpt=<best checkpoint> input=cache/demo_gems/Ruby")
     rows = [line for line in result.stdout.splitlines() if "ruby_" in line.lower()]
     assert len(rows) == 60
     assert sum(" Ruby " in row for row in rows) >= 45  # top class Ruby for most of them
@@ -1071,11 +1075,9 @@ def my_photos(clone, demo) -> Path:
 
 
 def test_predict_a_folder_to_json(clone, demo, my_photos):
-    result = clone.run(
-        "python -m gem_lightning.cli.predict ckpt=<best checkpoint> input=my_photos/ output=predictions.json",
-        placeholders={"<best checkpoint>": demo.checkpoint},
+    result = demo.use(
+        clone, "python -m gem_lightning.cli.predict ckpt=<best checkpoint> input=my_photos/ output=predictions.json"
     )
-    assert result.returncode == 0, result.stderr[-3000:]
     document = json.loads((clone.root / "predictions.json").read_text())
     assert len(document["predictions"]) == 6
     assert [Path(s["file"]).name for s in document["skipped"]] == ["broken.jpg"]  # readme.txt is no image
@@ -1085,21 +1087,17 @@ def test_predict_a_folder_to_json(clone, demo, my_photos):
 
 
 def test_predict_a_glob_to_csv(clone, demo, my_photos):
-    result = clone.run(
+    demo.use(
+        clone,
         "python -m gem_lightning.cli.predict ckpt=<best checkpoint> input='my_photos/*.jpg' top_k=3 "
         "output=predictions.csv",
-        placeholders={"<best checkpoint>": demo.checkpoint},
     )
-    assert result.returncode == 0, result.stderr[-3000:]
     lines = (clone.root / "predictions.csv").read_text().splitlines()
     assert len(lines) == 1 + 7  # header, six photos, the broken one with its reason
 
 
 def test_evaluate_the_runs_test_split(clone, demo):
-    result = clone.run(
-        "python -m gem_lightning.cli.evaluate ckpt=<checkpoint>", placeholders={"<checkpoint>": demo.checkpoint}
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = demo.use(clone, "python -m gem_lightning.cli.evaluate ckpt=<checkpoint>")
     report = clone.root / _value(result.stdout, "report")
     assert report == demo.run_dir / "evaluation" / "test" / "report.md"
     # One number per measurement: the command's test accuracy is the run's logged one.
@@ -1108,21 +1106,15 @@ def test_evaluate_the_runs_test_split(clone, demo):
 
 
 def test_evaluate_a_folder(clone, demo, my_photos):
-    result = clone.run(
-        "python -m gem_lightning.cli.evaluate ckpt=<checkpoint> input=other_gems/ calibrate=false",
-        placeholders={"<checkpoint>": demo.checkpoint},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = demo.use(clone, "python -m gem_lightning.cli.evaluate ckpt=<checkpoint> input=other_gems/ calibrate=false")
     assert "on 6 images" in result.stdout
     assert (clone.root / _value(result.stdout, "report")).is_file()
 
 
 def test_evaluate_sources_side_by_side(clone, demo, my_photos):
-    result = clone.run(
-        "python -m gem_lightning.cli.evaluate ckpt=<checkpoint> input=[other_gems/,shop_photos/] calibrate=false",
-        placeholders={"<checkpoint>": demo.checkpoint},
+    result = demo.use(
+        clone, "python -m gem_lightning.cli.evaluate ckpt=<checkpoint> input=[other_gems/,shop_photos/] calibrate=false"
     )
-    assert result.returncode == 0, result.stderr[-3000:]
     table = clone.root / _value(result.stdout, "table")
     assert table == demo.run_dir / "evaluation" / "sources.md"
     rows = [line.split(" | ") for line in table.read_text().splitlines() if line.startswith("| ")][1:]
@@ -1137,11 +1129,7 @@ def test_evaluate_sources_side_by_side(clone, demo, my_photos):
     ("option", "report_folder"), [("tta=dihedral", "test-tta-dihedral"), ("shift=small", "test-shift-small")]
 )
 def test_evaluate_with_views_or_shifted_photos(clone, demo, option, report_folder):
-    result = clone.run(
-        f"python -m gem_lightning.cli.evaluate ckpt=<checkpoint> {option}",
-        placeholders={"<checkpoint>": demo.checkpoint},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = demo.use(clone, f"python -m gem_lightning.cli.evaluate ckpt=<checkpoint> {option}")
     assert clone.root / _value(result.stdout, "report") == demo.run_dir / "evaluation" / report_folder / "report.md"
     assert re.search(r"^top-1 [01]\.\d{4}, top-5", result.stdout, re.MULTILINE)
     if option.startswith("shift="):
@@ -1149,20 +1137,16 @@ def test_evaluate_with_views_or_shifted_photos(clone, demo, option, report_folde
 
 
 def test_predict_with_an_ensemble(clone, demo, my_photos):
-    result = clone.run(
+    result = demo.use(
+        clone,
         "python -m gem_lightning.cli.predict ckpt=[<checkpoint>,<other checkpoint>] input=my_photos/",
-        placeholders={"<checkpoint>": demo.checkpoint, "<other checkpoint>": demo.checkpoint.replace("best", "last")},
+        {"<other checkpoint>": demo.checkpoint.replace("best", "last")},
     )
-    assert result.returncode == 0, result.stderr[-3000:]
     assert "temperature 1.000" in result.stdout  # each member's temperature is applied before averaging
 
 
 def test_adapt_to_a_source(clone, demo, my_photos):
-    result = clone.run(
-        "python -m gem_lightning.cli.adapt ckpt=<checkpoint> input=shop_photos/",
-        placeholders={"<checkpoint>": demo.checkpoint},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = demo.use(clone, "python -m gem_lightning.cli.adapt ckpt=<checkpoint> input=shop_photos/")
     adapted = clone.root / _value(result.stdout, "adapted checkpoint")
     assert adapted == demo.run_dir / "checkpoints" / "best-adapted-shop_photos.ckpt"
     assert "adapted to 3 photos each of 2 of 10 classes of shop_photos" in result.stdout
@@ -1177,11 +1161,9 @@ def test_adapt_to_a_source(clone, demo, my_photos):
 
 
 def test_adaptation_curve(clone, demo, my_photos):
-    result = clone.run(
-        "python -m gem_lightning.cli.adapt ckpt=<checkpoint> input=[other_gems/,shop_photos/] curve=true",
-        placeholders={"<checkpoint>": demo.checkpoint},
+    result = demo.use(
+        clone, "python -m gem_lightning.cli.adapt ckpt=<checkpoint> input=[other_gems/,shop_photos/] curve=true"
     )
-    assert result.returncode == 0, result.stderr[-3000:]
     figure = clone.root / _value(result.stdout, "curve")
     assert figure == demo.run_dir / "evaluation" / "adaptation.png"
     recall_table = figure.with_suffix(".md").read_text().split("Mean recall:\n\n", 1)[1].split("\n\n", 1)[0]
@@ -1191,11 +1173,7 @@ def test_adaptation_curve(clone, demo, my_photos):
 
 
 def test_export(clone, demo, my_photos):
-    result = clone.run(
-        "python -m gem_lightning.cli.export ckpt=<checkpoint> input=my_photos/",
-        placeholders={"<checkpoint>": demo.checkpoint},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = demo.use(clone, "python -m gem_lightning.cli.export ckpt=<checkpoint> input=my_photos/")
     export_dir = demo.run_dir / "export"
     assert {"model.onnx", "model.torchscript.pt", "model.json"} <= {p.name for p in export_dir.iterdir()}
     assert "onnx_ir" not in result.stdout + result.stderr  # its INFO lines are noise to a user

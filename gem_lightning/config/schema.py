@@ -8,17 +8,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import inspect
+from dataclasses import field, make_dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
+from gem_lightning.data.datamodule import GemDataModule
 from gem_lightning.data.splits import ConflictPolicy, SplitMode
 from gem_lightning.machine.auto_settings import AugmentPlace
 from gem_lightning.models.backbones import BACKBONE_NAMES
+from gem_lightning.models.classifier import GemClassifier
 
 # The project folder: the one holding conf/, train.py and this package (a clone, installed editable). Not the
 # working directory: Hydra resolves the multirun folder before it knows that (`${hydra:runtime.cwd}` fails
@@ -29,57 +32,29 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # Each list of choices is kept where its rule lives; Hydra checks the keys against them.
 BackboneName = Enum("BackboneName", {name: name for name in BACKBONE_NAMES}, type=str)
 
-
-@dataclass
-class DataSchema:
-    # Types only: conf/data/gemstones.yaml holds every value (the one place a default is kept), and
-    # GemDataModule takes each key without a default, so a key the YAML lacks fails at composition.
-    _target_: str = MISSING
-    root: str = MISSING
-    cache_dir: str = MISSING
-    split: SplitMode = MISSING
-    val_fraction: float = MISSING
-    test_fraction: float = MISSING
-    split_seed: int = MISSING
-    image_size: int = MISSING
-    batch_size: int = MISSING
-    num_workers: Any = MISSING  # a whole number or "auto"
-    pin_memory: Any = MISSING  # true, false or "auto"
-    max_image_pixels: int = MISSING
-    max_classes: int | None = MISSING
-    min_images_per_class: int = MISSING
-    train_transform: Any = MISSING
-    augment_policy: str = MISSING
-    demo: Any = MISSING
-    background: Any = MISSING
-    background_swap: Any = MISSING
-    near_duplicate_threshold: float | None = MISSING
-    label_conflicts: ConflictPolicy = MISSING
-    cache_images: bool = MISSING
-    augment_on: AugmentPlace = MISSING
+# Types Hydra can check as they are; a richer annotation (a callable, a union with str) is typed Any.
+_PLAIN_TYPES = {int, float, bool, str} | {kind | None for kind in (int, float, bool, str)}
 
 
-@dataclass
-class ModelSchema:
-    # Types only, as DataSchema: conf/model/resnet18.yaml (which the other backbones extend) holds the values.
-    _target_: str = MISSING
-    backbone: BackboneName = MISSING
-    pretrained: bool = MISSING
-    allow_download: bool = MISSING
-    label_smoothing: float = MISSING
-    dropout: float = MISSING
-    backbone_lr_scale: float = MISSING
-    mixup_alpha: float = MISSING
-    cutmix_alpha: float = MISSING
-    freeze_backbone_epochs: int = MISSING
-    frozen_stages: int = MISSING
-    head_only: bool = MISSING
-    channels_last: bool = MISSING
-    compile: bool = MISSING
-    image_size: int = MISSING
-    augment_policy: str = MISSING
-    optimizer: Any = MISSING  # a _partial_ optimiser node (conf/optim/)
-    scheduler: Any = MISSING  # a _partial_ schedule node (conf/scheduler/); empty for none
+def schema_of(name: str, built: type, choices: dict[str, type[Enum]]) -> type:
+    """A dataclass ``name`` (Hydra's errors say it): ``_target_`` and ``built``'s keyword-only parameters, required.
+
+    The signature is the one list of keys: a parameter added there is a key Hydra knows. Each field has its
+    annotation where Hydra can check it, the Enum in ``choices`` where a string must be one of a list, else Any.
+    No field has a default: the group's YAML holds every value.
+    """
+    hints = get_type_hints(built.__init__)
+    keys = [p.name for p in inspect.signature(built.__init__).parameters.values() if p.kind is p.KEYWORD_ONLY]
+    typed = [(key, choices.get(key, hints[key] if hints[key] in _PLAIN_TYPES else Any)) for key in keys]
+    fields = [(key, kind, field(default=MISSING)) for key, kind in [("_target_", str), *typed]]
+    return make_dataclass(name, fields)
+
+
+# conf/data/gemstones.yaml and conf/model/resnet18.yaml (which the other backbones extend) hold the values.
+DataSchema = schema_of(
+    "DataSchema", GemDataModule, {"split": SplitMode, "label_conflicts": ConflictPolicy, "augment_on": AugmentPlace}
+)
+ModelSchema = schema_of("ModelSchema", GemClassifier, {"backbone": BackboneName})
 
 
 def register_config_schemas() -> None:
