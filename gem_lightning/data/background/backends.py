@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from gem_lightning.data.background.framing import framed_on_stone
+from gem_lightning.data.background.framing import framed_on_stone, stone_pixels
 from gem_lightning.errors import GemLightningError
 
 FALLBACKS = ("original", "grabcut", "drop")
@@ -202,7 +202,7 @@ def composite_on_black(image: Image.Image, mask: np.ndarray) -> Image.Image:
 
 def mask_problem(mask: np.ndarray, min_foreground: float, max_foreground: float) -> tuple[float, str]:
     """(share of the frame kept, why the mask is unusable or "")."""
-    kept = float((mask >= 128).mean()) if mask.size else 0.0
+    kept = float(stone_pixels(mask).mean()) if mask.size else 0.0
     if kept < min_foreground:
         return kept, f"empty mask: keeps {kept:.1%} of the frame (< {min_foreground:.0%})"
     if kept > max_foreground:

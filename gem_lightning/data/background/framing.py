@@ -18,10 +18,16 @@ FRAMES = ("whole", "stone")
 DETAIL_FACTOR = 4
 
 
+def stone_pixels(mask: np.ndarray) -> np.ndarray:
+    """Which pixels of a uint8 mask are stone: those at or above half, the one rule for a soft mask's edge
+    (the mask check and the framing both count by it)."""
+    return mask >= 128
+
+
 def stone_square(mask: np.ndarray, margin: float) -> tuple[int, int, int, int] | None:
-    """(left, top, right, bottom) of the square around the mask's pixels at or above half, widened by
+    """(left, top, right, bottom) of the square around the mask's stone pixels, widened by
     ``margin`` times the stone's longer side on each side; None for an empty mask."""
-    rows, columns = np.nonzero(mask >= 128)
+    rows, columns = np.nonzero(stone_pixels(mask))
     if rows.size == 0:
         return None
     top, bottom, left, right = rows.min(), rows.max() + 1, columns.min(), columns.max() + 1
