@@ -124,8 +124,11 @@ def calibrate_checkpoint(
     return calibration
 
 
-def labelled_folder(predictor: Predictor, folder: Path, cache_dir: Path) -> tuple[GemImageDataset, list[str]]:
-    """The usable images of ``<folder>/<class>/`` (classes the checkpoint knows), cut out as in training."""
+def labelled_folder(
+    predictor: Predictor, folder: Path, cache_dir: Path
+) -> tuple[GemImageDataset, list[str], list[Path]]:
+    """The usable images of ``<folder>/<class>/`` (classes the checkpoint knows), cut out as in training: the
+    first member's dataset, each image's name inside the folder, and the photos themselves."""
     scan = scan_dataset(folder, cache_dir, predictor.max_image_pixels)
     scan.log_skipped()
     unknown = sorted(set(scan.class_names) - set(predictor.class_names))
@@ -144,7 +147,7 @@ def labelled_folder(predictor: Predictor, folder: Path, cache_dir: Path) -> tupl
         raise GemLightningError(f"input={folder}: no usable image to evaluate")
     size = predictor.image_size
     dataset = evaluation_dataset([(inp, label_of[src]) for src, inp in pairs], size)
-    return dataset, [str(src.relative_to(scan.root)) for src, _ in pairs]
+    return dataset, [str(src.relative_to(scan.root)) for src, _ in pairs], [src for src, _ in pairs]
 
 
 def check_shift(shift: str | None, input_given: bool) -> None:
@@ -213,14 +216,16 @@ def evaluate_checkpoint(
             raise GemLightningError(f"the {split} split of {datamodule.root} is empty: nothing to evaluate")
         # setup() builds each split's dataset from the data module's items in order, so they line up.
         sources = [item.source for item in datamodule.prepared.items if item.split == split]
+        photos = [Path(datamodule.root) / source for source in sources]
         name, data = split, f"{split} split of {datamodule.root}"
     else:
         folder = Path(input_folder)
-        dataset, sources = labelled_folder(predictor, folder, predictor.cache_dir)
+        dataset, sources, photos = labelled_folder(predictor, folder, predictor.cache_dir)
         name, data = folder.resolve().name, f"labelled folder {folder}"
         if shift is not None:
             name, data = f"{split}-shift-{shift}", f"the {split} split of {datamodule.root}, shift={shift}"
-    result, temperature = predictor.logits(predictor.member_datasets(dataset), description=f"evaluating {name}")
+    datasets = predictor.member_datasets(dataset, photos)
+    result, temperature = predictor.logits(datasets, description=f"evaluating {name}")
     answering = answering_for(predictor, answer_config)  # after calibrating: the fits just stored
     evaluation = evaluate_logits(result, predictor.class_names, temperature, answering)
     name += predictor.folder_suffix

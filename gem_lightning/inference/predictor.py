@@ -4,7 +4,8 @@
 # background removal the run trained on (``background`` of its composed config). A photo goes through the same
 # steps as in training: decoded upright as RGB, cut out onto black by the same backend and settings through
 # the same content-keyed cache (a photo seen before costs nothing), decoded at reduced scale, shorter side to
-# the image size, centre crop. Files that cannot be used are reported and skipped; the rest go on.
+# the image size, centre crop; each member of an ensemble its own run's way. Files that cannot be used are
+# reported and skipped; the rest go on.
 
 from __future__ import annotations
 
@@ -14,17 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from gem_lightning.choices import checked_choice
-from gem_lightning.data.background.cut_out_job import SourceImage
-from gem_lightning.data.background.cut_outs import BackgroundRemoval
 from gem_lightning.data.image_dataset import GemImageDataset, evaluation_dataset
 from gem_lightning.errors import GemLightningError
-from gem_lightning.files.hashing import file_sha256
 from gem_lightning.inference.batchnorm_adaptation import batchnorm_adapted
 from gem_lightning.inference.logits import (
     TTA_VIEWS,
@@ -34,6 +31,7 @@ from gem_lightning.inference.logits import (
     view_logits,
 )
 from gem_lightning.inference.loop import DatasetOutputs
+from gem_lightning.inference.member_inputs import members_background_removals, prepared_files
 from gem_lightning.inference.user_photos import SkippedImage, usable_images
 from gem_lightning.machine import auto_settings
 from gem_lightning.models.classifier import GemClassifier
@@ -57,7 +55,8 @@ class Predictor:
 
     With one checkpoint and ``tta="none"`` a prediction is that model's softmax at its own temperature; else it
     is the mean over every model and view of each model's calibrated probabilities (``averaged_probabilities``).
-    Members must know the same classes and cut backgrounds out alike; the first describes the whole.
+    Members must know the same classes; each prepares a photo as its own run did (a member trained on framed
+    cut-outs beside one trained on whole photos sees each photo both ways), and the first describes the whole.
     """
 
     # Members' image sizes may differ: each gets the photos at its own size (member_datasets).
@@ -108,20 +107,17 @@ class Predictor:
         self.batch_size, self.num_workers = batch_size, num_workers
         self.max_image_pixels = max_image_pixels
         self.progress = progress
-        self.background = self._background_removal() if background == "checkpoint" else None
+        # Each member's background removal, as its run did it; none at all with background="none".
+        none = [None] * len(self.models)
+        self.backgrounds = members_background_removals(self.models, progress) if background == "checkpoint" else none
+        self.background = self.backgrounds[0]
 
     def _check_members_agree(self) -> None:
-        first, settings = self.model, (self.model.run_config or {}).get("background")
         for path, member in zip(self.checkpoints[1:], self.models[1:], strict=True):
-            if member.class_names != first.class_names:
+            if member.class_names != self.class_names:
                 raise GemLightningError(
                     f"ckpt: {path} knows other classes than {self.checkpoint} ({len(member.class_names)} vs "
-                    f"{len(first.class_names)}, or another order); an ensemble's members must share them"
-                )
-            if (member.run_config or {}).get("background") != settings:
-                raise GemLightningError(
-                    f"ckpt: {path} was trained on other background removal than {self.checkpoint}; an ensemble's "
-                    "members must see photos prepared alike"
+                    f"{len(self.class_names)}, or another order); an ensemble's members must share them"
                 )
 
     # -- what the checkpoints say --------------------------------------------------------------------------
@@ -211,53 +207,52 @@ class Predictor:
         temperatures = [float(model.temperature) if self.calibrated else 1.0 for model in self.models]
         return averaged_probabilities(results, temperatures), 1.0
 
-    def member_datasets(self, dataset: GemImageDataset) -> list[GemImageDataset]:
-        """``dataset`` (at the first member's size) for every member, rebuilt at the size of those that differ."""
-        return [
-            dataset
-            if int(model.hparams.image_size) == dataset.side
-            else evaluation_dataset(dataset.items, int(model.hparams.image_size), dataset.leaked)
-            for model in self.models
-        ]
-
-    def _background_removal(self) -> BackgroundRemoval | None:
-        settings = (self.model.run_config or {}).get("background")
-        if not settings or settings.get("backend") is None:
-            return None
-        removal = hydra.utils.instantiate(OmegaConf.create(settings))
-        removal.progress = self.progress
-        removal.check()  # a missing rembg model file stops here, before any photo is read
-        return removal
+    def member_datasets(self, dataset: GemImageDataset, photos: Sequence[Path]) -> list[GemImageDataset]:
+        """``dataset`` (the first member's inputs of ``photos``, in order) for every member: rebuilt at the size
+        of members whose size differs, and from the photos prepared its way for members whose run prepared them
+        otherwise (cut out, framed, or not)."""
+        first_removal = self.backgrounds[0]
+        datasets = []
+        for model, removal in zip(self.models, self.backgrounds, strict=True):
+            side = int(model.hparams.image_size)
+            if removal is first_removal:
+                items = dataset.items
+            else:
+                pairs, skipped = prepared_files(list(photos), None, removal, self.cache_dir)
+                if skipped:  # only on a run's own split: model_inputs leaves such photos out for every member
+                    raise GemLightningError(f"ckpt: a member cannot use {skipped[0].source} ({skipped[0].reason})")
+                items = [
+                    (model_input, label) for (_, model_input), (_, label) in zip(pairs, dataset.items, strict=True)
+                ]
+            same = removal is first_removal and side == dataset.side
+            datasets.append(dataset if same else evaluation_dataset(items, side, dataset.leaked))
+        return datasets
 
     def describe_background(self) -> str:
-        return self.background.backend.describe() if self.background is not None else "none (photos as they are)"
+        """``rembg u2netp``, or for members that prepare photos differently each way: ``none (...); rembg u2netp``."""
+        ways = {id(way): way for way in self.backgrounds}.values()
+        return "; ".join(way.backend.describe() if way is not None else "none (photos as they are)" for way in ways)
 
     # -- photos --------------------------------------------------------------------------------------------
 
     def model_inputs(
         self, files: list[Path], sha256s: list[str] | None = None
     ) -> tuple[list[tuple[Path, Path]], list[SkippedImage]]:
-        """(source, file the model decodes) for usable ``files``, and those background removal left out.
+        """(photo, file the first member decodes) for the ``files`` every member can use, and those left out.
 
         ``sha256s`` are the files' hashes when already known (a dataset scan has them); they key the cache.
         """
-        if self.background is None or not files:
-            return [(path, path) for path in files], []
-        sha256s = sha256s or [file_sha256(path) for path in files]
-        sources = [SourceImage(sha256, path.resolve()) for sha256, path in zip(sha256s, files, strict=True)]
-        records, summary = self.background.prepare(sources, self.cache_dir)
-        variant = self.background.variant_dir(self.cache_dir)
-        pairs, skipped = [], []
-        for path, source in zip(files, sources, strict=True):
-            record = records.get(source.sha256)
-            if record is None:
-                reason = summary.failures.get(str(source.path), "background removal failed")
-                skipped.append(SkippedImage(path, reason))
-            elif record["file"] is None:
-                skipped.append(SkippedImage(path, f"no gem found ({record['flag']}); background.fallback=drop"))
-            else:
-                pairs.append((path, variant / record["file"]))
-        return pairs, skipped
+        # A photo one member's background removal cannot use is left out for all: members see the same photos.
+        ways = list({id(removal): removal for removal in self.backgrounds}.values())  # the first member's first
+        usable = dict(zip(files, sha256s or [None] * len(files), strict=True))
+        skipped: list[SkippedImage] = []
+        for removal in ways[1:]:
+            _, left_out = prepared_files(list(usable), _known(usable), removal, self.cache_dir)
+            skipped += left_out
+            for item in left_out:
+                usable.pop(item.source)
+        pairs, left_out = prepared_files(list(usable), _known(usable), ways[0], self.cache_dir)
+        return pairs, left_out + skipped
 
     def predict_files(self, files: list[Path]) -> tuple[list[ImagePrediction], list[SkippedImage]]:
         usable, skipped = usable_images([Path(f) for f in files], self.max_image_pixels)
@@ -266,7 +261,7 @@ class Predictor:
         if not pairs:
             return [], skipped
         dataset = evaluation_dataset([(model_input, -1) for _, model_input in pairs], self.image_size)
-        result, temperature = self.logits(self.member_datasets(dataset))
+        result, temperature = self.logits(self.member_datasets(dataset, [source for source, _ in pairs]))
         probabilities = (result.outputs / temperature).softmax(-1)
         predictions = [
             ImagePrediction(source, model_input, row, features)
@@ -298,3 +293,8 @@ class Predictor:
         results = [DatasetOutputs(out if self.tta != "none" else out[:, 0], no_labels, no_labels) for out in per_model]
         combined, temperature = self._combined(results)
         return (combined.outputs / temperature).softmax(-1)
+
+
+def _known(hashes: dict[Path, str | None]) -> list[str] | None:
+    """The files' hashes in order, or None where any is unknown (prepared_files then hashes them)."""
+    return None if None in hashes.values() else list(hashes.values())

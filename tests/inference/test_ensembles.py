@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -94,3 +95,35 @@ def test_evaluate_and_predict_take_a_list_of_checkpoints_and_views(trained_demo_
     assert [row["class"] for row in prediction["top_k"]] == [row["class"] for row in alone["top_k"]]
     for pair, alone_row in zip(prediction["top_k"], alone["top_k"], strict=True):
         assert pair["probability"] == pytest.approx(alone_row["probability"], abs=1e-6)
+
+
+def test_members_trained_on_photos_and_on_cut_outs_each_see_a_photo_their_own_way(
+    trained_demo_run, trained_rembg_run, tmp_path
+):
+    # The two tiny demo runs know the same classes: one trained on the photos, one on u2netp cut-outs.
+    cut_run, whole_run = trained_rembg_run, trained_demo_run
+    assert cut_run.class_names == whole_run.class_names
+    module = cut_run.datamodule
+    photos = [Path(module.root) / item.source for item in module.prepared.items if item.split == "test"][:6]
+    options = {"cache_dir": cut_run.workdir / "cache", "progress": False}
+    cut, _ = Predictor(cut_run.checkpoint, **options).predict_files(photos)
+    whole, _ = Predictor(whole_run.checkpoint, **options).predict_files(photos)
+    assert all(p.model_input != p.source for p in cut) and all(p.model_input == p.source for p in whole)
+    ensemble = Predictor([whole_run.checkpoint, cut_run.checkpoint], **options)
+    assert ensemble.describe_background() == "none (photos as they are); rembg u2netp"
+    both, skipped = ensemble.predict_files(photos)
+    assert not skipped and [p.source for p in both] == photos
+    # Each member's calibrated probabilities of the photo prepared its own way, averaged.
+    for one, other, averaged in zip(whole, cut, both, strict=True):
+        torch.testing.assert_close(averaged.probabilities, (one.probabilities + other.probabilities) / 2)
+        assert averaged.model_input == one.model_input  # the first member's view: what heat maps show
+
+    # evaluate on the first member's own test split: the other member cuts those photos out for itself.
+    command = [
+        f"ckpt=[{cut_run.checkpoint},{whole_run.checkpoint}]",
+        "calibrate=false",
+        f"cache_dir={options['cache_dir']}",
+    ]
+    assert evaluate.main(command) == 0
+    report = (cut_run.run_dir / "evaluation" / "test-ensemble2" / "report.md").read_text()
+    assert "rembg u2netp; none (photos as they are)" in report
