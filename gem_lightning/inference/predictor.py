@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -138,9 +139,14 @@ class Predictor:
 
     @property
     def folder_suffix(self) -> str:
-        """``-ensemble3-tta-dihedral``: what a report or export folder adds so that an averaged prediction sits
-        beside the single checkpoint's, not over it ("" for one checkpoint without views)."""
-        members = f"-ensemble{len(self.models)}" if len(self.models) > 1 else ""
+        """``-ensemble3-1a2b3c4d-tta-dihedral``: what a report or export folder adds so that an averaged prediction
+        sits beside the single checkpoint's, not over it ("" for one checkpoint without views). The 8 hex digits
+        name the members (sha256 of their resolved paths, in order), so two ensembles that share a first member
+        each keep their own folder."""
+        members = ""
+        if len(self.models) > 1:
+            listed = "\n".join(str(path.resolve()) for path in self.checkpoints)
+            members = f"-ensemble{len(self.models)}-{hashlib.sha256(listed.encode()).hexdigest()[:8]}"
         views = f"-tta-{self.tta}" if self.tta != "none" else ""
         adapted = "-adapted" if self.model.source_prototypes is not None else ""
         return adapted + members + views + ("-bn-adapted" if self.adapt_batchnorm else "")

@@ -78,7 +78,7 @@ def test_an_ensemble_with_test_time_views_exports_as_the_predictor_predicts(trai
     members = [str(run.checkpoint), str(_other_member(run.checkpoint, tmp_path / "other.ckpt"))]
     assert export_command.main([f"ckpt=[{','.join(members)}]", "tta=dihedral", "formats=[onnx]"]) == 0
     assert "probabilities match PyTorch" in capsys.readouterr().out
-    out = run.run_dir / "export-ensemble2-tta-dihedral"  # beside the single model's export/, not over it
+    (out,) = run.run_dir.glob("export-ensemble2-*-tta-dihedral")  # beside the single model's export/, not over it
 
     images = _batch(run, 5)
     expected = Predictor(members, progress=False, tta="dihedral").predict_tensor(images)

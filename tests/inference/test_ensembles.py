@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -71,7 +72,7 @@ def test_evaluate_and_predict_take_a_list_of_checkpoints_and_views(trained_demo_
     run = trained_demo_run
     ensemble = f"ckpt=[{run.checkpoint},{run.checkpoint}]"
     assert evaluate.main([ensemble, "tta=flip", "calibrate=false", f"cache_dir={run.workdir / 'cache'}"]) == 0
-    folder = run.run_dir / "evaluation" / "test-ensemble2-tta-flip"
+    (folder,) = (run.run_dir / "evaluation").glob("test-ensemble2-*-tta-flip")
     summary = json.loads((folder / "evaluation.json").read_text())["summary"]
     single = json.loads((run.run_dir / "evaluation" / "test" / "evaluation.json").read_text())["summary"]
     assert "an ensemble of 2 checkpoints, tta=flip (2 views)" in (folder / "report.md").read_text()
@@ -81,6 +82,14 @@ def test_evaluate_and_predict_take_a_list_of_checkpoints_and_views(trained_demo_
     single = json.loads((run.run_dir / "evaluation" / "test-tta-flip" / "evaluation.json").read_text())["summary"]
     assert summary["images"] == single["images"] and summary["top1"] == single["top1"]
     assert summary["nll_before"] == pytest.approx(single["nll_before"], abs=1e-6)
+    # Another ensemble of two with the same first member writes its own folder, not over the first one's.
+    copy = tmp_path / "copy.ckpt"
+    shutil.copyfile(run.checkpoint, copy)
+    other = [f"ckpt=[{run.checkpoint},{copy}]", "tta=flip", "calibrate=false", f"cache_dir={run.workdir / 'cache'}"]
+    assert evaluate.main(other) == 0
+    folders = sorted((run.run_dir / "evaluation").glob("test-ensemble2-*-tta-flip"))
+    assert len(folders) == 2 and str(copy) in next(f for f in folders if f != folder).joinpath("report.md").read_text()
+    assert str(copy) not in (folder / "report.md").read_text()
 
     photo = next(path for path, _ in run.datamodule.datasets["test"].items)
     output = tmp_path / "predictions.json"
@@ -125,5 +134,6 @@ def test_members_trained_on_photos_and_on_cut_outs_each_see_a_photo_their_own_wa
         f"cache_dir={options['cache_dir']}",
     ]
     assert evaluate.main(command) == 0
-    report = (cut_run.run_dir / "evaluation" / "test-ensemble2" / "report.md").read_text()
+    (folder,) = (cut_run.run_dir / "evaluation").glob("test-ensemble2-*")
+    report = (folder / "report.md").read_text()
     assert "rembg u2netp; none (photos as they are)" in report
