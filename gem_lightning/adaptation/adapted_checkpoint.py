@@ -64,8 +64,8 @@ def labelled_features(predictor: Predictor, folder: Path) -> DatasetOutputs:
         raise GemLightningError(
             f"{predictor.checkpoint} is already adapted to {source}: adapt the checkpoint it was made from"
         )
-    dataset, _, _ = labelled_folder(predictor, folder, predictor.cache_dir)
-    result, _ = predictor.logits([dataset], description=f"features of {folder.name}")
+    datasets, _, _ = labelled_folder(predictor, folder, predictor.cache_dir)
+    result, _ = predictor.logits(datasets, description=f"features of {folder.name}")
     return result
 
 

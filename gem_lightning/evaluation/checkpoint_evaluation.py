@@ -126,9 +126,10 @@ def calibrate_checkpoint(
 
 def labelled_folder(
     predictor: Predictor, folder: Path, cache_dir: Path
-) -> tuple[GemImageDataset, list[str], list[Path]]:
-    """The usable images of ``<folder>/<class>/`` (classes the checkpoint knows), cut out as in training: the
-    first member's dataset, each image's name inside the folder, and the photos themselves."""
+) -> tuple[list[GemImageDataset], list[str], list[Path]]:
+    """The usable images of ``<folder>/<class>/`` (classes the checkpoint knows), each member's dataset of them
+    (``Predictor.member_datasets``: prepared as its run did), each image's name inside the folder, and the
+    photos themselves."""
     scan = scan_dataset(folder, cache_dir, predictor.max_image_pixels)
     scan.log_skipped()
     unknown = sorted(set(scan.class_names) - set(predictor.class_names))
@@ -140,14 +141,36 @@ def labelled_folder(
     files = [scan.root / item.path for item in scan.usable]
     label_of = {scan.root / item.path: predictor.class_names.index(item.label) for item in scan.usable}
     # The scan has checked every file and hashed it already.
-    pairs, skipped = predictor.model_inputs(files, [item.sha256 for item in scan.usable])
-    for item in skipped:
+    inputs = predictor.model_inputs(files, [item.sha256 for item in scan.usable])
+    for item in inputs.skipped:
         log.warning("skipped %s: %s", item.source, item.reason)
-    if not pairs:
+    if not inputs.photos:
         raise GemLightningError(f"input={folder}: no usable image to evaluate")
-    size = predictor.image_size
-    dataset = evaluation_dataset([(inp, label_of[src]) for src, inp in pairs], size)
-    return dataset, [str(src.relative_to(scan.root)) for src, _ in pairs], [src for src, _ in pairs]
+    datasets = predictor.member_datasets(inputs, [label_of[photo] for photo in inputs.photos])
+    return datasets, [str(photo.relative_to(scan.root)) for photo in inputs.photos], inputs.photos
+
+
+def split_datasets(
+    predictor: Predictor, datamodule: GemDataModule, split: str
+) -> tuple[list[GemImageDataset], list[str], list[Path]]:
+    """A run's ``split`` for each member, as ``labelled_folder`` gives a folder: the data module's own dataset
+    (its cached squares) for members that prepare photos as its run did, at its size; members that prepare
+    them another way get their own files of the same photos, which every member must be able to use."""
+    dataset = datamodule.datasets[split]
+    if not dataset.items:
+        raise GemLightningError(f"the {split} split of {datamodule.root} is empty: nothing to evaluate")
+    # setup() builds each split's dataset from the data module's items in order, so they line up.
+    sources = [item.source for item in datamodule.prepared.items if item.split == split]
+    photos = [Path(datamodule.root) / source for source in sources]
+    if len({id(way) for way in predictor.backgrounds}) == 1:
+        sides = [int(model.hparams.image_size) for model in predictor.models]
+        resized = {side: evaluation_dataset(dataset.items, side, dataset.leaked) for side in set(sides)}
+        return [dataset if side == dataset.side else resized[side] for side in sides], sources, photos
+    hashes = {item.path: item.sha256 for item in datamodule.prepared.scan.usable}
+    inputs = predictor.model_inputs(photos, [hashes[source] for source in sources])
+    if inputs.skipped:  # the run used them; a member trained another way cannot
+        raise GemLightningError(f"ckpt: a member cannot use {inputs.skipped[0].source} ({inputs.skipped[0].reason})")
+    return predictor.member_datasets(inputs, [label for _, label in dataset.items], dataset.leaked), sources, photos
 
 
 def check_shift(shift: str | None, input_given: bool) -> None:
@@ -211,20 +234,14 @@ def evaluate_checkpoint(
         calibration = None  # each member's temperature was applied before averaging; the report's is 1
 
     if input_folder is None:
-        dataset = datamodule.datasets[split]
-        if not dataset.items:
-            raise GemLightningError(f"the {split} split of {datamodule.root} is empty: nothing to evaluate")
-        # setup() builds each split's dataset from the data module's items in order, so they line up.
-        sources = [item.source for item in datamodule.prepared.items if item.split == split]
-        photos = [Path(datamodule.root) / source for source in sources]
+        datasets, sources, photos = split_datasets(predictor, datamodule, split)
         name, data = split, f"{split} split of {datamodule.root}"
     else:
         folder = Path(input_folder)
-        dataset, sources, photos = labelled_folder(predictor, folder, predictor.cache_dir)
+        datasets, sources, photos = labelled_folder(predictor, folder, predictor.cache_dir)
         name, data = folder.resolve().name, f"labelled folder {folder}"
         if shift is not None:
             name, data = f"{split}-shift-{shift}", f"the {split} split of {datamodule.root}, shift={shift}"
-    datasets = predictor.member_datasets(dataset, photos)
     result, temperature = predictor.logits(datasets, description=f"evaluating {name}")
     answering = answering_for(predictor, answer_config)  # after calibrating: the fits just stored
     evaluation = evaluate_logits(result, predictor.class_names, temperature, answering)
@@ -240,7 +257,7 @@ def evaluate_checkpoint(
         folder,
         evaluation,
         context,
-        [path for path, _ in dataset.items],
+        [path for path, _ in datasets[0].items],
         sources,
         predictor.image_size,
         calibration,

@@ -1,9 +1,12 @@
 """The file a checkpoint decodes for a photo: the photo itself, or its cut-out made as the checkpoint's run made
-them (the ``background`` settings its composed config stored), through the content-keyed cut-out cache."""
+them (the ``background`` settings its composed config stored), through the content-keyed cut-out cache; for an
+ensemble, each member's file for each photo, every way of preparing photos applied once."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
@@ -62,3 +65,44 @@ def prepared_files(
         else:
             pairs.append((path, variant / record["file"]))
     return pairs, skipped
+
+
+@dataclass(frozen=True)
+class MemberInputs:
+    """The photos every member of an ensemble can use (in the order given), the file each member decodes for
+    each of them (``files[m][i]`` for member m, photo i), and the photos left out, each once with its reason."""
+
+    photos: list[Path]
+    files: list[list[Path]]
+    skipped: list[SkippedImage]
+
+
+def members_inputs(
+    files: list[Path],
+    sha256s: list[str] | None,
+    removals: Sequence[BackgroundRemoval | None],
+    cache_dir: Path,
+) -> MemberInputs:
+    """Each member's file for each of ``files``, from the members' background ``removals``
+    (``members_background_removals``: members that prepare photos alike share one object).
+
+    Each way runs once over the photos, and the photos are hashed at most once (``sha256s``, when a scan already
+    has them, are used as they are). A photo any way cannot use is left out for every member, so that the
+    members' answers average over the same photos.
+    """
+    ways = list({id(removal): removal for removal in removals}.values())
+    if sha256s is None and any(way is not None for way in ways):
+        sha256s = [file_sha256(path) for path in files]
+    decoded: dict[int, dict[Path, Path]] = {}
+    reasons: dict[Path, str] = {}
+    for way in ways:
+        pairs, left_out = prepared_files(files, sha256s, way, cache_dir)
+        decoded[id(way)] = dict(pairs)
+        for item in left_out:
+            reasons.setdefault(item.source, item.reason)  # the first way's reason: one line per photo
+    kept = [path for path in files if path not in reasons]
+    return MemberInputs(
+        kept,
+        [[decoded[id(removal)][path] for path in kept] for removal in removals],
+        [SkippedImage(path, reasons[path]) for path in files if path in reasons],
+    )

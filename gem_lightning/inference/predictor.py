@@ -32,7 +32,7 @@ from gem_lightning.inference.logits import (
     view_logits,
 )
 from gem_lightning.inference.loop import DatasetOutputs
-from gem_lightning.inference.member_inputs import members_background_removals, prepared_files
+from gem_lightning.inference.member_inputs import MemberInputs, members_background_removals, members_inputs
 from gem_lightning.inference.user_photos import SkippedImage, usable_images
 from gem_lightning.machine import auto_settings
 from gem_lightning.models.classifier import GemClassifier
@@ -213,26 +213,19 @@ class Predictor:
         temperatures = [float(model.temperature) if self.calibrated else 1.0 for model in self.models]
         return averaged_probabilities(results, temperatures), 1.0
 
-    def member_datasets(self, dataset: GemImageDataset, photos: Sequence[Path]) -> list[GemImageDataset]:
-        """``dataset`` (the first member's inputs of ``photos``, in order) for every member: rebuilt at the size
-        of members whose size differs, and from the photos prepared its way for members whose run prepared them
-        otherwise (cut out, framed, or not)."""
-        first_removal = self.backgrounds[0]
-        datasets = []
-        for model, removal in zip(self.models, self.backgrounds, strict=True):
-            side = int(model.hparams.image_size)
-            if removal is first_removal:
-                items = dataset.items
-            else:
-                pairs, skipped = prepared_files(list(photos), None, removal, self.cache_dir)
-                if skipped:  # only on a run's own split: model_inputs leaves such photos out for every member
-                    raise GemLightningError(f"ckpt: a member cannot use {skipped[0].source} ({skipped[0].reason})")
-                items = [
-                    (model_input, label) for (_, model_input), (_, label) in zip(pairs, dataset.items, strict=True)
-                ]
-            same = removal is first_removal and side == dataset.side
-            datasets.append(dataset if same else evaluation_dataset(items, side, dataset.leaked))
-        return datasets
+    def member_datasets(
+        self, inputs: MemberInputs, labels: Sequence[int], leaked: list[bool] | None = None
+    ) -> list[GemImageDataset]:
+        """One dataset per member: its own files of ``inputs`` (``model_inputs``) with ``labels`` (and ``leaked``
+        flags) in the same order, at its own image size; members that decode the same files at one size share it."""
+        datasets: dict[tuple[int, int], GemImageDataset] = {}
+        chosen = []
+        for model, removal, files in zip(self.models, self.backgrounds, inputs.files, strict=True):
+            key = (id(removal), int(model.hparams.image_size))
+            if key not in datasets:
+                datasets[key] = evaluation_dataset(list(zip(files, labels, strict=True)), key[1], leaked)
+            chosen.append(datasets[key])
+        return chosen
 
     def describe_background(self) -> str:
         """``rembg u2netp``, or for members that prepare photos differently each way: ``none (...); rembg u2netp``."""
@@ -241,37 +234,24 @@ class Predictor:
 
     # -- photos --------------------------------------------------------------------------------------------
 
-    def model_inputs(
-        self, files: list[Path], sha256s: list[str] | None = None
-    ) -> tuple[list[tuple[Path, Path]], list[SkippedImage]]:
-        """(photo, file the first member decodes) for the ``files`` every member can use, and those left out.
-
-        ``sha256s`` are the files' hashes when already known (a dataset scan has them); they key the cache.
-        """
-        # A photo one member's background removal cannot use is left out for all: members see the same photos.
-        ways = list({id(removal): removal for removal in self.backgrounds}.values())  # the first member's first
-        usable = dict(zip(files, sha256s or [None] * len(files), strict=True))
-        skipped: list[SkippedImage] = []
-        for removal in ways[1:]:
-            _, left_out = prepared_files(list(usable), _known(usable), removal, self.cache_dir)
-            skipped += left_out
-            for item in left_out:
-                usable.pop(item.source)
-        pairs, left_out = prepared_files(list(usable), _known(usable), ways[0], self.cache_dir)
-        return pairs, left_out + skipped
+    def model_inputs(self, files: list[Path], sha256s: list[str] | None = None) -> MemberInputs:
+        """Each member's file for each of the ``files`` every member can use, and those left out
+        (``member_inputs.members_inputs``). ``sha256s``: the files' hashes when a scan already has them."""
+        return members_inputs(files, sha256s, self.backgrounds, self.cache_dir)
 
     def predict_files(self, files: list[Path]) -> tuple[list[ImagePrediction], list[SkippedImage]]:
         usable, skipped = usable_images([Path(f) for f in files], self.max_image_pixels)
-        pairs, left_out = self.model_inputs(usable)
-        skipped += left_out  # the caller says each once (predict's table, the page's message)
-        if not pairs:
+        inputs = self.model_inputs(usable)
+        skipped += inputs.skipped  # the caller says each once (predict's table, the page's message)
+        if not inputs.photos:
             return [], skipped
-        dataset = evaluation_dataset([(model_input, -1) for _, model_input in pairs], self.image_size)
-        result, temperature = self.logits(self.member_datasets(dataset, [source for source, _ in pairs]))
+        result, temperature = self.logits(self.member_datasets(inputs, [-1] * len(inputs.photos)))
         probabilities = (result.outputs / temperature).softmax(-1)
         predictions = [
             ImagePrediction(source, model_input, row, features)
-            for (source, model_input), row, features in zip(pairs, probabilities, result.features, strict=True)
+            for source, model_input, row, features in zip(
+                inputs.photos, inputs.files[0], probabilities, result.features, strict=True
+            )
         ]
         return predictions, skipped
 
@@ -299,8 +279,3 @@ class Predictor:
         results = [DatasetOutputs(out if self.tta != "none" else out[:, 0], no_labels, no_labels) for out in per_model]
         combined, temperature = self._combined(results)
         return (combined.outputs / temperature).softmax(-1)
-
-
-def _known(hashes: dict[Path, str | None]) -> list[str] | None:
-    """The files' hashes in order, or None where any is unknown (prepared_files then hashes them)."""
-    return None if None in hashes.values() else list(hashes.values())

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from gem_lightning.cli import evaluate, predict
+from gem_lightning.data.background.cut_outs import BackgroundRemoval
 from gem_lightning.errors import GemLightningError
+from gem_lightning.inference import member_inputs
 from gem_lightning.inference.logits import TTA_VIEWS
 from gem_lightning.inference.predictor import Predictor
 
@@ -107,7 +109,7 @@ def test_evaluate_and_predict_take_a_list_of_checkpoints_and_views(trained_demo_
 
 
 def test_members_trained_on_photos_and_on_cut_outs_each_see_a_photo_their_own_way(
-    trained_demo_run, trained_rembg_run, tmp_path
+    trained_demo_run, trained_rembg_run, tmp_path, monkeypatch
 ):
     # The two tiny demo runs know the same classes: one trained on the photos, one on u2netp cut-outs.
     cut_run, whole_run = trained_rembg_run, trained_demo_run
@@ -126,6 +128,22 @@ def test_members_trained_on_photos_and_on_cut_outs_each_see_a_photo_their_own_wa
     for one, other, averaged in zip(whole, cut, both, strict=True):
         torch.testing.assert_close(averaged.probabilities, (one.probabilities + other.probabilities) / 2)
         assert averaged.model_input == one.model_input  # the first member's view: what heat maps show
+
+    # Members that prepare photos alike share the work: each photo is hashed once and cut out once.
+    hashed, cut_out = [], []
+    real_hash, real_prepare = member_inputs.file_sha256, BackgroundRemoval.prepare
+    monkeypatch.setattr(member_inputs, "file_sha256", lambda path: hashed.append(path) or real_hash(path))
+    monkeypatch.setattr(
+        BackgroundRemoval,
+        "prepare",
+        lambda self, sources, *a, **k: cut_out.append(len(sources)) or real_prepare(self, sources, *a, **k),
+    )
+    three = Predictor([whole_run.checkpoint, cut_run.checkpoint, cut_run.checkpoint], **options)
+    thirds, _ = three.predict_files(photos)
+    assert sorted(hashed) == sorted(photos) and cut_out == [len(photos)]
+    for one, other, averaged in zip(whole, cut, thirds, strict=True):
+        torch.testing.assert_close(averaged.probabilities, (one.probabilities + 2 * other.probabilities) / 3)
+    monkeypatch.undo()
 
     # evaluate on the first member's own test split: the other member cuts those photos out for itself.
     command = [
