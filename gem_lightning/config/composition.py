@@ -16,7 +16,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from gem_lightning.config.schema import PROJECT_ROOT, register_config_schemas
+from gem_lightning.config.project_folder import PROJECT_ROOT
+from gem_lightning.config.schema import register_config_schemas
 from gem_lightning.errors import GemLightningError
 
 # The repository's conf/ beside this package (an editable install, as the README sets up).

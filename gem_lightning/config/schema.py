@@ -11,23 +11,17 @@ from __future__ import annotations
 import inspect
 from dataclasses import field, make_dataclass
 from enum import Enum
-from pathlib import Path
 from typing import Any, get_type_hints
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
+from gem_lightning.config.project_folder import PROJECT_ROOT
 from gem_lightning.data.datamodule import GemDataModule
 from gem_lightning.data.splits import ConflictPolicy, SplitMode
 from gem_lightning.machine.auto_settings import AugmentPlace
 from gem_lightning.models.backbones import BACKBONE_NAMES
 from gem_lightning.models.classifier import GemClassifier
-
-# The project folder: the one holding conf/, train.py and this package (a clone, installed editable). Not the
-# working directory: Hydra resolves the multirun folder before it knows that (`${hydra:runtime.cwd}` fails
-# there), and a run started from another folder must still find data/, cache/ and outputs/.
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-
 
 # Each list of choices is kept where its rule lives; Hydra checks the keys against them.
 BackboneName = Enum("BackboneName", {name: name for name in BACKBONE_NAMES}, type=str)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from gem_lightning.config.schema import PROJECT_ROOT
+from gem_lightning.config.project_folder import PROJECT_ROOT
 from gem_lightning.errors import GemLightningError
 from gem_lightning.machine import auto_settings
 

@@ -60,7 +60,8 @@ def test_lite_backbones_drop_the_imagenet_head(name, features):
 
 def test_every_registered_backbone_is_a_model_choice_and_a_config():
     """The registry is the one list: the config schema's choices and conf/model/ follow it."""
-    from gem_lightning.config.schema import PROJECT_ROOT, BackboneName
+    from gem_lightning.config.project_folder import PROJECT_ROOT
+    from gem_lightning.config.schema import BackboneName
 
     assert [b.value for b in BackboneName] == list(BACKBONE_NAMES)
     assert {p.stem for p in (PROJECT_ROOT / "conf" / "model").glob("*.yaml")} == set(BACKBONE_NAMES)
