@@ -1,4 +1,5 @@
-"""``adapt``: a checkpoint adapted to a user's source from a labelled folder of its photos, written as a new file.
+"""``adapt``: a checkpoint (or each of an ensemble's) adapted to a user's source from a labelled folder of its
+photos, written as a new file.
 
 The new checkpoint is the original (weights untouched) plus the folder's class prototypes
 (``source_prototypes``), and with the fits that depend on what the logits look like refitted on that folder, each
@@ -52,21 +53,22 @@ class AdaptedCheckpoint:
     fits: AdaptedFits
 
 
-def labelled_features(predictor: Predictor, folder: Path) -> DatasetOutputs:
-    """One pass of the (unadapted) model over a labelled folder: its head's logits, features and labels."""
-    if predictor.averaging or predictor.adapt_batchnorm:
+def labelled_features(predictor: Predictor, folder: Path) -> list[DatasetOutputs]:
+    """One pass of each (unadapted) member over a labelled folder, each preparing the photos as its run did: its
+    head's logits, its features and the labels, a result per member, photos in the same order."""
+    if predictor.tta != "none" or predictor.adapt_batchnorm:
         raise GemLightningError(
-            "adapt takes one checkpoint without test-time views or adapt_batchnorm: the prototypes are of one "
-            "model's features of the photos as they are"
+            "adapt takes checkpoints without test-time views or adapt_batchnorm: the prototypes are of each model's "
+            "features of the photos as they are"
         )
-    if predictor.model.source_prototypes is not None:
-        source = predictor.model.source_prototypes["source"]
-        raise GemLightningError(
-            f"{predictor.checkpoint} is already adapted to {source}: adapt the checkpoint it was made from"
-        )
+    for checkpoint, model in zip(predictor.checkpoints, predictor.models, strict=True):
+        if model.source_prototypes is not None:
+            source = model.source_prototypes["source"]
+            raise GemLightningError(
+                f"{checkpoint} is already adapted to {source}: adapt the checkpoint it was made from"
+            )
     datasets, _, _ = labelled_folder(predictor, folder, predictor.cache_dir)
-    result, _ = predictor.logits(datasets, description=f"features of {folder.name}")
-    return result
+    return predictor.member_logits(datasets, description=f"features of {folder.name}")
 
 
 def adapted_checkpoint_path(checkpoint: Path, folder: Path) -> Path:
@@ -95,23 +97,33 @@ def fit_adaptation(model: GemClassifier, passed: DatasetOutputs, weight: float, 
     return AdaptedFits(prototypes, calibration, sets, novelty, selective)
 
 
-def adapt_checkpoint(
+def adapt_checkpoints(
     predictor: Predictor, folder: str | Path, weight: float, output: str | Path | None = None
-) -> AdaptedCheckpoint:
-    """Fit ``folder``'s prototypes (``<folder>/<class>/<photos>``, classes the model knows) and write the adapted
-    checkpoint to ``output`` (default: ``adapted_checkpoint_path``); the original file is not changed."""
+) -> list[AdaptedCheckpoint]:
+    """Fit ``folder``'s prototypes (``<folder>/<class>/<photos>``, classes the model knows) for each checkpoint of
+    ``predictor`` and write each adapted checkpoint to ``output`` (one checkpoint only) or, by default, beside its
+    original (``adapted_checkpoint_path``); no original file is changed. Members are adapted each on its own
+    features, so the adapted files make the adapted ensemble (``ckpt=[...]``)."""
     folder = Path(folder)
-    model = predictor.model
-    fits = fit_adaptation(model, labelled_features(predictor, folder), weight, str(folder.resolve()))
-    fitted = {"source_prototypes": fits.prototypes.as_dict(), "selective_answers": fits.selective_answers.as_dict()}
-    if fits.prediction_sets is not None:
-        fitted["prediction_sets"] = fits.prediction_sets.as_dict()
-    if fits.novelty is not None:
-        fitted["novelty"] = fits.novelty.as_dict()
-    path = Path(output) if output is not None else adapted_checkpoint_path(predictor.checkpoint, folder)
-    store_calibration(predictor.checkpoint, fits.calibration, fitted, written_to=path)
-    log.info("adapted to %s: %s", fits.prototypes.describe(model.class_names), path)
-    return AdaptedCheckpoint(path, fits)
+    if output is not None and len(predictor.models) > 1:
+        raise GemLightningError(
+            f"output={output} names one file, and ckpt= lists {len(predictor.models)}: leave output out, and each "
+            "adapted checkpoint is written beside its original"
+        )
+    results = labelled_features(predictor, folder)
+    adapted = []
+    for checkpoint, model, passed in zip(predictor.checkpoints, predictor.models, results, strict=True):
+        fits = fit_adaptation(model, passed, weight, str(folder.resolve()))
+        fitted = {"source_prototypes": fits.prototypes.as_dict(), "selective_answers": fits.selective_answers.as_dict()}
+        if fits.prediction_sets is not None:
+            fitted["prediction_sets"] = fits.prediction_sets.as_dict()
+        if fits.novelty is not None:
+            fitted["novelty"] = fits.novelty.as_dict()
+        path = Path(output) if output is not None else adapted_checkpoint_path(checkpoint, folder)
+        store_calibration(checkpoint, fits.calibration, fitted, written_to=path)
+        log.info("adapted to %s: %s", fits.prototypes.describe(model.class_names), path)
+        adapted.append(AdaptedCheckpoint(path, fits))
+    return adapted
 
 
 def _novelty_with_prototypes(

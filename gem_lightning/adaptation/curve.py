@@ -3,11 +3,13 @@
 For each labelled folder (a source), each number of photos per class N and each of ``draws`` random draws: N
 photos of every class (at most half of a class's photos, so that each class keeps some to measure) become the
 source's prototypes (``models.source_prototypes``), and the model adapted to them is measured on the other
-photos of that source. N = 0 is the model as it is, on all of them: the figure ``evaluate`` reports. One pass of
-the model per folder; every draw after it takes milliseconds.
+photos of that source; an ensemble's members are each adapted to the same photos. N = 0 is the model as it is, on
+all of them: the figure ``evaluate`` reports. One pass of each model per folder; every draw after it takes
+milliseconds.
 
 Written beside each other: ``adaptation.csv`` (every draw), ``adaptation.md`` (mean ± sd over the draws, a row per
-source) and ``adaptation.png`` (a line per source).
+source) and ``adaptation.png`` (a line per source); an ensemble's with ``Predictor.folder_suffix`` added to the
+name (``adaptation-ensemble2-<key>.md``).
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ class CurvePoint:
     recall_mean: float  # over the classes with photos among the rest
     top1: float
     classes_at_zero: int
-    temperature: float  # the model's (N = 0) or fitted on the drawn photos
+    temperature: float  # the model's (N = 0) or fitted on the drawn photos; 1 for an ensemble (each member's own)
     set_coverage: float | None  # of the SET_COVERAGE sets (refitted on the drawn photos); None: no sets
     set_size: float | None  # their mean number of classes
     answered: float | None  # the share at least as sure as SELECTIVE_ACCURACY asks (None: no fit)
@@ -77,44 +79,73 @@ def _subset(passed: DatasetOutputs, rows: torch.Tensor) -> DatasetOutputs:
     return DatasetOutputs(passed.outputs[rows], passed.targets[rows], passed.leaked[rows], passed.features[rows])
 
 
+@dataclass(frozen=True)
+class _Answers:
+    """What a model, adapted or not, gives the measured photos: calibrated probabilities, and its fits."""
+
+    probabilities: torch.Tensor
+    temperature: float
+    sets: PredictionSets | None
+    selective: SelectiveAnswers | None
+
+
+def _answers(model: GemClassifier, passed: DatasetOutputs, drawn: torch.Tensor, weight: float, source: str) -> _Answers:
+    """``model`` adapted to the ``drawn`` photos (as it is when none is drawn), on the rest."""
+    rest = _subset(passed, ~drawn)
+    if not drawn.any():
+        sets = PredictionSets(**model.prediction_sets) if model.prediction_sets else None
+        selective = SelectiveAnswers(**model.selective_answers) if model.selective_answers else None
+        temperature = float(model.temperature)
+        return _Answers((rest.outputs / temperature).softmax(-1), temperature, sets, selective)
+    fits = fit_adaptation(model, _subset(passed, drawn), weight, source)
+    temperature = fits.calibration.temperature
+    probabilities = (fits.logits(rest.outputs, rest.features) / temperature).softmax(-1)
+    return _Answers(probabilities, temperature, fits.prediction_sets, fits.selective_answers)
+
+
 def curve_points(
-    model: GemClassifier, source: str, passed: DatasetOutputs, shots: Sequence[int], draws: int, weight: float
+    models: Sequence[GemClassifier],
+    source: str,
+    passed: Sequence[DatasetOutputs],
+    shots: Sequence[int],
+    draws: int,
+    weight: float,
 ) -> list[CurvePoint]:
-    """Every (shots, draw) of one source, from one pass of the unadapted ``model`` (raw logits and features)."""
-    num_classes = len(model.class_names)
+    """Every (shots, draw) of one source, from one pass of each unadapted member (``passed[m]``: ``models[m]``'s
+    raw logits and features of the same photos). Each member is adapted to the same drawn photos on its own
+    features; an ensemble's answer is the mean of its members' calibrated probabilities, as ``predict`` gives for
+    ``ckpt=[<the adapted checkpoints>]``, with no sets or selective fit (an ensemble has none)."""
+    num_classes = len(models[0].class_names)
+    targets = passed[0].targets
     points = []
     for count in shots:
         for draw in range(draws if count > 0 else 1):  # no photos drawn: every draw is the same
-            drawn = drawn_photos(passed.targets, count, seed=draw)
-            rest = _subset(passed, ~drawn)
-            if drawn.any():
-                fits = fit_adaptation(model, _subset(passed, drawn), weight, source)
-                logits, temperature = fits.logits(rest.outputs, rest.features), fits.calibration.temperature
-                sets, selective = fits.prediction_sets, fits.selective_answers
-            else:
-                logits, temperature = rest.outputs, float(model.temperature)
-                sets = PredictionSets(**model.prediction_sets) if model.prediction_sets else None
-                selective = SelectiveAnswers(**model.selective_answers) if model.selective_answers else None
-            probabilities = (logits / temperature).softmax(-1)
+            drawn = drawn_photos(targets, count, seed=draw)
+            members = [_answers(model, one, drawn, weight, source) for model, one in zip(models, passed, strict=True)]
+            answers = members[0]
+            if len(members) > 1:
+                averaged = torch.stack([member.probabilities for member in members]).mean(dim=0)
+                answers = _Answers(averaged, 1.0, None, None)
+            rest = targets[~drawn]
             quality = None
-            if sets is not None:
-                quality = set_quality(sets.sets(probabilities, SET_COVERAGE), rest.targets)
+            if answers.sets is not None:
+                quality = set_quality(answers.sets.sets(answers.probabilities, SET_COVERAGE), rest)
             sure = None
-            if selective is not None:
-                sure = selective_row(selective, probabilities, rest.targets, SELECTIVE_ACCURACY)
-            recall = recall_over_present(logits, rest.targets, num_classes)
-            top1 = float((logits.argmax(dim=1) == rest.targets).double().mean())
+            if answers.selective is not None:
+                sure = selective_row(answers.selective, answers.probabilities, rest, SELECTIVE_ACCURACY)
+            recall = recall_over_present(answers.probabilities, rest, num_classes)
+            top1 = float((answers.probabilities.argmax(dim=1) == rest).double().mean())
             points.append(
                 CurvePoint(
                     source,
                     count,
                     draw,
                     int(drawn.sum()),
-                    len(rest.targets),
+                    len(rest),
                     recall["recall_mean"],
                     top1,
                     int(recall["classes_at_zero"]),
-                    temperature,
+                    answers.temperature,
                     None if quality is None else quality.coverage,
                     None if quality is None else quality.mean_size,
                     None if sure is None else sure.answered,
@@ -136,8 +167,8 @@ def adaptation_curve(
     points = []
     for folder in map(Path, folders):
         passed = labelled_features(predictor, folder)
-        points += curve_points(predictor.model, folder.resolve().name, passed, shots, draws, weight)
-    table = Path(output_dir) / f"{CURVE_NAME}.md"
+        points += curve_points(predictor.models, folder.resolve().name, passed, shots, draws, weight)
+    table = Path(output_dir) / f"{CURVE_NAME}{predictor.folder_suffix}.md"  # an ensemble's beside one model's
     write_text_atomically(table.with_suffix(".csv"), points_csv(points))
     write_text_atomically(table, points_markdown(points, f"{predictor.describe_model()}, adapted with prototypes"))
     save_figure(curve_figure(points), table.with_suffix(".png"))

@@ -1,5 +1,6 @@
-"""``python -m gem_lightning.cli.adapt ckpt=... input=<labelled folder>`` (or ``gem-adapt``): a checkpoint adapted to
-a user's source with a few labelled photos of it; ``curve=true`` measures how much N photos per class help."""
+"""``python -m gem_lightning.cli.adapt ckpt=... input=<labelled folder>`` (or ``gem-adapt``): a checkpoint (or each
+of an ensemble's, ``ckpt=[...]``) adapted to a user's source with a few labelled photos of it; ``curve=true``
+measures how much N photos per class help."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig
 
-from gem_lightning.adaptation.adapted_checkpoint import adapt_checkpoint
+from gem_lightning.adaptation.adapted_checkpoint import adapt_checkpoints
 from gem_lightning.adaptation.curve import adaptation_curve
 from gem_lightning.cli.front_end import run_command
 from gem_lightning.errors import GemLightningError
@@ -31,14 +32,15 @@ def run(cfg: DictConfig) -> int:
     if len(folders) != 1:
         raise GemLightningError("input= lists several folders: adapt to one source at a time (or measure, curve=true)")
     predictor = Predictor.from_command_config(cfg)
-    adapted = adapt_checkpoint(predictor, folders[0], cfg.weight, cfg.output)
-    shown = shown_path(adapted.path)
-    print(f"adapted to {adapted.fits.prototypes.describe(predictor.class_names)}")
-    print(
-        f"temperature {adapted.fits.calibration.temperature:.3f} (fitted on those photos, each left out of its class)"
-    )
-    print(f"adapted checkpoint: {shown}")
-    print(f"use it: python -m gem_lightning.cli.predict ckpt={shown} input=<photos>")
+    adapted = adapt_checkpoints(predictor, folders[0], cfg.weight, cfg.output)
+    shown = [shown_path(member.path) for member in adapted]
+    fits = adapted[0].fits
+    print(f"adapted to {fits.prototypes.describe(predictor.class_names)}")
+    temperatures = ", ".join(f"{member.fits.calibration.temperature:.3f}" for member in adapted)
+    print(f"temperature {temperatures} (fitted on those photos, each left out of its class)")
+    print(f"adapted checkpoint{'s' if len(shown) > 1 else ''}: {', '.join(shown)}")
+    ckpt = shown[0] if len(shown) == 1 else f"[{','.join(shown)}]"
+    print(f"use it: python -m gem_lightning.cli.predict ckpt={ckpt} input=<photos>")
     return 0
 
 

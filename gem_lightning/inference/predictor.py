@@ -194,18 +194,24 @@ class Predictor:
     def logits(
         self, datasets: Sequence[GemImageDataset], description: str = "predicting"
     ) -> tuple[DatasetOutputs, float]:
-        """(logits, temperature to divide them by) for one dataset per member, each at that member's image size;
-        with ``adapt_batchnorm`` each member's BatchNorm statistics are first measured on its dataset (a copy: the
+        """(logits, temperature to divide them by) for one dataset per member, each at that member's image size:
+        ``member_logits`` combined as ``averaging`` says."""
+        return self._combined(self.member_logits(datasets, description))
+
+    def member_logits(
+        self, datasets: Sequence[GemImageDataset], description: str = "predicting"
+    ) -> list[DatasetOutputs]:
+        """Each member's own raw logits (per view with ``tta``) and features of its dataset; with
+        ``adapt_batchnorm`` each member's BatchNorm statistics are first measured on its dataset (a copy: the
         next call starts from the checkpoint's again)."""
         options = {"batch_size": self.batch_size, "num_workers": self.num_workers, "progress": self.progress}
         models = self.models
         if self.adapt_batchnorm:
             models = [batchnorm_adapted(m, d, **options) for m, d in zip(models, datasets, strict=True)]
-        results = [
+        return [
             collect_logits(model, dataset, description=description, tta=self.tta, **options)
             for model, dataset in zip(models, datasets, strict=True)
         ]
-        return self._combined(results)
 
     def _combined(self, results: list[DatasetOutputs]) -> tuple[DatasetOutputs, float]:
         if not self.averaging:

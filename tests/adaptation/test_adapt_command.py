@@ -7,33 +7,12 @@ import csv
 import json
 from pathlib import Path
 
-from PIL import Image
-
 from gem_lightning.cli import adapt, evaluate
-from gem_lightning.data.demo import DemoGemSet
 from gem_lightning.export.formats import export_checkpoint
 from gem_lightning.files.hashing import file_sha256
 from gem_lightning.inference.predictor import Predictor
 from gem_lightning.models.checkpoint_format import read_checkpoint
-
-LABELLED_PER_CLASS = 3
-
-
-def _shop_photos(tmp_path: Path) -> tuple[Path, Path, Path]:
-    """New demo photos under a dim, bluish light, as another source would take them: every photo, the labelled
-    few per class, and the rest."""
-    rendered = DemoGemSet(images_per_class=8, image_size=48, seed=5).render(tmp_path / "rendered")
-    folders = [tmp_path / name for name in ("shop", "shop_labelled", "shop_rest")]
-    for class_folder in sorted(path for path in rendered.iterdir() if path.is_dir()):
-        for index, photo in enumerate(sorted(class_folder.glob("*.png"))):
-            with Image.open(photo) as image:
-                red, green, blue = image.convert("RGB").split()
-                lit = Image.merge("RGB", (red.point(lambda v: v // 3), green.point(lambda v: v // 3), blue))
-            part = folders[1] if index < LABELLED_PER_CLASS else folders[2]
-            for folder in (folders[0], part):
-                (folder / class_folder.name).mkdir(parents=True, exist_ok=True)
-                lit.save(folder / class_folder.name / photo.name)
-    return tuple(folders)
+from tests.helpers.other_source import LABELLED_PER_CLASS, shop_photos
 
 
 def _summary(report_folder: Path) -> dict:
@@ -42,7 +21,7 @@ def _summary(report_folder: Path) -> dict:
 
 def test_an_adapted_checkpoint_recognises_the_source_and_every_command_takes_it(trained_demo_run, tmp_path):
     run = trained_demo_run
-    shop, labelled, rest = _shop_photos(tmp_path)
+    shop, labelled, rest = shop_photos(tmp_path)
     cache = f"cache_dir={tmp_path / 'cache'}"
     original = file_sha256(run.checkpoint)
     adapted_file = tmp_path / "adapted.ckpt"
@@ -77,7 +56,7 @@ def test_an_adapted_checkpoint_recognises_the_source_and_every_command_takes_it(
 
 def test_the_curve_starts_at_evaluates_figure_and_rises_with_photos_per_class(trained_demo_run, tmp_path):
     run = trained_demo_run
-    shop, _, _ = _shop_photos(tmp_path)
+    shop, _, _ = shop_photos(tmp_path)
     cache = f"cache_dir={tmp_path / 'cache'}"
     command = [f"ckpt={run.checkpoint}", f"input=[{shop}]", "curve=true", "shots=[0,3]", "draws=2"]
     assert adapt.main([*command, f"output_dir={tmp_path / 'curve'}", cache]) == 0

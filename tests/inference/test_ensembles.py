@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -9,12 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from gem_lightning.cli import evaluate, predict
+from gem_lightning.cli import adapt, evaluate, predict
 from gem_lightning.data.background.cut_outs import BackgroundRemoval
 from gem_lightning.errors import GemLightningError
 from gem_lightning.inference import member_inputs
 from gem_lightning.inference.logits import TTA_VIEWS
 from gem_lightning.inference.predictor import Predictor
+from gem_lightning.models.checkpoint_format import read_checkpoint
+from tests.helpers.other_source import shop_photos
 
 
 def _test_batch(run) -> torch.Tensor:
@@ -155,3 +158,50 @@ def test_members_trained_on_photos_and_on_cut_outs_each_see_a_photo_their_own_wa
     (folder,) = (cut_run.run_dir / "evaluation").glob("test-ensemble2-*")
     report = (folder / "report.md").read_text()
     assert "rembg u2netp; none (photos as they are)" in report
+
+
+def test_an_ensemble_adapts_member_by_member_and_its_curve_starts_at_evaluates_figure(
+    trained_demo_run, trained_rembg_run, tmp_path
+):
+    # Copies, so that the adapted files written beside them stay out of the shared runs' folders.
+    members = []
+    for name, run in (("whole", trained_demo_run), ("cut", trained_rembg_run)):
+        (tmp_path / name).mkdir()
+        members.append(Path(shutil.copyfile(run.checkpoint, tmp_path / name / "best.ckpt")))
+    shop, labelled, rest = shop_photos(tmp_path / "photos")
+    cache = f"cache_dir={trained_rembg_run.workdir / 'cache'}"
+    ensemble = f"ckpt=[{members[0]},{members[1]}]"
+
+    assert adapt.main([ensemble, f"input={labelled}", cache]) == 0
+    adapted = [path.with_name("best-adapted-shop_labelled.ckpt") for path in members]
+    # Each member is adapted on its own features (the cut-out member on the cut-outs): as if adapted alone.
+    alone = tmp_path / "cut-alone.ckpt"
+    assert adapt.main([f"ckpt={members[1]}", f"input={labelled}", f"output={alone}", cache]) == 0
+    together, apart = (read_checkpoint(path)["gem_lightning"] for path in (adapted[1], alone))
+    torch.testing.assert_close(together["source_prototypes"]["prototypes"], apart["source_prototypes"]["prototypes"])
+    assert together["calibration"] == apart["calibration"]
+    whole_prototypes = read_checkpoint(adapted[0])["gem_lightning"]["source_prototypes"]["prototypes"]
+    assert not torch.allclose(whole_prototypes, together["source_prototypes"]["prototypes"])
+    # One output file cannot hold two members.
+    assert adapt.main([ensemble, f"input={labelled}", f"output={tmp_path / 'one.ckpt'}", cache]) == 2
+
+    # The adapted ensemble, as evaluate takes it, recognises the rest of the source better than the original one.
+    for name, ckpts in (("plain", members), ("adapted", adapted)):
+        command = [f"ckpt=[{ckpts[0]},{ckpts[1]}]", f"input={rest}", "calibrate=false", cache]
+        assert evaluate.main([*command, f"output_dir={tmp_path / name}"]) == 0
+    plain, adapted_summary = (
+        json.loads((tmp_path / name / "evaluation.json").read_text())["summary"] for name in ("plain", "adapted")
+    )
+    assert adapted_summary["recall_mean"] >= plain["recall_mean"] + 0.15, (plain, adapted_summary)
+
+    # The curve of the ensemble: its N = 0 is evaluate's figure for the ensemble on the same photos.
+    curve = [ensemble, f"input=[{shop}]", "curve=true", "shots=[0,3]", "draws=1", f"output_dir={tmp_path / 'curve'}"]
+    assert adapt.main([*curve, cache]) == 0
+    (table,) = (tmp_path / "curve").glob("adaptation-ensemble2-*.csv")
+    with open(table) as file:
+        points = list(csv.DictReader(file))
+    on_shop = [f"ckpt=[{members[0]},{members[1]}]", f"input={shop}", "calibrate=false", cache]
+    assert evaluate.main([*on_shop, f"output_dir={tmp_path / 'shop'}"]) == 0
+    summary = json.loads((tmp_path / "shop" / "evaluation.json").read_text())["summary"]
+    assert float(points[0]["recall_mean"]) == summary["recall_mean"]
+    assert points[0]["set_coverage"] == "" and float(points[1]["recall_mean"]) >= summary["recall_mean"] + 0.15
