@@ -170,7 +170,8 @@ def adaptation_curve(
         points += curve_points(predictor.models, folder.resolve().name, passed, shots, draws, weight)
     table = Path(output_dir) / f"{CURVE_NAME}{predictor.folder_suffix}.md"  # an ensemble's beside one model's
     write_text_atomically(table.with_suffix(".csv"), points_csv(points))
-    write_text_atomically(table, points_markdown(points, f"{predictor.describe_model()}, adapted with prototypes"))
+    title = f"{predictor.describe_model()}, adapted with prototypes"
+    write_text_atomically(table, points_markdown(points, title, ensemble=len(predictor.models) > 1))
     save_figure(curve_figure(points), table.with_suffix(".png"))
     return table, points
 
@@ -205,21 +206,34 @@ def _table(points: Sequence[CurvePoint], figure: str, share: bool = True) -> lis
     return lines
 
 
-def points_markdown(points: Sequence[CurvePoint], title: str) -> str:
+def points_markdown(points: Sequence[CurvePoint], title: str, ensemble: bool = False) -> str:
+    """The tables of ``adaptation.md``; those of sets and answers only where there are any (an ensemble has none)."""
     draws = max(point.draw for point in points) + 1
-    lines = [f"# {title}", "", "Mean recall:", "", *_table(points, "recall_mean"), ""]
-    lines += [f"Coverage of the {round(100 * SET_COVERAGE)} % prediction sets:", "", *_table(points, "set_coverage")]
-    lines += ["", "Their mean size (classes):", "", *_table(points, "set_size", share=False)]
     sure = round(100 * SELECTIVE_ACCURACY)
-    lines += ["", f"Answered at selective.accuracy={SELECTIVE_ACCURACY}:", "", *_table(points, "answered")]
-    lines += ["", "Top-1 of those answers:", "", *_table(points, "top1_answered")]
+    tables = [
+        ("Mean recall:", "recall_mean", True),
+        (f"Coverage of the {round(100 * SET_COVERAGE)} % prediction sets:", "set_coverage", True),
+        ("Their mean size (classes):", "set_size", False),
+        (f"Answered at selective.accuracy={SELECTIVE_ACCURACY}:", "answered", True),
+        ("Top-1 of those answers:", "top1_answered", True),
+    ]
+    lines = [f"# {title}", ""]
+    for heading, figure, share in tables:
+        if any(getattr(point, figure) is not None for point in points):
+            lines += [heading, "", *_table(points, figure, share), ""]
+    fits = (
+        "Sets and answers: refitted with the temperature on the drawn photos, each left out of its class's "
+        f"prototype; answered: the photos at least as sure as those photos' answers that were {sure} % right."
+    )
+    if ensemble:
+        fits = (
+            "Each member adapted to the same drawn photos and its temperature refitted on them, each left out of "
+            "its class's prototype; the members' calibrated probabilities averaged (an ensemble has no sets)."
+        )
     lines += [
-        "",
         "Measured on the photos of each source not used to adapt; N labelled photos per class (at most half of a "
         f"class's photos) drawn at random, mean ± sd over {draws} draws. Mean recall: over the classes present. "
-        "Sets and answers: refitted with the temperature on the drawn photos, each left out of its class's "
-        f"prototype; answered: the photos at least as sure as those photos' answers that were {sure} % right. "
-        "N = 0: the model as it is, with its own temperature and fits, on every photo.",
+        f"{fits} N = 0: the model as it is, with its own temperature and fits, on every photo.",
     ]
     return "\n".join(lines) + "\n"
 

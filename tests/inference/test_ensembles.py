@@ -205,3 +205,4 @@ def test_an_ensemble_adapts_member_by_member_and_its_curve_starts_at_evaluates_f
     summary = json.loads((tmp_path / "shop" / "evaluation.json").read_text())["summary"]
     assert float(points[0]["recall_mean"]) == summary["recall_mean"]
     assert points[0]["set_coverage"] == "" and float(points[1]["recall_mean"]) >= summary["recall_mean"] + 0.15
+    assert "prediction sets:" not in table.with_suffix(".md").read_text()  # an ensemble has none: no empty table
