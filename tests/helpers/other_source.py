@@ -11,10 +11,10 @@ from gem_lightning.data.demo import DemoGemSet
 LABELLED_PER_CLASS = 3
 
 
-def shop_photos(tmp_path: Path) -> tuple[Path, Path, Path]:
-    """Eight new demo photos a class under a dim, bluish light, in three labelled folders: every photo (``shop``),
-    the first ``LABELLED_PER_CLASS`` of each class (``shop_labelled``), and the rest (``shop_rest``)."""
-    rendered = DemoGemSet(images_per_class=8, image_size=48, seed=5).render(tmp_path / "rendered")
+def shop_photos(tmp_path: Path, per_class: int = 8) -> tuple[Path, Path, Path]:
+    """``per_class`` new demo photos a class under a dim, bluish light, in three labelled folders: every photo
+    (``shop``), the first ``LABELLED_PER_CLASS`` of each class (``shop_labelled``), and the rest (``shop_rest``)."""
+    rendered = DemoGemSet(images_per_class=per_class, image_size=48, seed=5).render(tmp_path / "rendered")
     folders = [tmp_path / name for name in ("shop", "shop_labelled", "shop_rest")]
     for class_folder in sorted(path for path in rendered.iterdir() if path.is_dir()):
         for index, photo in enumerate(sorted(class_folder.glob("*.png"))):
