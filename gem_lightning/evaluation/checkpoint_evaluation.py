@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gem_lightning.choices import checked_choice
 from gem_lightning.data.datamodule import GemDataModule
-from gem_lightning.data.image_dataset import GemImageDataset, evaluation_dataset
+from gem_lightning.data.image_dataset import GemImageDataset
 from gem_lightning.data.scan import scan_dataset
 from gem_lightning.data.shifted_photos import build_shifted_folder, shift_named
 from gem_lightning.errors import GemLightningError
@@ -27,6 +27,7 @@ from gem_lightning.evaluation.metrics import Evaluation, evaluate_logits
 from gem_lightning.evaluation.report import write_evaluation_report
 from gem_lightning.inference.backbone_features import prepared_image_features
 from gem_lightning.inference.logits import collect_logits
+from gem_lightning.inference.member_inputs import MemberInputs
 from gem_lightning.inference.predictor import Predictor
 from gem_lightning.models.classifier import GemClassifier
 from gem_lightning.trust.answers import answering_for
@@ -162,15 +163,16 @@ def split_datasets(
     # setup() builds each split's dataset from the data module's items in order, so they line up.
     sources = [item.source for item in datamodule.prepared.items if item.split == split]
     photos = [Path(datamodule.root) / source for source in sources]
-    if len({id(way) for way in predictor.backgrounds}) == 1:
-        sides = [int(model.hparams.image_size) for model in predictor.models]
-        resized = {side: evaluation_dataset(dataset.items, side, dataset.leaked) for side in set(sides)}
-        return [dataset if side == dataset.side else resized[side] for side in sides], sources, photos
-    hashes = {item.path: item.sha256 for item in datamodule.prepared.scan.usable}
-    inputs = predictor.model_inputs(photos, [hashes[source] for source in sources])
-    if inputs.skipped:  # the run used them; a member trained another way cannot
-        raise GemLightningError(f"ckpt: a member cannot use {inputs.skipped[0].source} ({inputs.skipped[0].reason})")
-    return predictor.member_datasets(inputs, [label for _, label in dataset.items], dataset.leaked), sources, photos
+    if len({id(way) for way in predictor.backgrounds}) == 1:  # every member decodes the run's own files
+        inputs = MemberInputs(photos, [[path for path, _ in dataset.items]] * len(predictor.models), [])
+    else:
+        hashes = {item.path: item.sha256 for item in datamodule.prepared.scan.usable}
+        inputs = predictor.model_inputs(photos, [hashes[source] for source in sources])
+        if inputs.skipped:  # the run used them; a member trained another way cannot
+            skipped = inputs.skipped[0]
+            raise GemLightningError(f"ckpt: a member cannot use {skipped.source} ({skipped.reason})")
+    labels = [label for _, label in dataset.items]
+    return predictor.member_datasets(inputs, labels, dataset.leaked, first=dataset), sources, photos
 
 
 def check_shift(shift: str | None, input_given: bool) -> None:

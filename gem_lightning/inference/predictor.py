@@ -220,11 +220,19 @@ class Predictor:
         return averaged_probabilities(results, temperatures), 1.0
 
     def member_datasets(
-        self, inputs: MemberInputs, labels: Sequence[int], leaked: list[bool] | None = None
+        self,
+        inputs: MemberInputs,
+        labels: Sequence[int],
+        leaked: list[bool] | None = None,
+        first: GemImageDataset | None = None,
     ) -> list[GemImageDataset]:
         """One dataset per member: its own files of ``inputs`` (``model_inputs``) with ``labels`` (and ``leaked``
-        flags) in the same order, at its own image size; members that decode the same files at one size share it."""
+        flags) in the same order, at its own image size; members that decode the same files at one size share it.
+        ``first``: a dataset of the first member's files already at hand (a run's split, with its cached squares),
+        used for every member that decodes those files at its size."""
         datasets: dict[tuple[int, int], GemImageDataset] = {}
+        if first is not None:
+            datasets[(id(self.backgrounds[0]), first.side)] = first
         chosen = []
         for model, removal, files in zip(self.models, self.backgrounds, inputs.files, strict=True):
             key = (id(removal), int(model.hparams.image_size))
