@@ -41,6 +41,7 @@ class GemDataModule(pl.LightningDataModule):
         self,
         *,
         root: str,
+        extra_roots: list[str],
         cache_dir: str,
         split: str,
         val_fraction: float,
@@ -70,6 +71,7 @@ class GemDataModule(pl.LightningDataModule):
             raise GemLightningError(f"data.batch_size={batch_size} must be at least 1")
         augment_on = checked_choice(augment_on, auto_settings.AugmentPlace, "data.augment_on")
         self.root = Path(root)
+        self.extra_roots = [Path(folder) for folder in extra_roots or ()]
         # Config enums become their plain names.
         self.split_settings = SplitSettings(
             plain_value(split),
@@ -137,6 +139,13 @@ class GemDataModule(pl.LightningDataModule):
         self._check_cache_folder()
         if self.demo is None:
             discover_classes(self.root)
+        for folder in self.extra_roots:
+            if not folder.is_dir():
+                raise GemLightningError(
+                    f"data.extra_roots: {folder} is not a folder. Give folders of <class>/<photo> from other "
+                    "sources, e.g. data.extra_roots=[/photos/my-shop], or leave the key empty"
+                )
+            discover_classes(folder)
         if self.background is not None:
             self.background.check()
         if self.background_swap is not None:
@@ -155,6 +164,7 @@ class GemDataModule(pl.LightningDataModule):
         sides = (self.image_size, self.training_side) if self.augmented else (self.image_size,)
         self.prepared = prepare_folder(
             self.root,
+            self.extra_roots,
             self.cache_dir,
             self.split_settings,
             max_image_pixels=self.max_image_pixels,
@@ -225,7 +235,9 @@ class GemDataModule(pl.LightningDataModule):
     def class_names(self) -> tuple[str, ...]:
         if self.prepared is not None:
             return self.prepared.scan.class_names
-        _, names = discover_classes(self.root)
+        names = tuple(
+            sorted({name for folder in (self.root, *self.extra_roots) for name in discover_classes(folder)[1]})
+        )
         first = self.split_settings.max_classes
         return names[:first] if first is not None else names
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,8 +73,11 @@ def _load_cache(path: Path) -> dict[str, np.ndarray]:
         return {}
 
 
-def fingerprints(files: list[ScannedFile], root: Path, cache_dir: Path) -> dict[str, np.ndarray]:
-    """sha256 -> fingerprint for every file, computing only those not cached yet."""
+def fingerprints(
+    files: list[ScannedFile], locate: Callable[[ScannedFile], Path], cache_dir: Path
+) -> dict[str, np.ndarray]:
+    """sha256 -> fingerprint for every file (found on disk with ``locate``: ``DatasetScan.file``), computing
+    only those not cached yet."""
     cache_path = Path(cache_dir) / "fingerprints" / f"rgb{FINGERPRINT_SIDE}.npz"
     known = _load_cache(cache_path)
     missing: dict[str, ScannedFile] = {}
@@ -83,7 +87,7 @@ def fingerprints(files: list[ScannedFile], root: Path, cache_dir: Path) -> dict[
     if missing:
         log.info("fingerprinting %d image(s) for duplicate detection", len(missing))
         with ThreadPoolExecutor(max_workers=auto_settings.thread_pool_size()) as pool:
-            computed = pool.map(lambda item: fingerprint(root / item.path), missing.values())
+            computed = pool.map(lambda item: fingerprint(locate(item)), missing.values())
             known.update(zip(missing, computed, strict=True))
         buffer = io.BytesIO()
         ordered = sorted(known)
@@ -149,6 +153,12 @@ class DuplicateGroup:
             counts[member.label] += 1
         return min(counts, key=lambda label: (-counts[label], label))
 
+    @property
+    def home_source(self) -> str:
+        """The data root ("") when a member comes from it, else the first extra source by name: the source
+        whose split shares the group counts against."""
+        return min(member.source for member in self.members)
+
 
 @dataclass(frozen=True)
 class DuplicateReport:
@@ -185,7 +195,7 @@ def find_duplicate_groups(
     for index, item in enumerate(files):
         union(first_with_hash.setdefault(item.sha256, index), index)
     if threshold is not None and files:
-        by_hash = fingerprints(files, scan.root, cache_dir)
+        by_hash = fingerprints(files, scan.file, cache_dir)
         distinct = sorted(first_with_hash)
         prints = np.stack([by_hash[digest] for digest in distinct])
         for i, j in near_pairs(prints, threshold):

@@ -15,7 +15,7 @@ from gem_lightning.data.duplicates import find_duplicate_groups
 from gem_lightning.data.image_arrays import build_image_array
 from gem_lightning.data.image_dataset import GemImageDataset
 from gem_lightning.data.report import build_report, contact_sheet_samples, write_report
-from gem_lightning.data.scan import DatasetScan, scan_dataset
+from gem_lightning.data.scan import DatasetScan, scan_sources
 from gem_lightning.data.splits import SplitPlan, manifest_path, plan_splits, render_manifest, write_manifest
 from gem_lightning.data.training_items import TrainingItem, training_items
 
@@ -61,6 +61,7 @@ class PreparedFolder:
 
 def prepare_folder(
     root: Path,
+    extra_roots: list[Path],
     cache_dir: Path,
     split: SplitSettings,
     *,
@@ -69,9 +70,10 @@ def prepare_folder(
     array_sides: tuple[int, ...],
     num_workers: int,
 ) -> PreparedFolder:
-    """Scan ``root``, split it as ``split`` says, write the manifest, cut out backgrounds (``background``),
-    decode every image once at each of ``array_sides`` and write the data report."""
-    scan = scan_dataset(root, cache_dir, max_image_pixels)
+    """Scan ``root`` and ``extra_roots`` (``scan.scan_sources``), split them as ``split`` says, write the
+    manifest, cut out backgrounds (``background``), decode every image once at each of ``array_sides`` and write
+    the data report."""
+    scan = scan_sources(root, extra_roots, cache_dir, max_image_pixels)
     manifest_file = manifest_path(
         cache_dir,
         scan,
@@ -117,7 +119,7 @@ def prepare_folder(
         report,
         cache_dir / "reports" / f"{manifest_file.stem}-{variant}",
         contact_sheet_samples(items, scan.class_names),
-        f"{scan.root.name}: {background_report['method'] if background_report else 'original photos'}",
+        f"{' + '.join(scan.sources)}: {background_report['method'] if background_report else 'original photos'}",
     )
     if background_report and background_report["not_used"]:
         log.warning(

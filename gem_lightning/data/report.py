@@ -75,9 +75,18 @@ def build_report(
         if m.origin == "test" and any(x.origin == "train" and x.sha256 == m.sha256 for x in g.members)
     ]
     conflicts = [{**_group_entry(g, plan), "where": _where(g, scan.layout)} for g in duplicates.conflicts]
+    source_of = {f.path: f.source or scan.root.name for f in scan.files}
+    per_source = {name: Counter() for name in scan.sources}
+    for item in items:
+        per_source[source_of[item.source]][item.split] += 1
+    folders = {scan.root.name: scan.root, **dict(scan.extra_roots)}
     return {
         "data_root": str(scan.root),
         "layout": scan.layout,
+        "sources": {
+            name: {"folder": str(folders[name]), "images": {split: counts[split] for split in SPLITS}}
+            for name, counts in per_source.items()
+        },
         "split": settings,
         "classes": len(scan.class_names),
         "images": {split: sum(c[split] for c in per_class.values()) for split in SPLITS},
@@ -115,6 +124,10 @@ def print_report(report: dict, console: Console | None = None) -> None:
         table.add_row(name, *(str(counts[split]) for split in SPLITS))
     table.add_row("[bold]total", *(f"[bold]{report['images'][split]}" for split in SPLITS))
     console.print(table)
+    if len(report["sources"]) > 1:
+        for name, source in report["sources"].items():
+            counts = ", ".join(f"{split} {source['images'][split]}" for split in SPLITS)
+            console.print(f"source {name} ({source['folder']}): {counts}", markup=False)
     for entry in report["skipped"]:
         console.print(f"skipped {entry['path']}: {entry['reason']}", markup=False)
     dup = report["duplicates"]

@@ -1,9 +1,13 @@
-"""Find the classes and images under a data root, and check every file once."""
+"""Find the classes and images under a data root (and any extra sources), and check every file once."""
 
 # Two layouts are accepted:
 #
 # * Kaggle's ``root/train/<class>/`` + ``root/test/<class>/`` ("split folders"), and
 # * a flat ``root/<class>/``.
+#
+# ``data.extra_roots`` adds class folders from other sources (a shop's photos, a phone's): each is scanned as a
+# root of its own (its own scan cache), then merged. Their files' paths start with the source's name
+# (``<folder name>/<class>/x.jpg``), so every path in a manifest stays unique and says where it came from.
 #
 # Every file inside a class folder is decoded once. Files that cannot be used are skipped with a reason,
 # never deleted. Results are cached by (size, mtime) so a second scan of an unchanged folder only stats files.
@@ -16,7 +20,7 @@ import logging
 import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from gem_lightning.data.image_files import UnusableImage, has_image_extension, inspect_image
@@ -39,13 +43,14 @@ class ScannedFile:
     ``skip_reason`` is empty for usable images.
     """
 
-    path: str  # relative to the data root, "/"-separated
+    path: str  # relative to the data root, "/"-separated; an extra source's starts with its name
     label: str
     origin: str
     sha256: str
     width: int
     height: int
     skip_reason: str = ""
+    source: str = ""  # the extra source it came from (a name of DatasetScan.extra_roots); "" for the data root
 
     @property
     def usable(self) -> bool:
@@ -55,9 +60,25 @@ class ScannedFile:
 @dataclass(frozen=True)
 class DatasetScan:
     root: Path
-    layout: str  # "split_folders" or "flat"
+    layout: str  # of the data root: "split_folders" or "flat"
     class_names: tuple[str, ...]
     files: tuple[ScannedFile, ...]
+    extra_roots: tuple[tuple[str, Path], ...] = ()  # (source name, folder) of each extra source
+
+    def file(self, item: ScannedFile) -> Path:
+        """Where ``item`` is on disk."""
+        if not item.source:
+            return self.root / item.path
+        return dict(self.extra_roots)[item.source] / item.path.removeprefix(f"{item.source}/")
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """The data root's name, then each extra source's."""
+        return (self.root.name, *(name for name, _ in self.extra_roots))
+
+    def _with(self, class_names: tuple[str, ...]) -> DatasetScan:
+        files = tuple(f for f in self.files if f.label in class_names)
+        return DatasetScan(self.root, self.layout, class_names, files, self.extra_roots)
 
     @property
     def usable(self) -> list[ScannedFile]:
@@ -103,12 +124,11 @@ class DatasetScan:
                 listing,
                 needed_per_class,
             )
-        return DatasetScan(self.root, self.layout, kept, tuple(f for f in self.files if f.label in kept))
+        return self._with(kept)
 
     def first_classes(self, count: int) -> DatasetScan:
         """The same scan restricted to the first ``count`` classes in sorted order (for quick runs)."""
-        kept = self.class_names[:count]
-        return DatasetScan(self.root, self.layout, kept, tuple(f for f in self.files if f.label in kept))
+        return self._with(self.class_names[:count])
 
 
 def _visible_dirs(folder: Path) -> list[Path]:
@@ -217,3 +237,29 @@ def scan_dataset(root: Path, cache_dir: Path, max_pixels: int, workers: int | No
 
     files = tuple(results[rel] for rel, _, _ in candidates)
     return DatasetScan(root=root, layout=layout, class_names=class_names, files=files)
+
+
+def scan_sources(
+    root: Path, extra_roots: list[Path], cache_dir: Path, max_pixels: int, workers: int | None = None
+) -> DatasetScan:
+    """``scan_dataset`` of ``root`` merged with the scans of ``extra_roots``: the union of their classes, each
+    extra file's path prefixed with its source's name (its folder's name). Two sources of one name, or a source
+    named like a folder of the data root, stop with one error naming both."""
+    scan = scan_dataset(root, cache_dir, max_pixels, workers)
+    if not extra_roots:
+        return scan
+    taken = {path.name: path for path in scan.root.iterdir()}
+    sources, files, names = [], list(scan.files), set(scan.class_names)
+    for extra in extra_roots:
+        other = scan_dataset(extra, cache_dir, max_pixels, workers)
+        name = other.root.name
+        if name in taken or other.root == scan.root:
+            raise GemLightningError(
+                f"data.extra_roots: {other.root} is named like {taken.get(name, scan.root)}; its photos' "
+                "paths would be mistaken for those, so give the folder another name (or a link of another name)"
+            )
+        taken[name] = other.root
+        sources.append((name, other.root))
+        names.update(other.class_names)
+        files += [replace(item, path=f"{name}/{item.path}", source=name) for item in other.files]
+    return DatasetScan(scan.root, scan.layout, tuple(sorted(names)), tuple(files), tuple(sources))

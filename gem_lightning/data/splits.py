@@ -3,6 +3,8 @@
 # ``pooled`` (the student report's protocol): every usable image, whichever folder it came from, is split
 # 70/15/15 per class. ``predefined``: the folder's own test split stays the test set and a stratified share
 # of its train split becomes validation, so results compare with numbers published on the Kaggle split.
+# Photos of extra sources (``data.extra_roots``) are split 70/15/15 per source and class in either mode, so
+# each source's classes are in each split in proportion, and its test photos measure that source.
 #
 # Duplicate groups (gem_lightning.data.duplicates) are placed whole: in pooled mode a group never straddles
 # two splits, so a copy of a test photo cannot sit in train. In predefined mode the folder's test split is
@@ -80,20 +82,22 @@ class SplitPlan:
 
 
 def _units_by_class(files: list[ScannedFile], group_of: dict[str, DuplicateGroup], seed: int) -> dict:
-    """Per class, the units a split places whole (a duplicate group, or one image), big groups first."""
-    units: dict[str, dict[str, list[ScannedFile]]] = defaultdict(dict)
+    """Per (source, class), the units a split places whole (a duplicate group, or one image), big groups first."""
+    units: dict[tuple[str, str], dict[str, list[ScannedFile]]] = defaultdict(dict)
     for item in sorted(files, key=lambda f: f.path):
         group = group_of.get(item.path)
-        key, label = (group.id, group.home_label) if group else (item.path, item.label)
-        units[label].setdefault(key, []).append(item)
+        key, stratum = (
+            (group.id, (group.home_source, group.home_label)) if group else (item.path, (item.source, item.label))
+        )
+        units[stratum].setdefault(key, []).append(item)
     ordered = {}
-    for label, by_key in units.items():
+    for (source, label), by_key in units.items():
         members = [by_key[key] for key in sorted(by_key)]
         # A string seed is hashed with SHA-512 by `random`, so the order is the same on every machine and
-        # does not shift for one class when another class gains or loses images.
-        random.Random(f"{seed}/{label}").shuffle(members)
+        # does not shift for one class when another class gains or loses images (nor when a source is added).
+        random.Random(f"{seed}/{source}/{label}" if source else f"{seed}/{label}").shuffle(members)
         # Stable sort: big duplicate groups are placed first, while the held-out splits still have room.
-        ordered[label] = sorted(members, key=len, reverse=True)
+        ordered[source, label] = sorted(members, key=len, reverse=True)
     return ordered
 
 
@@ -140,27 +144,36 @@ def plan_splits(
         else:
             usable.append(item)
 
+    pool = usable
     if mode == "predefined":
         if scan.layout != "split_folders":
             raise GemLightningError(
                 f"data.split=predefined needs {scan.root}/train and {scan.root}/test folders; "
                 "this folder is flat, so use data.split=pooled"
             )
+
+        def given_test(item: ScannedFile) -> bool:
+            # The data root's test photos, and another source's copies of one, so that no copy trains.
+            if not item.source:
+                return item.origin == "test"
+            group = group_of.get(item.path)
+            return group is not None and any(not m.source and m.origin == "test" for m in group.members)
+
         kept = {item.path for item in usable}
         for item in usable:
-            if item.origin == "test":
+            if given_test(item):
                 plan.assignment[item.path] = "test"
                 group = group_of.get(item.path)
-                copies = tuple(m.path for m in group.members if m.origin == "train" and m.path in kept) if group else ()
+                members = group.members if group else ()
+                copies = tuple(m.path for m in members if not m.source and m.origin == "train" and m.path in kept)
                 if copies:
                     plan.leaked[item.path] = copies
-        pool = [item for item in usable if item.origin == "train"]
-        test_fraction = 0.0
-    else:
-        pool = usable
-    for units in _units_by_class(pool, group_of, seed).values():
+        pool = [item for item in usable if item.path not in plan.assignment]
+    for (source, _), units in _units_by_class(pool, group_of, seed).items():
         size = sum(len(unit) for unit in units)
-        _place(units, _share(size, test_fraction), _share(size, val_fraction), plan.assignment)
+        # The data root's own test split is given in predefined mode; other sources' photos are split here.
+        held_out = 0.0 if mode == "predefined" and not source else test_fraction
+        _place(units, _share(size, held_out), _share(size, val_fraction), plan.assignment)
     return plan
 
 
@@ -178,11 +191,13 @@ def render_manifest(scan: DatasetScan, plan: SplitPlan) -> str:
 def manifest_path(
     cache_dir: Path, scan: DatasetScan, mode: str, seed: int, val: float, test: float, extra: str = ""
 ) -> Path:
-    """One manifest per data root and split setting, named so a person can tell them apart.
+    """One manifest per data root (and extra sources) and split setting, named so a person can tell them apart.
 
     ``extra`` holds any other setting that changes the split (duplicate threshold, conflict policy)."""
-    key = hashlib.sha256(f"{scan.root}|{val}|{test}|{extra}".encode()).hexdigest()[:10]
+    sources = "".join(f"|{folder}" for _, folder in scan.extra_roots)  # none: the key of a run without them
+    key = hashlib.sha256(f"{scan.root}|{val}|{test}|{extra}{sources}".encode()).hexdigest()[:10]
     name = "".join(c if c.isalnum() or c in "-_" else "_" for c in scan.root.name) or "data"
+    name += f"-and-{len(scan.extra_roots)}-more" if scan.extra_roots else ""
     return Path(cache_dir) / "manifests" / f"{name}-{mode}-seed{seed}-{key}.csv"
 
 

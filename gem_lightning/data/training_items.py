@@ -20,7 +20,8 @@ from gem_lightning.data.splits import SplitPlan
 class TrainingItem:
     """One image as the data module serves it."""
 
-    source: str  # path relative to the data root
+    source: str  # the photo's path in the manifest (relative to the data root; an extra source's starts with its name)
+    photo: Path  # the photo itself
     label: str
     split: str
     image_file: Path  # what is decoded: the prepared cut-out, or the original photo
@@ -33,10 +34,10 @@ def training_items(
     """Which file each split image is decoded from, and the background-removal part of the report."""
     chosen = [item for item in scan.usable if item.path in plan.assignment]
     if background is None:
-        files = {item.path: scan.root / item.path for item in chosen}
+        files = {item.path: scan.file(item) for item in chosen}
         background_report = None
     else:
-        sources = [SourceImage(item.sha256, scan.root / item.path) for item in chosen]
+        sources = [SourceImage(item.sha256, scan.file(item)) for item in chosen]
         records, summary = background.prepare(sources, cache_dir, skipped=len(scan.skipped))
         variant = background.variant_dir(cache_dir)
         files, fallbacks = {}, []
@@ -57,6 +58,7 @@ def training_items(
     items = [
         TrainingItem(
             source=item.path,
+            photo=scan.file(item),
             label=item.label,
             split=plan.assignment[item.path],
             image_file=files[item.path],

@@ -101,12 +101,12 @@ def calibrate_checkpoint(
     # The training photos as validation sees them (no augmentation), from the cached pass head-only runs share.
     features = prepared_image_features(model, datamodule)[training.rows]
     labels = torch.tensor([label for _, label in training.items])
-    files = [datamodule.prepared.items[row].source for row in training.rows]
+    photos = [datamodule.prepared.items[row].photo for row in training.rows]
     fitted_after = {
         "prediction_sets": prediction_sets.as_dict(),
         "selective_answers": fit_selective_answers(calibrated, validation.targets, split="val").as_dict(),
         "novelty": fit_novelty(features, labels, validation.features, len(model.class_names), split="val").as_dict(),
-        "training_photos": TrainingPhotos.of(features, labels, files, datamodule.root).as_dict(),
+        "training_photos": TrainingPhotos.of(features, labels, photos, datamodule.root).as_dict(),
     }
     store_calibration(checkpoint, calibration, fitted_after)
     model.temperature.fill_(calibration.temperature)
@@ -161,8 +161,8 @@ def split_datasets(
     if not dataset.items:
         raise GemLightningError(f"the {split} split of {datamodule.root} is empty: nothing to evaluate")
     # setup() builds each split's dataset from the data module's items in order, so they line up.
-    sources = [item.source for item in datamodule.prepared.items if item.split == split]
-    photos = [Path(datamodule.root) / source for source in sources]
+    chosen = [item for item in datamodule.prepared.items if item.split == split]
+    sources, photos = [item.source for item in chosen], [item.photo for item in chosen]
     if len({id(way) for way in predictor.backgrounds}) == 1:  # every member decodes the run's own files
         inputs = MemberInputs(photos, [[path for path, _ in dataset.items]] * len(predictor.models), [])
     else:
@@ -207,11 +207,7 @@ def evaluate_checkpoint(
     if datamodule is None and (calibrate_first or input_folder is None):
         datamodule = datamodule_of(model, checkpoint)
     if shift is not None:
-        photos = [
-            (Path(datamodule.root) / item.source, item.label)
-            for item in datamodule.prepared.items
-            if item.split == split
-        ]
+        photos = [(item.photo, item.label) for item in datamodule.prepared.items if item.split == split]
         input_folder = build_shifted_folder(photos, shift, predictor.cache_dir, shift_mask_model)
     options = {"batch_size": predictor.batch_size, "num_workers": predictor.num_workers, "progress": predictor.progress}
 

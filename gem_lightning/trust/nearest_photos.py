@@ -33,12 +33,14 @@ class TrainingPhotos:
 
     features: torch.Tensor  # (N, F) float16 unit rows
     labels: torch.Tensor  # (N,) int64 class indices
-    files: list[str]  # each photo's path relative to ``root``
+    files: list[str]  # each photo's path relative to ``root``; absolute for a photo of an extra source
     root: str  # the data folder the run trained on
 
     @classmethod
-    def of(cls, features: torch.Tensor, labels: torch.Tensor, files: list[str], root: str | Path) -> TrainingPhotos:
-        return cls(F.normalize(features.float(), dim=1).half(), labels.long(), list(files), str(root))
+    def of(cls, features: torch.Tensor, labels: torch.Tensor, photos: list[Path], root: str | Path) -> TrainingPhotos:
+        """``photos``: where each training photo is; kept relative to ``root`` where they lie under it."""
+        files = [str(photo.relative_to(root)) if photo.is_relative_to(root) else str(photo) for photo in photos]
+        return cls(F.normalize(features.float(), dim=1).half(), labels.long(), files, str(root))
 
     def nearest(self, features: torch.Tensor, classes: torch.Tensor, per_class: int = PHOTOS_PER_CLASS):
         """For each of (M, F) photos and each class in its row of (M, K) ``classes``: the ``per_class``
@@ -52,6 +54,7 @@ class TrainingPhotos:
                 values, order = row[members].topk(min(per_class, len(members)))
                 per_photo.append(
                     [
+                        # An absolute file (an extra source's photo) stays itself under the / operator.
                         NearPhoto(index, Path(self.root) / self.files[int(members[i])], float(1.0 - v))
                         for v, i in zip(values, order, strict=True)
                     ]

@@ -62,7 +62,7 @@ def test_every_auto_count_fits_a_one_core_share(one_core, tmp_path, monkeypatch)
     root = tmp_path / "gems"
     _two_photos(root)
     scan = dataset_scan.scan_dataset(root, tmp_path / "cache", max_pixels=10_000_000)
-    duplicate_groups.fingerprints(scan.files, root, tmp_path / "cache")
+    duplicate_groups.fingerprints(scan.files, scan.file, tmp_path / "cache")
     assert _RecordingPool.sizes == [1, 1]
 
 

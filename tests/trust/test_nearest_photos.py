@@ -15,8 +15,9 @@ from gem_lightning.trust.nearest_photos import TrainingPhotos
 def _photos() -> tuple[TrainingPhotos, torch.Tensor]:
     features = torch.randn(30, 16, generator=torch.Generator().manual_seed(0))
     labels = torch.arange(30) % 4  # four classes, class 3 of 7 photos
-    files = [f"class{int(label)}/photo{index}.jpg" for index, label in enumerate(labels)]
-    return TrainingPhotos.of(3.0 * features, labels, files, "/data/gems"), features
+    photos = [Path(f"/data/gems/class{int(label)}/photo{index}.jpg") for index, label in enumerate(labels)]
+    photos[7] = Path("/photos/my-shop/class3/photo7.jpg")  # a photo of an extra source (data.extra_roots)
+    return TrainingPhotos.of(3.0 * features, labels, photos, "/data/gems"), features
 
 
 def test_a_training_photo_is_its_own_nearest_and_only_the_classes_asked_are_searched():
@@ -33,7 +34,10 @@ def test_a_training_photo_is_its_own_nearest_and_only_the_classes_asked_are_sear
         cosine = torch.nn.functional.cosine_similarity(features[5:6], features[members])
         expected = sorted(1.0 - float(c) for c in cosine)[:3]
         assert distances == pytest.approx(expected, abs=2e-3)
+    (shop,) = photos.nearest(features[7:8], torch.tensor([[3]]), per_class=1)[0]
+    assert shop[0].file == Path("/photos/my-shop/class3/photo7.jpg")
     stored = TrainingPhotos(**photos.as_dict())
+    assert stored.files[:2] == ["class0/photo0.jpg", "class1/photo1.jpg"]  # relative to the data folder
     assert stored.files == photos.files and torch.equal(stored.features, photos.features)
     assert stored.features.dtype == torch.float16  # 6 MB for Kaggle's 2,413 photos of 1,280 features
 
