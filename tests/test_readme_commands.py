@@ -72,6 +72,7 @@ COMMAND_TESTS = {
     "python train.py model=efficientnet_lite0 data.split=predefined": "test_kaggle_predefined",
     "python train.py model=efficientnet_lite0 data.root=/path/to/gemstones": "test_kaggle_elsewhere",
     "python train.py experiment=best_cpu": "test_best_cpu",
+    "python train.py experiment=best_cpu data.extra_roots=[my_shop/]": "test_best_cpu_with_your_own_photos",
     "python train.py experiment=seed_report": "test_seed_report_names_the_missing_weights",
     "python train.py model=resnet18 trainer.gpus=1": "test_gpus_1_says_what_is_missing",
     "export U2NET_HOME=../shared/models/u2net": "set-up: the environment of the three commands below it",
@@ -723,6 +724,31 @@ def test_best_cpu(clone):
     stem = [model.backbone.conv_stem, model.backbone.bn1]
     frozen = [p for part in (*stem, *model.backbone.blocks[:3]) for p in part.parameters()]
     assert trainable == len(list(model.parameters())) - len(frozen)
+
+
+@needs_shared(GEMSTONES_DIR)
+@needs_shared(OTHER_SOURCES_DIR)
+def test_best_cpu_with_your_own_photos(clone):
+    # Six photos each of two of the three classes the shrunk run keeps, from another source than Kaggle's.
+    shop = clone.root / "my_shop"
+    for name in ("Alexandrite", "Almandine"):
+        (shop / name).mkdir(parents=True)
+        for photo in sorted((OTHER_SOURCES_DIR / "kaggle-style-extras" / name).glob("*.jpg"))[:6]:
+            shutil.copy(photo, shop / name / photo.name)
+    try:
+        run = _kaggle_run(clone, "python train.py experiment=best_cpu data.extra_roots=[my_shop/]")
+    finally:
+        shutil.rmtree(shop)
+    sources = run["report"]["sources"]
+    assert list(sources) == ["gemstones", "my_shop"]
+    assert sources["my_shop"]["images"] == {"train": 8, "val": 2, "test": 2}  # 4/1/1 of each class's 6
+    run_dir = (clone.root / run["best_checkpoint"]).parent.parent
+    parts = {
+        source: json.loads((run_dir / "evaluation" / f"test-{source}" / "evaluation.json").read_text())["summary"]
+        for source in sources
+    }
+    assert parts["my_shop"]["images"] == 2 and parts["gemstones"]["images"] == sources["gemstones"]["images"]["test"]
+    assert "test photos of my_shop: 2" in run["output"]
 
 
 def test_seed_report_names_the_missing_weights(clone):

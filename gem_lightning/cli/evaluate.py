@@ -54,7 +54,12 @@ def run(cfg: DictConfig) -> int:
         print(table.read_text(), end="")
         print(f"table: {shown_path(table)}")
         return 0
-    settings = {"shift": cfg.shift, "shift_mask_model": cfg.shift_mask_model, "answer_config": cfg}
+    settings = {
+        "shift": cfg.shift,
+        "shift_mask_model": cfg.shift_mask_model,
+        "split_source": cfg.split_source,
+        "answer_config": cfg,
+    }
     print_evaluation(evaluate_checkpoint(predictor, cfg.split, cfg.input, cfg.calibrate, cfg.output_dir, **settings))
     return 0
 

@@ -1,7 +1,7 @@
 """The project folder: the one holding conf/, train.py and this package (a clone, installed editable).
 
 Kept apart from the schemas, which import the data module and the classifier, so that what needs only the
-folder (composition's ``conf/``, the sweep launchers' ``PYTHONPATH``) imports in milliseconds.
+folder (the sweep launchers' ``PYTHONPATH``) finds it without importing those.
 """
 
 from __future__ import annotations

@@ -108,6 +108,19 @@ class GemImageDataset(Dataset):
         image, label, *leaked = self._batch([index])
         return (image[0], int(label[0]), *(bool(flag[0]) for flag in leaked))
 
+    def subset(self, indices: list[int]) -> GemImageDataset:
+        """The images at ``indices``, read as this dataset reads them (same squares, rows and transform)."""
+        return GemImageDataset(
+            [self.items[i] for i in indices],
+            self.transform,
+            self.side,
+            leaked=[self.leaked[i] for i in indices] if self.leaked is not None else None,
+            array=self.array,
+            rows=[self.rows[i] for i in indices] if self.rows is not None else None,
+            masks=self.masks,
+            background_swap=self.background_swap,
+        )
+
 
 def evaluation_dataset(
     files: list[tuple[Path, int]], image_size: int, leaked: list[bool] | None = None

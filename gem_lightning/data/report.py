@@ -75,10 +75,9 @@ def build_report(
         if m.origin == "test" and any(x.origin == "train" and x.sha256 == m.sha256 for x in g.members)
     ]
     conflicts = [{**_group_entry(g, plan), "where": _where(g, scan.layout)} for g in duplicates.conflicts]
-    source_of = {f.path: f.source or scan.root.name for f in scan.files}
     per_source = {name: Counter() for name in scan.sources}
     for item in items:
-        per_source[source_of[item.source]][item.split] += 1
+        per_source[item.from_source][item.split] += 1
     folders = {scan.root.name: scan.root, **dict(scan.extra_roots)}
     return {
         "data_root": str(scan.root),

@@ -22,6 +22,7 @@ class TrainingItem:
 
     source: str  # the photo's path in the manifest (relative to the data root; an extra source's starts with its name)
     photo: Path  # the photo itself
+    from_source: str  # the source it came from: the data root's folder name, or an extra source's name
     label: str
     split: str
     image_file: Path  # what is decoded: the prepared cut-out, or the original photo
@@ -59,6 +60,7 @@ def training_items(
         TrainingItem(
             source=item.path,
             photo=scan.file(item),
+            from_source=item.source or scan.root.name,
             label=item.label,
             split=plan.assignment[item.path],
             image_file=files[item.path],

@@ -152,18 +152,23 @@ def labelled_folder(
 
 
 def split_datasets(
-    predictor: Predictor, datamodule: GemDataModule, split: str
+    predictor: Predictor, datamodule: GemDataModule, split: str, source: str | None = None
 ) -> tuple[list[GemImageDataset], list[str], list[Path]]:
     """A run's ``split`` for each member, as ``labelled_folder`` gives a folder: the data module's own dataset
     (its cached squares) for members that prepare photos as its run did, at its size; members that prepare
-    them another way get their own files of the same photos, which every member must be able to use."""
+    them another way get their own files of the same photos, which every member must be able to use.
+    ``source``: only the photos of that source (``split_sources``) of a run with ``data.extra_roots``."""
     dataset = datamodule.datasets[split]
-    if not dataset.items:
-        raise GemLightningError(f"the {split} split of {datamodule.root} is empty: nothing to evaluate")
     # setup() builds each split's dataset from the data module's items in order, so they line up.
     chosen = [item for item in datamodule.prepared.items if item.split == split]
+    if source is not None:
+        kept = [index for index, item in enumerate(chosen) if item.from_source == source]
+        dataset, chosen = dataset.subset(kept), [chosen[index] for index in kept]
+    if not dataset.items:
+        part = f" photos of {source}" if source is not None else ""
+        raise GemLightningError(f"the {split} split of {datamodule.root} has no{part}: nothing to evaluate")
     sources, photos = [item.source for item in chosen], [item.photo for item in chosen]
-    if len({id(way) for way in predictor.backgrounds}) == 1:  # every member decodes the run's own files
+    if len(predictor.preparation_ways) == 1:  # every member decodes the run's own files
         inputs = MemberInputs(photos, [[path for path, _ in dataset.items]] * len(predictor.models), [])
     else:
         hashes = {item.path: item.sha256 for item in datamodule.prepared.scan.usable}
@@ -173,6 +178,11 @@ def split_datasets(
             raise GemLightningError(f"ckpt: a member cannot use {skipped.source} ({skipped.reason})")
     labels = [label for _, label in dataset.items]
     return predictor.member_datasets(inputs, labels, dataset.leaked, first=dataset), sources, photos
+
+
+def split_sources(datamodule: GemDataModule) -> tuple[str, ...]:
+    """The sources a run's splits hold photos of: its data root's folder name, then each of ``data.extra_roots``."""
+    return datamodule.prepared.scan.sources
 
 
 def check_shift(shift: str | None, input_given: bool) -> None:
@@ -192,20 +202,26 @@ def evaluate_checkpoint(
     datamodule: GemDataModule | None = None,
     shift: str | None = None,
     shift_mask_model: str = "u2netp",
+    split_source: str | None = None,
     *,
     answer_config: DictConfig,
 ) -> EvaluationRun:
     """Calibrate (optionally), evaluate and write the report; ``datamodule`` reuses a live one (train.py).
 
-    ``shift`` evaluates shifted copies of the split's photos instead (gem_lightning.data.shifted_photos).
+    ``shift`` evaluates shifted copies of the split's photos instead (gem_lightning.data.shifted_photos);
+    ``split_source`` only the split's photos of one source (``split_sources``), into ``<split>-<source>/``.
     ``answer_config``: the command's (or run's) config, whose ``prediction_sets``, ``taxonomy`` and ``novelty``
     nodes say how sets are fitted and how answers are worded and measured (``trust.answers.answering_for``).
     """
     checked_choice(split, SPLITS, "split", hint=" (or input=<labelled folder>)")
     check_shift(shift, input_folder is not None)
+    if split_source is not None and (input_folder is not None or shift is not None):
+        raise GemLightningError("split_source= picks photos of the run's own split; give it without input= or shift=")
     model, checkpoint = predictor.model, predictor.checkpoint
     if datamodule is None and (calibrate_first or input_folder is None):
         datamodule = datamodule_of(model, checkpoint)
+    if split_source is not None:  # before calibrating: a typo costs no calibration
+        checked_choice(split_source, split_sources(datamodule), "split_source")
     if shift is not None:
         photos = [(item.photo, item.label) for item in datamodule.prepared.items if item.split == split]
         input_folder = build_shifted_folder(photos, shift, predictor.cache_dir, shift_mask_model)
@@ -232,8 +248,10 @@ def evaluate_checkpoint(
         calibration = None  # each member's temperature was applied before averaging; the report's is 1
 
     if input_folder is None:
-        datasets, sources, photos = split_datasets(predictor, datamodule, split)
+        datasets, sources, photos = split_datasets(predictor, datamodule, split, split_source)
         name, data = split, f"{split} split of {datamodule.root}"
+        if split_source is not None:
+            name, data = f"{split}-{split_source}", f"{data}, its photos of {split_source}"
     else:
         folder = Path(input_folder)
         datasets, sources, photos = labelled_folder(predictor, folder, predictor.cache_dir)

@@ -24,6 +24,7 @@ from gem_lightning.evaluation.checkpoint_evaluation import (
     datamodule_of,
     evaluate_checkpoint,
     run_dir_of,
+    split_sources,
 )
 from gem_lightning.files.atomic_writes import write_text_atomically
 from gem_lightning.inference.predictor import Predictor
@@ -127,7 +128,8 @@ def evaluate_sources(
     *,
     answer_config: DictConfig,
 ) -> tuple[Path, list[EvaluationRun]]:
-    """Evaluate the run's ``split`` and every folder; returns ``sources.md``'s path and the runs, split first.
+    """Evaluate the run's ``split`` (and, for a run with ``data.extra_roots``, each source's part of it) and every
+    folder; returns ``sources.md``'s path and the runs, split first.
 
     Reports go to ``<output_dir or run dir/evaluation>/<split or folder name>/``. Without the run's data (moved,
     or a checkpoint without its config) the split is left out with a logged line, unless ``calibrate_first``
@@ -157,6 +159,14 @@ def evaluate_sources(
         )
         runs.append(run)
         rows.append(SourceRow(f"{split} split{predictor.folder_suffix}", run.evaluation.summary))
+        sources = split_sources(datamodule)
+        for source in sources if len(sources) > 1 else ():  # a run with data.extra_roots: each source's part
+            name = f"{split}-{source}{predictor.folder_suffix}"
+            run = evaluate_checkpoint(
+                predictor, split, None, False, base / name, datamodule, split_source=source, answer_config=answer_config
+            )
+            runs.append(run)
+            rows.append(SourceRow(f"{split} split, {source}{predictor.folder_suffix}", run.evaluation.summary))
     for folder, name in zip(folders, names, strict=True):
         run = evaluate_checkpoint(predictor, split, folder, False, base / name, datamodule, answer_config=answer_config)
         runs.append(run)

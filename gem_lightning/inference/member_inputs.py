@@ -77,6 +77,12 @@ class MemberInputs:
     skipped: list[SkippedImage]
 
 
+def distinct_ways(removals: Sequence[BackgroundRemoval | None]) -> list[BackgroundRemoval | None]:
+    """The different ways of preparing photos among the members' ``removals``, in order of first use (members
+    that prepare photos alike share one object: ``members_background_removals``)."""
+    return list({id(removal): removal for removal in removals}.values())
+
+
 def members_inputs(
     files: list[Path],
     sha256s: list[str] | None,
@@ -90,7 +96,7 @@ def members_inputs(
     has them, are used as they are). A photo any way cannot use is left out for every member, so that the
     members' answers average over the same photos.
     """
-    ways = list({id(removal): removal for removal in removals}.values())
+    ways = distinct_ways(removals)
     if sha256s is None and any(way is not None for way in ways):
         sha256s = [file_sha256(path) for path in files]
     decoded: dict[int, dict[Path, Path]] = {}

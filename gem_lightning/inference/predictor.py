@@ -21,6 +21,7 @@ import torch
 from omegaconf import DictConfig
 
 from gem_lightning.choices import checked_choice
+from gem_lightning.data.background.cut_outs import BackgroundRemoval
 from gem_lightning.data.image_dataset import GemImageDataset, evaluation_dataset
 from gem_lightning.errors import GemLightningError
 from gem_lightning.inference.batchnorm_adaptation import batchnorm_adapted
@@ -32,7 +33,12 @@ from gem_lightning.inference.logits import (
     view_logits,
 )
 from gem_lightning.inference.loop import DatasetOutputs
-from gem_lightning.inference.member_inputs import MemberInputs, members_background_removals, members_inputs
+from gem_lightning.inference.member_inputs import (
+    MemberInputs,
+    distinct_ways,
+    members_background_removals,
+    members_inputs,
+)
 from gem_lightning.inference.user_photos import SkippedImage, usable_images
 from gem_lightning.machine import auto_settings
 from gem_lightning.models.classifier import GemClassifier
@@ -241,9 +247,14 @@ class Predictor:
             chosen.append(datasets[key])
         return chosen
 
+    @property
+    def preparation_ways(self) -> list[BackgroundRemoval | None]:
+        """The different ways the members prepare photos (one for a single checkpoint), in order of first use."""
+        return distinct_ways(self.backgrounds)
+
     def describe_background(self) -> str:
         """``rembg u2netp``, or for members that prepare photos differently each way: ``none (...); rembg u2netp``."""
-        ways = {id(way): way for way in self.backgrounds}.values()
+        ways = self.preparation_ways
         return "; ".join(way.backend.describe() if way is not None else "none (photos as they are)" for way in ways)
 
     # -- photos --------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from gem_lightning.config.composition import check_every_key_has_a_value
 from gem_lightning.data.datamodule import GemDataModule
 from gem_lightning.data.report import CONTACT_SHEET_NAME, REPORT_NAME
 from gem_lightning.errors import GemLightningError
-from gem_lightning.evaluation.checkpoint_evaluation import evaluate_checkpoint
+from gem_lightning.evaluation.checkpoint_evaluation import evaluate_checkpoint, split_sources
 from gem_lightning.files.atomic_writes import write_text_atomically
 from gem_lightning.files.shown_paths import shown_path
 from gem_lightning.inference.predictor import Predictor
@@ -264,7 +264,8 @@ def _test(trainer: pl.Trainer, model: GemClassifier, datamodule: GemDataModule, 
 def _calibrate_and_report(
     cfg: DictConfig, best_checkpoint: str, datamodule: GemDataModule, output_dir: Path
 ) -> tuple[dict[str, float], Path]:
-    """Calibrate the best checkpoint on the validation split (stored in it) and write the test report."""
+    """Calibrate the best checkpoint on the validation split (stored in it) and write the test report; with
+    ``data.extra_roots``, one more report for each source's part of the test split (``test-<source>/``)."""
     predictor = Predictor(best_checkpoint, cache_dir=cfg.paths.cache_dir, batch_size=cfg.data.batch_size)
     evaluation = evaluate_checkpoint(
         predictor,
@@ -272,6 +273,27 @@ def _calibrate_and_report(
         datamodule=datamodule,
         answer_config=cfg,
     )
+    sources = split_sources(datamodule)
+    for source in sources if len(sources) > 1 else ():
+        part = evaluate_checkpoint(
+            predictor,
+            calibrate_first=False,
+            output_dir=output_dir / "evaluation" / f"test-{source}",
+            datamodule=datamodule,
+            split_source=source,
+            answer_config=cfg,
+        )
+        figures = part.evaluation.summary
+        leak_free = f", leak-free {figures['top1_leak_free']:.4f}" if "top1_leak_free" in figures else ""
+        log.info(
+            "test photos of %s: %d, top-1 %.4f%s, mean recall %.4f; report %s",
+            source,
+            int(figures["images"]),
+            figures["top1"],
+            leak_free,
+            figures["recall_mean"],
+            part.report,
+        )
     # On the test split, held out from the fit: test/loss is the NLL before, these are the rest.
     summary = evaluation.evaluation.summary
     calibration_metrics = {

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from hydra.core.global_hydra import GlobalHydra
 
 from gem_lightning.cli import evaluate
@@ -33,6 +34,20 @@ def test_a_run_with_the_sources_labelled_photos_recognises_the_rest_of_it(traine
     GlobalHydra.instance().clear()
     report = json.loads(result.datamodule.prepared.report_file.read_text())
     assert report["sources"]["shop_labelled"]["images"] == {"train": 40, "val": 10, "test": 10}
+    # The run reports its test split whole and each source's part of it, and the parts add up to the whole.
+    evaluation = Path(result.report).parent.parent
+    whole, *parts = (
+        json.loads((evaluation / name / "evaluation.json").read_text())["summary"]
+        for name in ("test", "test-demo_gems", "test-shop_labelled")
+    )
+    assert [part["images"] for part in parts] == [report["sources"]["demo_gems"]["images"]["test"], 10]
+    assert sum(part["top1"] * part["images"] for part in parts) == pytest.approx(whole["top1"] * whole["images"])
+    # evaluate split_source= gives the run's own figure for that part (one number per measurement).
+    command = [f"ckpt={result.best_checkpoint}", "calibrate=false", f"cache_dir={tmp_path / 'cache'}"]
+    assert evaluate.main([*command, "split_source=shop_labelled", f"output_dir={tmp_path / 'part'}"]) == 0
+    again = json.loads((tmp_path / "part" / "evaluation.json").read_text())["summary"]
+    assert (again["images"], again["recall_mean"]) == (parts[1]["images"], parts[1]["recall_mean"])
+    assert evaluate.main([*command, "split_source=my_shop"]) == 2  # one line naming the sources there are
 
     plain = _recall_on(trained_demo_run.checkpoint, rest, tmp_path, "plain")
     retrained = _recall_on(Path(result.best_checkpoint), rest, tmp_path, "retrained")
