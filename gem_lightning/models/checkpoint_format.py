@@ -44,6 +44,7 @@ DATA_KEYS_BEFORE_THEY_EXISTED = {
     "augment_on": "loader",  # augmentation ran in the loader processes
     "min_images_per_class": 1,  # every class with images was kept
     "background_swap": None,  # no background swap
+    "extra_roots": [],  # the data root's photos only
 }
 # The same for the model's stored hyperparameters (its __init__ arguments but the optimiser and schedule).
 MODEL_KEYS_BEFORE_THEY_EXISTED = {
