@@ -78,12 +78,11 @@ def build_report(
     per_source = {name: Counter() for name in scan.sources}
     for item in items:
         per_source[item.from_source][item.split] += 1
-    folders = {scan.root.name: scan.root, **dict(scan.extra_roots)}
     return {
         "data_root": str(scan.root),
         "layout": scan.layout,
         "sources": {
-            name: {"folder": str(folders[name]), "images": {split: counts[split] for split in SPLITS}}
+            name: {"folder": str(scan.source_folders[name]), "images": {split: counts[split] for split in SPLITS}}
             for name, counts in per_source.items()
         },
         "split": settings,

@@ -21,6 +21,7 @@ import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
+from functools import cached_property
 from pathlib import Path
 
 from gem_lightning.data.image_files import UnusableImage, has_image_extension, inspect_image
@@ -65,16 +66,25 @@ class DatasetScan:
     files: tuple[ScannedFile, ...]
     extra_roots: tuple[tuple[str, Path], ...] = ()  # (source name, folder) of each extra source
 
-    def file(self, item: ScannedFile) -> Path:
-        """Where ``item`` is on disk."""
-        if not item.source:
-            return self.root / item.path
-        return dict(self.extra_roots)[item.source] / item.path.removeprefix(f"{item.source}/")
+    @cached_property
+    def source_folders(self) -> dict[str, Path]:
+        """Each source's name and folder: the data root's (named by its folder), then each extra source's."""
+        return {self.root.name: self.root, **dict(self.extra_roots)}
 
     @property
     def sources(self) -> tuple[str, ...]:
         """The data root's name, then each extra source's."""
-        return (self.root.name, *(name for name, _ in self.extra_roots))
+        return tuple(self.source_folders)
+
+    def source_of(self, item: ScannedFile) -> str:
+        """The name of the source ``item`` came from (one of ``sources``)."""
+        return item.source or self.root.name
+
+    def file(self, item: ScannedFile) -> Path:
+        """Where ``item`` is on disk."""
+        if not item.source:
+            return self.root / item.path
+        return self.source_folders[item.source] / item.path.removeprefix(f"{item.source}/")
 
     def _with(self, class_names: tuple[str, ...]) -> DatasetScan:
         files = tuple(f for f in self.files if f.label in class_names)

@@ -34,11 +34,12 @@ def training_items(
 ) -> tuple[list[TrainingItem], dict | None]:
     """Which file each split image is decoded from, and the background-removal part of the report."""
     chosen = [item for item in scan.usable if item.path in plan.assignment]
+    photos = {item.path: scan.file(item) for item in chosen}  # the originals on disk
     if background is None:
-        files = {item.path: scan.file(item) for item in chosen}
+        files = photos
         background_report = None
     else:
-        sources = [SourceImage(item.sha256, scan.file(item)) for item in chosen]
+        sources = [SourceImage(item.sha256, photos[item.path]) for item in chosen]
         records, summary = background.prepare(sources, cache_dir, skipped=len(scan.skipped))
         variant = background.variant_dir(cache_dir)
         files, fallbacks = {}, []
@@ -59,8 +60,8 @@ def training_items(
     items = [
         TrainingItem(
             source=item.path,
-            photo=scan.file(item),
-            from_source=item.source or scan.root.name,
+            photo=photos[item.path],
+            from_source=scan.source_of(item),
             label=item.label,
             split=plan.assignment[item.path],
             image_file=files[item.path],

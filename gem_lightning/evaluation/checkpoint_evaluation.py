@@ -185,6 +185,14 @@ def split_sources(datamodule: GemDataModule) -> tuple[str, ...]:
     return datamodule.prepared.scan.sources
 
 
+def split_parts(datamodule: GemDataModule, split: str = "test") -> tuple[str, ...]:
+    """The sources whose part of ``split`` a run reports beside the whole: each source with photos in it, where
+    there are two or more (a run without ``data.extra_roots`` has none to report)."""
+    present = {item.from_source for item in datamodule.prepared.items if item.split == split}
+    parts = tuple(source for source in split_sources(datamodule) if source in present)
+    return parts if len(parts) > 1 else ()
+
+
 def check_shift(shift: str | None, input_given: bool) -> None:
     """Before any work: ``shift`` names a known shift and comes without ``input=`` (a typo costs no preparation)."""
     if shift is not None and input_given:

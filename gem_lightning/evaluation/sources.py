@@ -24,7 +24,7 @@ from gem_lightning.evaluation.checkpoint_evaluation import (
     datamodule_of,
     evaluate_checkpoint,
     run_dir_of,
-    split_sources,
+    split_parts,
 )
 from gem_lightning.files.atomic_writes import write_text_atomically
 from gem_lightning.inference.predictor import Predictor
@@ -159,8 +159,7 @@ def evaluate_sources(
         )
         runs.append(run)
         rows.append(SourceRow(f"{split} split{predictor.folder_suffix}", run.evaluation.summary))
-        sources = split_sources(datamodule)
-        for source in sources if len(sources) > 1 else ():  # a run with data.extra_roots: each source's part
+        for source in split_parts(datamodule, split):
             name = f"{split}-{source}{predictor.folder_suffix}"
             run = evaluate_checkpoint(
                 predictor, split, None, False, base / name, datamodule, split_source=source, answer_config=answer_config

@@ -25,7 +25,7 @@ from gem_lightning.config.composition import check_every_key_has_a_value
 from gem_lightning.data.datamodule import GemDataModule
 from gem_lightning.data.report import CONTACT_SHEET_NAME, REPORT_NAME
 from gem_lightning.errors import GemLightningError
-from gem_lightning.evaluation.checkpoint_evaluation import evaluate_checkpoint, split_sources
+from gem_lightning.evaluation.checkpoint_evaluation import evaluate_checkpoint, split_parts
 from gem_lightning.files.atomic_writes import write_text_atomically
 from gem_lightning.files.shown_paths import shown_path
 from gem_lightning.inference.predictor import Predictor
@@ -273,8 +273,7 @@ def _calibrate_and_report(
         datamodule=datamodule,
         answer_config=cfg,
     )
-    sources = split_sources(datamodule)
-    for source in sources if len(sources) > 1 else ():
+    for source in split_parts(datamodule):
         part = evaluate_checkpoint(
             predictor,
             calibrate_first=False,
