@@ -42,6 +42,7 @@ class GemDataModule(pl.LightningDataModule):
         *,
         root: str,
         extra_roots: list[str],
+        extra_roots_held_out: bool,
         cache_dir: str,
         split: str,
         val_fraction: float,
@@ -82,6 +83,7 @@ class GemDataModule(pl.LightningDataModule):
             plain_value(label_conflicts),
             max_classes,
             min_images_per_class,
+            extra_roots_held_out,
         )
         self.cache_dir = Path(cache_dir)
         self.image_size = image_size

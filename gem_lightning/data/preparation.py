@@ -34,6 +34,7 @@ class SplitSettings:
     label_conflicts: str
     max_classes: int | None
     min_images_per_class: int
+    extra_roots_held_out: bool  # false: every photo of data.extra_roots trains
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ def prepare_folder(
         split.val_fraction,
         split.test_fraction,
         extra=f"{split.near_duplicate_threshold}|{split.label_conflicts}",
+        extra_roots_held_out=split.extra_roots_held_out,
     )
     if split.max_classes is not None:
         scan = scan.first_classes(split.max_classes)
@@ -99,6 +101,7 @@ def prepare_folder(
         split.test_fraction,
         duplicates=duplicates,
         conflict_policy=split.label_conflicts,
+        extra_roots_held_out=split.extra_roots_held_out,
     )
     write_manifest(manifest_file, render_manifest(scan, plan))
     items, background_report = training_items(scan, plan, background, cache_dir)
@@ -111,6 +114,7 @@ def prepare_folder(
         "val_fraction": split.val_fraction,
         "test_fraction": split.test_fraction,
         "label_conflicts": split.label_conflicts,
+        "extra_roots_held_out": split.extra_roots_held_out,
         "manifest": str(manifest_file),
     }
     report = build_report(scan, plan, duplicates, items, settings, background_report)

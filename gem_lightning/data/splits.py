@@ -4,7 +4,9 @@
 # 70/15/15 per class. ``predefined``: the folder's own test split stays the test set and a stratified share
 # of its train split becomes validation, so results compare with numbers published on the Kaggle split.
 # Photos of extra sources (``data.extra_roots``) are split 70/15/15 per source and class in either mode, so
-# each source's classes are in each split in proportion, and its test photos measure that source.
+# each source's classes are in each split in proportion, and its test photos measure that source; or, with
+# ``data.extra_roots_held_out=false``, all of them train (a few labelled photos a class of a user's source, whose
+# other photos measure it), but for copies of a held-out photo, which go where that photo goes.
 #
 # Duplicate groups (gem_lightning.data.duplicates) are placed whole: in pooled mode a group never straddles
 # two splits, so a copy of a test photo cannot sit in train. In predefined mode the folder's test split is
@@ -124,8 +126,10 @@ def plan_splits(
     test_fraction: float,
     duplicates: DuplicateReport | None = None,
     conflict_policy: str = "drop",
+    extra_roots_held_out: bool = True,
 ) -> SplitPlan:
-    """Decide the split of every usable file, keeping duplicate groups whole."""
+    """Decide the split of every usable file, keeping duplicate groups whole; ``extra_roots_held_out=False``
+    trains on every photo of the extra sources."""
     mode = checked_choice(mode, SplitMode, "data.split")
     conflict_policy = checked_choice(conflict_policy, ConflictPolicy, "data.label_conflicts")
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
@@ -172,8 +176,9 @@ def plan_splits(
     for (source, _), units in _units_by_class(pool, group_of, seed).items():
         size = sum(len(unit) for unit in units)
         # The data root's own test split is given in predefined mode; other sources' photos are split here.
-        held_out = 0.0 if mode == "predefined" and not source else test_fraction
-        _place(units, _share(size, held_out), _share(size, val_fraction), plan.assignment)
+        test = 0.0 if (mode == "predefined" and not source) or (source and not extra_roots_held_out) else test_fraction
+        val = 0.0 if source and not extra_roots_held_out else val_fraction
+        _place(units, _share(size, test), _share(size, val), plan.assignment)
     return plan
 
 
@@ -189,12 +194,20 @@ def render_manifest(scan: DatasetScan, plan: SplitPlan) -> str:
 
 
 def manifest_path(
-    cache_dir: Path, scan: DatasetScan, mode: str, seed: int, val: float, test: float, extra: str = ""
+    cache_dir: Path,
+    scan: DatasetScan,
+    mode: str,
+    seed: int,
+    val: float,
+    test: float,
+    extra: str = "",
+    extra_roots_held_out: bool = True,
 ) -> Path:
     """One manifest per data root (and extra sources) and split setting, named so a person can tell them apart.
 
     ``extra`` holds any other setting that changes the split (duplicate threshold, conflict policy)."""
     sources = "".join(f"|{folder}" for _, folder in scan.extra_roots)  # none: the key of a run without them
+    sources += "|all trained" if scan.extra_roots and not extra_roots_held_out else ""
     key = hashlib.sha256(f"{scan.root}|{val}|{test}|{extra}{sources}".encode()).hexdigest()[:10]
     name = "".join(c if c.isalnum() or c in "-_" else "_" for c in scan.root.name) or "data"
     name += f"-and-{len(scan.extra_roots)}-more" if scan.extra_roots else ""

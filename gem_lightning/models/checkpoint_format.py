@@ -45,6 +45,7 @@ DATA_KEYS_BEFORE_THEY_EXISTED = {
     "min_images_per_class": 1,  # every class with images was kept
     "background_swap": None,  # no background swap
     "extra_roots": [],  # the data root's photos only
+    "extra_roots_held_out": True,  # extra sources were split 70/15/15 like the data root
 }
 # The same for the model's stored hyperparameters (its __init__ arguments but the optimiser and schedule).
 MODEL_KEYS_BEFORE_THEY_EXISTED = {

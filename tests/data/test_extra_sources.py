@@ -12,6 +12,7 @@ import pytest
 
 from gem_lightning.data.splits import read_manifest
 from gem_lightning.errors import GemLightningError
+from gem_lightning.evaluation.checkpoint_evaluation import split_parts
 from tests.data.test_duplicates_and_leakage import _folder_with_duplicates, _gem_photo, _jpeg_bytes
 from tests.helpers.configs import folder_datamodule
 
@@ -71,6 +72,40 @@ def test_an_extra_source_is_split_per_class_beside_the_data_roots_own_unmoved_sp
     assert sum(report["sources"]["gems"]["images"].values()) == len(own) - 2  # the dropped label conflict
     assert sum(len(dataset) for dataset in merged.datasets.values()) == len(items)
     assert _digests(kaggle, shop) == before  # nothing under either source was written to
+
+
+def test_an_extra_source_held_out_nowhere_trains_every_photo_but_copies_of_held_out_ones(tmp_path):
+    kaggle, shop = tmp_path / "gems", tmp_path / "my-shop"
+    _folder_with_duplicates(kaggle, layout="split_folders")
+    copies = _shop(shop, kaggle)
+    settings = ["data.split=predefined", f"data.extra_roots=[{shop}]"]
+    held_out = folder_datamodule(kaggle, tmp_path / "held_out", settings)
+    held_out.prepare_data()
+    all_trained = folder_datamodule(kaggle, tmp_path / "all_trained", [*settings, "data.extra_roots_held_out=false"])
+    all_trained.prepare_data()
+
+    rows = {row["path"]: row for row in read_manifest(all_trained.prepared.manifest_file)}
+    split_of = {row["path"]: row["split"] for row in read_manifest(held_out.prepared.manifest_file)}
+    # Its own manifest: the same folders split another way are not "a changed folder".
+    assert all_trained.prepared.manifest_file != held_out.prepared.manifest_file
+    # The data root's photos stay where they were; every shop photo trains, but the copy of a Kaggle test
+    # photo, which is tested with it, and the copy of a train photo, which goes where its original goes.
+    assert {p: r["split"] for p, r in rows.items() if not p.startswith("my-shop/")} == {
+        p: split for p, split in split_of.items() if not p.startswith("my-shop/")
+    }
+    shop_splits = Counter(r["split"] for p, r in rows.items() if p.startswith("my-shop/") and p not in copies)
+    assert shop_splits == {"train": 30}
+    assert rows["my-shop/Citrine/of_test.jpg"]["split"] == "test"
+    assert rows["my-shop/Citrine/of_train.jpg"]["split"] == split_of["train/Citrine/10.jpg"]
+    report = json.loads(all_trained.prepared.report_file.read_text())
+    assert report["split"]["extra_roots_held_out"] is False
+    assert report["sources"]["my-shop"]["images"]["test"] == 1
+
+    # A run reports each source's part of its test split where two sources have photos in it.
+    assert split_parts(held_out) == ("gems", "my-shop")
+    alone = folder_datamodule(kaggle, tmp_path / "alone", ["data.split=predefined"])
+    alone.prepare_data()
+    assert split_parts(alone) == ()
 
 
 def test_a_missing_or_clashing_extra_source_is_one_line_naming_it(tmp_path):

@@ -116,5 +116,6 @@ def test_a_data_config_of_ones_own_that_leaves_out_keys_names_them_in_one_line(t
     typed = [sys.executable, "train.py", "--config-dir", str(tmp_path), "data=mine", "model.pretrained=false"]
     result = subprocess.run(typed, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     line = the_one_error_line(result)
-    assert line.startswith("error: data.extra_roots, data.val_fraction, data.test_fraction, data.split_seed,")
+    first_missing = "data.extra_roots, data.extra_roots_held_out, data.val_fraction, data.test_fraction"
+    assert line.startswith(f"error: {first_missing}, data.split_seed,")
     assert "data.augment_on: no value given" in line and "data.root" not in line
