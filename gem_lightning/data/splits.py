@@ -175,9 +175,10 @@ def plan_splits(
         pool = [item for item in usable if item.path not in plan.assignment]
     for (source, _), units in _units_by_class(pool, group_of, seed).items():
         size = sum(len(unit) for unit in units)
-        # The data root's own test split is given in predefined mode; other sources' photos are split here.
-        test = 0.0 if (mode == "predefined" and not source) or (source and not extra_roots_held_out) else test_fraction
-        val = 0.0 if source and not extra_roots_held_out else val_fraction
+        if source and not extra_roots_held_out:
+            test, val = 0.0, 0.0  # every photo trains
+        else:  # the data root's own test split is given in predefined mode; other sources' photos are split here
+            test, val = (0.0 if mode == "predefined" and not source else test_fraction), val_fraction
         _place(units, _share(size, test), _share(size, val), plan.assignment)
     return plan
 
