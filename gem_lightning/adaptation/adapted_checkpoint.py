@@ -6,8 +6,10 @@ The new checkpoint is the original (weights untouched) plus the folder's class p
 photo left out of its own class's prototype so that they see answers on photos the prototypes have not seen:
 the temperature, the prediction sets (same score and settings as the original's), the confidences for answering
 only when sure (``trust.selective_answers``), and the novelty rule, whose
-class directions gain the prototypes and whose threshold comes from the folder's photos. Predict, evaluate,
-export and the web page take it like any checkpoint.
+class directions gain the prototypes and whose threshold comes from the folder's photos. Those fits use only
+the photos the network did not train on (a run retrained with ``data.extra_roots`` trained on some of them), as
+every fit of the kind must; where it trained on all, they use all, and a warning says they will be too sure.
+Predict, evaluate, export and the web page take it like any checkpoint.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from gem_lightning.inference.loop import DatasetOutputs
 from gem_lightning.inference.predictor import Predictor
 from gem_lightning.models.classifier import GemClassifier
 from gem_lightning.models.source_prototypes import SourcePrototypes
+from gem_lightning.trust.nearest_photos import TrainingPhotos
 from gem_lightning.trust.novelty import Novelty, nearest_class_distances
 from gem_lightning.trust.prediction_sets import PredictionSets, fit_prediction_sets
 from gem_lightning.trust.selective_answers import SelectiveAnswers, fit_selective_answers
@@ -37,6 +40,7 @@ class AdaptedFits:
     """What adapting to a source fits, each from the source's labelled photos."""
 
     prototypes: SourcePrototypes
+    fitted_on: torch.Tensor  # (N,) bool: the labelled photos the temperature, sets, answers and novelty used
     calibration: CalibrationResult
     prediction_sets: PredictionSets | None  # None when the original checkpoint had none
     novelty: Novelty | None
@@ -76,13 +80,42 @@ def adapted_checkpoint_path(checkpoint: Path, folder: Path) -> Path:
     return checkpoint.with_name(f"{checkpoint.stem}-adapted-{folder.resolve().name}{checkpoint.suffix}")
 
 
+def photos_new_to(model: GemClassifier, features: torch.Tensor, source: str) -> torch.Tensor:
+    """(N,) bool: the labelled photos ``model`` did not train on (``TrainingPhotos.seen``), which the fits of an
+    adapted checkpoint use; every photo, with one warning, when it trained on all of them."""
+    if model.training_photos is None:  # a checkpoint without sets fitted stores no training photos
+        return torch.ones(len(features), dtype=torch.bool)
+    seen = TrainingPhotos(**model.training_photos).seen(features)
+    if bool(seen.all()):
+        log.warning(
+            "the network trained on every one of the %d labelled photos of %s: the temperature, prediction sets and "
+            "answer threshold refitted on them will be surer than its other photos warrant. For honest ones, adapt "
+            "with photos it did not train on (with data.extra_roots_held_out=true, a run holds some out)",
+            len(seen),
+            Path(source).name,
+        )
+        return torch.ones_like(seen)
+    if bool(seen.any()):
+        log.info(
+            "%d of the %d labelled photos of %s are training photos of the network: the prototypes use all of them, "
+            "the temperature, sets, answer threshold and novelty rule the other %d",
+            int(seen.sum()),
+            len(seen),
+            Path(source).name,
+            int((~seen).sum()),
+        )
+    return ~seen
+
+
 def fit_adaptation(model: GemClassifier, passed: DatasetOutputs, weight: float, source: str) -> AdaptedFits:
     """Prototypes from one pass of the unadapted ``model`` over a source's labelled photos (head logits, features,
-    labels), then the temperature, sets and novelty rule on the held-out adapted logits of the same photos."""
-    features, targets = passed.features, passed.targets
-    prototypes = SourcePrototypes.fit(features, targets, len(model.class_names), weight, source)
-    held_out_added = prototypes.held_out_logits(features, targets)
-    held_out = passed.outputs + held_out_added
+    labels), then the temperature, sets and novelty rule on the held-out adapted logits of those of the photos
+    the network did not train on (``photos_new_to``)."""
+    prototypes = SourcePrototypes.fit(passed.features, passed.targets, len(model.class_names), weight, source)
+    held_out_added = prototypes.held_out_logits(passed.features, passed.targets)
+    fitted_on = photos_new_to(model, passed.features, source)
+    features, targets, held_out_added = passed.features[fitted_on], passed.targets[fitted_on], held_out_added[fitted_on]
+    held_out = passed.outputs[fitted_on] + held_out_added
     split = f"{Path(source).name} (each photo left out of its class's prototype)"
     calibration = calibrate(held_out, targets, split=split)
     probabilities = (held_out / calibration.temperature).softmax(-1)
@@ -94,7 +127,7 @@ def fit_adaptation(model: GemClassifier, passed: DatasetOutputs, weight: float, 
     if model.novelty is not None:
         novelty = _novelty_with_prototypes(model.novelty, prototypes, features, held_out_added, split)
     selective = fit_selective_answers(probabilities, targets, split=split)
-    return AdaptedFits(prototypes, calibration, sets, novelty, selective)
+    return AdaptedFits(prototypes, fitted_on, calibration, sets, novelty, selective)
 
 
 def adapt_checkpoints(
@@ -138,5 +171,5 @@ def _novelty_with_prototypes(
         nearest_class_distances(features, original.centroids), 1.0 - held_out_cosines.double().max(dim=1).values
     )
     centroids = torch.cat([original.centroids, prototypes.prototypes[prototypes.photos > 0]])
-    images = original.training_images + len(features)
+    images = original.training_images + int(prototypes.photos.sum())  # the prototypes average every labelled photo
     return Novelty(centroids, images, split, sorted(distances.tolist()))

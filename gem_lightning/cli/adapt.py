@@ -37,7 +37,8 @@ def run(cfg: DictConfig) -> int:
     fits = adapted[0].fits
     print(f"adapted to {fits.prototypes.describe(predictor.class_names)}")
     temperatures = ", ".join(f"{member.fits.calibration.temperature:.3f}" for member in adapted)
-    print(f"temperature {temperatures} (fitted on those photos, each left out of its class)")
+    fitted = ", ".join(str(int(member.fits.fitted_on.sum())) for member in adapted)
+    print(f"temperature {temperatures} (fitted on {fitted} of those photos, each left out of its class)")
     print(f"adapted checkpoint{'s' if len(shown) > 1 else ''}: {', '.join(shown)}")
     ckpt = shown[0] if len(shown) == 1 else f"[{','.join(shown)}]"
     print(f"use it: python -m gem_lightning.cli.predict ckpt={ckpt} input=<photos>")

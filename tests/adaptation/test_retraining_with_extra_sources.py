@@ -1,15 +1,20 @@
 """Adapting by retraining: the run trains on a few labelled photos of the user's source beside its own
-(``data.extra_roots``), recognises the rest of that source better, and shows those photos as nearest examples."""
+(``data.extra_roots``), recognises the rest of that source better, and shows those photos as nearest examples;
+adapting it with the same photos fits its temperature and sets on those it did not train on."""
 
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 from pathlib import Path
 
 import pytest
 from hydra.core.global_hydra import GlobalHydra
 
+from gem_lightning.adaptation.adapted_checkpoint import adapt_checkpoints
 from gem_lightning.cli import evaluate
+from gem_lightning.evaluation.checkpoint_evaluation import labelled_folder
 from gem_lightning.inference.predictor import Predictor
 from gem_lightning.training.run import train
 from tests.helpers.configs import TINY_DEMO, compose_config
@@ -26,7 +31,7 @@ def _recall_on(checkpoint: Path, folder: Path, tmp_path: Path, name: str) -> flo
     return json.loads((output / "evaluation.json").read_text())["summary"]["recall_mean"]
 
 
-def test_a_run_with_the_sources_labelled_photos_recognises_the_rest_of_it(trained_demo_run, tmp_path):
+def test_a_run_with_the_sources_labelled_photos_recognises_the_rest_of_it(trained_demo_run, tmp_path, caplog):
     # 6 labelled photos a class of the shop (split 4/1/1 per class), 5 others a class to measure on.
     _, labelled, rest = shop_photos(tmp_path, per_class=11, labelled=6)
     cfg = compose_config([*DEMO_RUN, f"data.extra_roots=[{labelled}]"], tmp_path / "work")
@@ -58,3 +63,20 @@ def test_a_run_with_the_sources_labelled_photos_recognises_the_rest_of_it(traine
     photos = [Path(predictor.training_photos["root"]) / file for file in predictor.training_photos["files"]]
     from_shop = [photo for photo in photos if photo.is_relative_to(labelled)]
     assert len(from_shop) == 40 and all(photo.is_file() for photo in from_shop)
+
+    # Adapted with the same labelled folder, the prototypes take all 60 photos, and the temperature, sets and
+    # answer threshold the 20 the network did not train on: fitted on its training photos they would be too sure.
+    cache = tmp_path / "cache"
+    adapted = adapt_checkpoints(predictor, labelled, weight=40.0, output=tmp_path / "adapted.ckpt")[0].fits
+    _, _, order = labelled_folder(predictor, labelled, cache)
+    assert adapted.fitted_on.tolist() == [photo not in from_shop for photo in order]
+    assert int(adapted.prototypes.photos.sum()) == 60 and adapted.calibration.images == 20
+    # A folder of photos it trained on only: fitted on all of them, and one warning says they will be too sure.
+    trained_only = tmp_path / "trained_only"
+    for photo in from_shop:
+        (trained_only / photo.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(photo, trained_only / photo.parent.name / photo.name)
+    with caplog.at_level(logging.WARNING):
+        fits = adapt_checkpoints(predictor, trained_only, weight=40.0, output=tmp_path / "too_sure.ckpt")[0].fits
+    assert bool(fits.fitted_on.all())
+    assert "trained on every one of the 40 labelled photos of trained_only" in caplog.text
