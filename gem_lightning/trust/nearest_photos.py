@@ -46,15 +46,18 @@ class TrainingPhotos:
         files = [str(photo.relative_to(root)) if photo.is_relative_to(root) else str(photo) for photo in photos]
         return cls(F.normalize(features.float(), dim=1).half(), labels.long(), files, str(root))
 
+    def similarity(self, features: torch.Tensor) -> torch.Tensor:
+        """(N, T): the cosine of each of (N, F) photos' features to each training photo's."""
+        return F.normalize(features.float(), dim=1) @ self.features.float().T
+
     def seen(self, features: torch.Tensor) -> torch.Tensor:
         """(N,) bool: which of (N, F) photos the network trained on (``SEEN_COSINE`` from a training photo)."""
-        similarity = F.normalize(features.float(), dim=1) @ self.features.float().T
-        return similarity.max(dim=1).values >= SEEN_COSINE
+        return self.similarity(features).max(dim=1).values >= SEEN_COSINE
 
     def nearest(self, features: torch.Tensor, classes: torch.Tensor, per_class: int = PHOTOS_PER_CLASS):
         """For each of (M, F) photos and each class in its row of (M, K) ``classes``: the ``per_class``
         nearest training photos of that class, nearest first; (M lists of K lists of NearPhoto)."""
-        similarity = F.normalize(features.float(), dim=1) @ self.features.float().T
+        similarity = self.similarity(features)
         result = []
         for row, photo_classes in zip(similarity, classes.tolist(), strict=True):
             per_photo = []
