@@ -205,16 +205,16 @@ def _children(pid: int) -> set[int]:
     return found
 
 
-@needs_shared(U2NET_DIR / "u2netp.onnx")
-@pytest.mark.parametrize("kill", [signal.SIGKILL, signal.SIGTERM])
-def test_a_killed_run_ends_its_workers_and_the_rerun_does_only_the_rest_leaving_no_partial_files(tmp_path, kill):
-    env = checkout_env(U2NET_HOME=str(U2NET_DIR))
-    command = _prepare_command(tmp_path, workers=2)
-    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    prepared = tmp_path / "cache" / "prepared"
+def _kill_mid_way(command: list[str], env: dict[str, str], cwd: Path, kill: signal.Signals) -> int:
+    """Start ``command``, send ``kill`` to the process the user started (not its workers: they must end with it)
+    once it has prepared 5 more images than were cached, check that its workers end and nothing is written
+    after; the number of images prepared by then."""
+    prepared = cwd / "cache" / "prepared"
+    before = len(list(prepared.rglob("*.json")))
+    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     try:
-        while len(list(prepared.rglob("*.json"))) < 5:
+        while len(list(prepared.rglob("*.json"))) < before + 5:
             assert process.poll() is None, "the run ended before it could be killed"
             assert time.monotonic() < deadline, "no image was prepared within two minutes"
             time.sleep(0.05)
@@ -223,16 +223,28 @@ def test_a_killed_run_ends_its_workers_and_the_rerun_does_only_the_rest_leaving_
         raise
     workers = _children(process.pid)
     assert len(workers) >= 2, "no worker processes seen"
-    process.send_signal(kill)  # the process the user started, not its workers: they must end with it
+    process.send_signal(kill)
     process.wait(timeout=30)
     deadline = time.monotonic() + 15
     while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not any(Path(f"/proc/{pid}").exists() for pid in workers), "workers outlived their parent"
-    done_before = len(list(prepared.rglob("*.json")))
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers), f"workers outlived their parent ({kill.name})"
+    done = len(list(prepared.rglob("*.json")))
     time.sleep(1.0)
-    assert len(list(prepared.rglob("*.json"))) == done_before  # nobody is still writing cut-outs
-    assert 5 <= done_before < DEMO_IMAGES, "the kill must land mid-way"
+    assert len(list(prepared.rglob("*.json"))) == done  # nobody is still writing cut-outs
+    assert not [p for p in prepared.rglob("*") if p.name.endswith(".tmp")], "partial files were left behind"
+    return done
+
+
+@needs_shared(U2NET_DIR / "u2netp.onnx")
+def test_a_killed_run_ends_its_workers_and_the_rerun_does_only_the_rest_leaving_no_partial_files(tmp_path):
+    env = checkout_env(U2NET_HOME=str(U2NET_DIR))
+    command = _prepare_command(tmp_path, workers=2)
+    # SIGTERM (handled: the run stops its workers) and SIGKILL (not handled: the workers notice their parent
+    # died) one after the other, each mid-way; the third run finishes what both left.
+    after_sigterm = _kill_mid_way(command, env, tmp_path, signal.SIGTERM)
+    done_before = _kill_mid_way(command, env, tmp_path, signal.SIGKILL)
+    assert 5 <= after_sigterm < done_before < DEMO_IMAGES, "each kill must land mid-way"
 
     finished = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr
@@ -243,6 +255,7 @@ def test_a_killed_run_ends_its_workers_and_the_rerun_does_only_the_rest_leaving_
     report = json.loads(next((tmp_path / "cache" / "reports").rglob("data_report.json")).read_text())
     summary = report["background"]["summary"]
     assert summary["cached"] == done_before and summary["done"] == DEMO_IMAGES - done_before and summary["failed"] == 0
+    prepared = tmp_path / "cache" / "prepared"
     assert not [p for p in prepared.rglob("*") if p.name.endswith(".tmp")], "partial files were left behind"
     pngs = list(prepared.rglob("*.png"))
     assert len(pngs) == DEMO_IMAGES
