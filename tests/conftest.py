@@ -18,6 +18,7 @@ from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 
 from gem_lightning.config.schema import register_config_schemas
 from tests.helpers.configs import TINY_DEMO, compose_config
+from tests.helpers.readme_commands import Clone, fresh_clone
 from tests.helpers.scratch_folders import fixture_folder
 from tests.helpers.workplace import U2NET_DIR
 
@@ -96,3 +97,18 @@ def trained_rembg_run(request, tmp_path_factory) -> Iterator[TrainedRun]:
             metrics,
             datamodule,
         )
+
+
+@pytest.fixture(scope="module")
+def clone(request, tmp_path_factory) -> Iterator[Clone]:
+    """A fresh clone of this working tree for one README-commands module (each module gets its own)."""
+    with fixture_folder(request, tmp_path_factory, "fresh") as folder:
+        yield fresh_clone(folder)
+
+
+@pytest.fixture(scope="module")
+def small_demo_clone(request, tmp_path_factory) -> Iterator[Clone]:
+    """A second fresh clone, for the tests that render the demo set smaller (``SMALL_DEMO``): the first clone's
+    ``cache/demo_gems`` keeps README's 60 photos a class whatever order the tests run in."""
+    with fixture_folder(request, tmp_path_factory, "fresh_small_demo") as folder:
+        yield fresh_clone(folder)
