@@ -224,45 +224,57 @@ def _wait_for(process: subprocess.Popen, path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
-def test_a_killed_sweep_resumes_to_the_requested_trials_without_duplicates(tmp_path, how):
-    name = f"killed-{how.lower()}"
+def test_a_killed_sweep_resumes_to_the_requested_trials_without_duplicates(tmp_path):
+    """A sweep killed by SIGTERM, its rerun killed by SIGKILL while it resumes the interrupted trial, and a third
+    run that finishes: each retry resumes from the attempt before it, and the budget counts finished trials."""
+    name = "killed"
     # A short heartbeat so a SIGKILLed worker's trial goes stale in seconds, not minutes; 8 epochs so that
-    # trial 1 is still training when its first last.ckpt appears.
+    # each attempt is still training when its first last.ckpt appears.
     args = _sweep_args(tmp_path, name, 2, "trainer.max_epochs=8", "sweep.heartbeat_interval=1", "sweep.grace_period=3")
+    trials_dir = tmp_path / "outputs" / "sweeps" / name / "trials"
+
     first = _sweep_process(args, tmp_path / "first.log")
-    _wait_for(first, tmp_path / "outputs" / "sweeps" / name / "trials" / "0001" / "checkpoints" / "last.ckpt")
-    os.kill(first.pid, getattr(signal, how))
+    _wait_for(first, trials_dir / "0001" / "checkpoints" / "last.ckpt")
+    os.kill(first.pid, signal.SIGTERM)
     assert first.wait(timeout=120) != 0
     interrupted = _study(tmp_path, name).trials[1]
-    if how == "SIGTERM":
-        # Recorded at once: failed, and queued again with the same parameters.
-        assert interrupted.state == TrialState.FAIL
-        assert "interrupted" in interrupted.user_attrs["failed"]
-    else:
-        assert interrupted.state == TrialState.RUNNING  # nobody could record it; its heartbeat stops
-        time.sleep(3.5)
+    # Recorded at once: failed, and queued again with the same parameters.
+    assert interrupted.state == TrialState.FAIL
+    assert "interrupted" in interrupted.user_attrs["failed"]
 
-    second = subprocess.run(
-        [sys.executable, "sweep.py", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600
+    second = _sweep_process(args, tmp_path / "second.log")
+    _wait_for(second, trials_dir / "0002" / "checkpoints" / "last.ckpt")
+    os.kill(second.pid, signal.SIGKILL)
+    assert second.wait(timeout=120) != 0
+    killed = _study(tmp_path, name).trials[2]
+    assert killed.state == TrialState.RUNNING  # nobody could record it; its heartbeat stops
+    assert killed.params == interrupted.params
+    assert (
+        f"resumes its interrupted attempt from {interrupted.user_attrs['run_dir']}"
+        in (tmp_path / "second.log").read_text()
     )
-    assert second.returncode == 0, second.stderr[-3000:]
-    study = _study(tmp_path, name)
-    states = [t.state for t in study.trials]
-    assert states.count(TrialState.COMPLETE) == 2, states
-    assert states.count(TrialState.FAIL) == 1 and study.trials[1].state == TrialState.FAIL
-    retry = next(t for t in study.trials if t.system_attrs.get("failed_trial") == 1)
-    assert retry.params == interrupted.params and retry.state == TrialState.COMPLETE
-    # The retry resumed from the interrupted attempt's last.ckpt instead of starting over.
-    assert f"resumes its interrupted attempt from {interrupted.user_attrs['run_dir']}" in second.stderr
-    assert "Restoring states from the checkpoint" in second.stdout + second.stderr
-    _assert_no_trial_trained_twice(study)
-    # Running the same command once more has nothing left to do.
+    time.sleep(3.5)
+
     third = subprocess.run(
         [sys.executable, "sweep.py", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600
     )
-    assert third.returncode == 0 and len(_study(tmp_path, name).trials) == len(study.trials)
-    assert "finished trials: 2 of 2" in third.stdout
+    assert third.returncode == 0, third.stderr[-3000:]
+    study = _study(tmp_path, name)
+    states = [t.state for t in study.trials]
+    assert states.count(TrialState.COMPLETE) == 2, states
+    assert states.count(TrialState.FAIL) == 2 and {study.trials[1].state, study.trials[2].state} == {TrialState.FAIL}
+    retry = next(t for t in study.trials if (t.system_attrs.get("retry_history") or [None])[-1] == 2)
+    assert retry.params == interrupted.params and retry.state == TrialState.COMPLETE
+    # The retry resumed from the killed attempt's last.ckpt instead of starting over.
+    assert f"resumes its interrupted attempt from {killed.user_attrs['run_dir']}" in third.stderr
+    assert "Restoring states from the checkpoint" in third.stdout + third.stderr
+    _assert_no_trial_trained_twice(study)
+    # Running the same command once more has nothing left to do.
+    fourth = subprocess.run(
+        [sys.executable, "sweep.py", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert fourth.returncode == 0 and len(_study(tmp_path, name).trials) == len(study.trials)
+    assert "finished trials: 2 of 2" in fourth.stdout
 
 
 @pytest.mark.slow
