@@ -28,6 +28,7 @@ from tests.helpers.readme_commands import (
     DDP_SHRINK,
     HAS_CUDA,
     README,
+    README_TEST_MODULES,
     Clone,
     _free_port,
     _get,
@@ -35,9 +36,8 @@ from tests.helpers.readme_commands import (
     _poll_json,
     _stop,
     _value,
-    commands_not_run,
+    check_every_command_of_the_module_ran,
     readme_commands,
-    readme_test_modules,
 )
 from tests.helpers.train_command import epoch_logged
 
@@ -45,7 +45,7 @@ from tests.helpers.train_command import epoch_logged
 def test_every_readme_command_has_its_test():
     shown = readme_commands()
     assert sorted(set(shown)) == sorted(COMMAND_TESTS), "README.md's commands and COMMAND_TESTS differ"
-    modules = [importlib.import_module(name) for name in readme_test_modules()]
+    modules = [importlib.import_module(name) for name in README_TEST_MODULES]
     for name in COMMAND_TESTS.values():
         assert name.startswith("set-up: ") or any(callable(getattr(m, name, None)) for m in modules), name
 
@@ -648,9 +648,4 @@ def test_export(clone, demo, my_photos):
 
 def test_every_readme_command_ran(request):
     """Runs last (file order): each README command whose test is in this module was run by it, as shown."""
-    module_tests = {name for name, value in globals().items() if name.startswith("test_") and callable(value)}
-    selected = {item.originalname for item in request.session.items if item.module.__name__ == __name__}
-    if selected != module_tests:
-        pytest.skip("only some of this module's tests were selected")
-    not_run = commands_not_run(module_tests)
-    assert not not_run, f"README commands no test ran as shown: {not_run}"
+    check_every_command_of_the_module_ran(request)

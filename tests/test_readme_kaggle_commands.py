@@ -23,7 +23,7 @@ from tests.helpers.readme_commands import (
     _one_error_line,
     _report_top1,
     _value,
-    commands_not_run,
+    check_every_command_of_the_module_ran,
     readme_commands,
 )
 from tests.helpers.workplace import GEMSTONES_DIR, OTHER_SOURCES_DIR, U2NET_DIR, needs_shared
@@ -317,9 +317,4 @@ def test_bench(clone):
 
 def test_every_readme_command_ran(request):
     """Runs last (file order): each README command whose test is in this module was run by it, as shown."""
-    module_tests = {name for name, value in globals().items() if name.startswith("test_") and callable(value)}
-    selected = {item.originalname for item in request.session.items if item.module.__name__ == __name__}
-    if selected != module_tests:
-        pytest.skip("only some of this module's tests were selected")
-    not_run = commands_not_run(module_tests)
-    assert not not_run, f"README commands no test ran as shown: {not_run}"
+    check_every_command_of_the_module_ran(request)
