@@ -83,6 +83,15 @@ def _readme_sample_output() -> list[str]:
     return block.strip().splitlines()
 
 
+# The line each epoch logs (gem_lightning.training.epoch_lines): its time and the time left in words ("about 2 min
+# left"); the last has none.
+EPOCH_LINE = re.compile(
+    r"\[gem_lightning\.training\.epoch_lines\]\[INFO\] - epoch (\d+)/\d+: train loss \d\.\d{4} acc \d\.\d{4} \| "
+    r"val loss \d\.\d{4} acc \d\.\d{4} best \d\.\d{4} \| [\d.]+ s(, about [\d.]+ (?:s|min|h) left)?$",
+    re.MULTILINE,
+)
+
+
 def test_demo_trains_and_prints_what_readme_shows(clone, demo):
     out = demo.result.stdout
     for shown in _readme_sample_output():
@@ -103,6 +112,17 @@ def test_demo_trains_and_prints_what_readme_shows(clone, demo):
     for written in (checkpoints / "best.ckpt", checkpoints / "last.ckpt", demo.run_dir / "metrics.json"):
         assert written.stat().st_mode & 0o777 == 0o666 & ~umask, written
     assert (clone.root / "cache" / "demo_gems").is_dir()
+    # Its stdout is a pipe, as under nohup or SLURM: no terminal, so each epoch logs its line there too, and in
+    # train.log; the last one without a time left.
+    epochs = [str(epoch) for epoch in range(1, result["epochs"] + 1)]
+    assert [m.group(1) for m in EPOCH_LINE.finditer(out)] == epochs, out[-3000:]
+    assert [bool(m.group(2)) for m in EPOCH_LINE.finditer(out)] == [True] * (len(epochs) - 1) + [False]
+    assert [m.group(1) for m in EPOCH_LINE.finditer((demo.run_dir / "train.log").read_text())] == epochs
+    assert "test/acc" in out and "val/acc_best" in out  # the metrics table
+    if shutil.which("srun"):  # Lightning's hint for SLURM users, outside a SLURM job (library_noise)
+        assert "srun" not in demo.result.stderr
+    assert (demo.run_dir / ".hydra" / "config.yaml").is_file()
+    assert list((demo.run_dir / "tensorboard").glob("events.out.tfevents.*"))
 
 
 def test_predict_the_demo_rubies(clone, demo):

@@ -4,51 +4,12 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 from tests.helpers.configs import TINY_DEMO
 from tests.helpers.train_command import run_train, the_one_error_line
 from tests.helpers.workplace import REPO_ROOT, U2NET_DIR, needs_shared
-
-# The line each epoch logs (gem_lightning.training.epoch_lines), here for 2 epochs.
-EPOCH_LINE = re.compile(
-    r"\[gem_lightning\.training\.epoch_lines\]\[INFO\] - epoch ([12])/2: train loss \d\.\d{4} acc \d\.\d{4} \| "
-    r"val loss \d\.\d{4} acc \d\.\d{4} best \d\.\d{4} \| [\d.]+ s(, about [\d.]+ s left)?$",
-    re.MULTILINE,
-)
-
-
-def test_train_py_on_demo_data_prints_the_run_dir_best_checkpoint_and_metrics(tmp_path):
-    # stdout to a file, as under nohup or SLURM: no terminal, so each epoch logs its line there too.
-    with open(tmp_path / "stdout.txt", "w") as stdout:
-        result = subprocess.run(
-            [sys.executable, "train.py", *TINY_DEMO, "trainer.max_epochs=2", f"paths.root_dir={tmp_path}"],
-            cwd=REPO_ROOT,
-            stdout=stdout,
-            stderr=subprocess.PIPE,
-            text=True,
-            timeout=600,
-        )
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = (tmp_path / "stdout.txt").read_text()
-    assert [m.group(1) for m in EPOCH_LINE.finditer(out)] == ["1", "2"], out[-3000:]
-    assert [bool(m.group(2)) for m in EPOCH_LINE.finditer(out)] == [True, False]  # the last has no time left
-    if shutil.which("srun"):  # Lightning's hint for SLURM users, outside a SLURM job (library_noise)
-        assert "srun" not in result.stderr
-    assert "test/acc" in out and "val/acc_best" in out
-    run_dirs = list((tmp_path / "outputs" / "demo" / "runs").iterdir())
-    assert len(run_dirs) == 1
-    run_dir = run_dirs[0]
-    assert f"run dir: {run_dir}" in out
-    best = run_dir / "checkpoints" / "best.ckpt"
-    assert f"best checkpoint: {best}" in out
-    assert (run_dir / ".hydra" / "config.yaml").is_file()
-    assert [m.group(1) for m in EPOCH_LINE.finditer((run_dir / "train.log").read_text())] == ["1", "2"]
-    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
-    assert Path(tmp_path / "cache" / "demo_gems").is_dir()  # the demo set was rendered into the cache
 
 
 def test_missing_pretrained_weights_stop_with_one_line(tmp_path):
