@@ -52,6 +52,7 @@ class TrainedRun:
     class_names: tuple[str, ...]
     metrics: dict
     datamodule: object  # the run's GemDataModule, its split and prepared files
+    cache_dir: Path  # the run's paths.cache_dir
 
 
 @pytest.fixture(scope="session")
@@ -67,7 +68,15 @@ def trained_demo_run(request, tmp_path_factory) -> Iterator[TrainedRun]:
         GlobalHydra.instance().clear()
         checkpoint = Path(result.best_checkpoint)
         datamodule = result.datamodule
-        yield TrainedRun(workdir, workdir / "run", checkpoint, tuple(datamodule.class_names), metrics, datamodule)
+        yield TrainedRun(
+            workdir, workdir / "run", checkpoint, tuple(datamodule.class_names), metrics, datamodule, workdir / "cache"
+        )
+
+
+def _cache_shared_by_workers(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """A cache folder every xdist worker of this session finds (this session's base temp without xdist)."""
+    base = tmp_path_factory.getbasetemp()
+    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / f"shared-cache-{name}"
 
 
 @pytest.fixture(scope="session")
@@ -84,7 +93,10 @@ def trained_rembg_run(request, tmp_path_factory) -> Iterator[TrainedRun]:
         # 6 photos a class, 60 cut-outs: u2netp takes about 0.5 s a photo on one core here.
         cut_outs = ["background=rembg", "background.backend.model=u2netp", "background.progress=false"]
         overrides = [*TINY_DEMO, "data.demo.images_per_class=6", *cut_outs]
-        cfg = compose_config(overrides, workdir)
+        # Its cache is the one folder both xdist workers use (each builds this fixture): the second finds the
+        # first's cut-outs, as a user's second run does (the cache is safe for concurrent runs).
+        cache_dir = _cache_shared_by_workers(tmp_path_factory, "rembg")
+        cfg = compose_config(overrides, workdir, cache_dir=cache_dir)
         result = train(cfg)
         metrics = result.metrics
         GlobalHydra.instance().clear()
@@ -96,6 +108,7 @@ def trained_rembg_run(request, tmp_path_factory) -> Iterator[TrainedRun]:
             tuple(datamodule.class_names),
             metrics,
             datamodule,
+            cache_dir,
         )
 
 

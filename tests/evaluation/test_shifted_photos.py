@@ -52,7 +52,7 @@ def test_white_keeps_the_stone_and_whitens_the_rest_with_the_real_rembg_mask(tmp
 
 def test_evaluate_shift_small_reports_beside_the_clean_split(trained_demo_run, capsys):
     run = trained_demo_run
-    argv = [f"ckpt={run.checkpoint}", "shift=small", "calibrate=false", f"cache_dir={run.workdir / 'cache'}"]
+    argv = [f"ckpt={run.checkpoint}", "shift=small", "calibrate=false", f"cache_dir={run.cache_dir}"]
     assert evaluate.main(argv) == 0
     summary = json.loads((run.run_dir / "evaluation" / "test-shift-small" / "evaluation.json").read_text())["summary"]
     assert summary["images"] == len(run.datamodule.datasets["test"]) and 0 <= summary["top1"] <= 1

@@ -29,12 +29,13 @@ TINY_DEMO = [
 ]
 
 
-def compose_config(overrides: list[str], workdir: Path) -> DictConfig:
-    """The config train.py would get for ``overrides``, with every path inside ``workdir``."""
+def compose_config(overrides: list[str], workdir: Path, cache_dir: Path | None = None) -> DictConfig:
+    """The config train.py would get for ``overrides``, with every path inside ``workdir`` (the cache in
+    ``cache_dir`` where given)."""
     paths = [
         f"paths.root_dir={workdir}",
         f"paths.output_dir={workdir / 'run'}",
-        f"paths.cache_dir={workdir / 'cache'}",
+        f"paths.cache_dir={cache_dir or workdir / 'cache'}",
         f"paths.log_dir={workdir / 'outputs'}",
     ]
     return compose_train_config(CONFIG_DIR, [*overrides, *paths])

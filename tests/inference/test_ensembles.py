@@ -76,13 +76,13 @@ def test_ensemble_members_must_know_the_same_classes(trained_demo_run, tmp_path)
 def test_evaluate_and_predict_take_a_list_of_checkpoints_and_views(trained_demo_run, tmp_path, capsys):
     run = trained_demo_run
     ensemble = f"ckpt=[{run.checkpoint},{run.checkpoint}]"
-    assert evaluate.main([ensemble, "tta=flip", "calibrate=false", f"cache_dir={run.workdir / 'cache'}"]) == 0
+    assert evaluate.main([ensemble, "tta=flip", "calibrate=false", f"cache_dir={run.cache_dir}"]) == 0
     (folder,) = (run.run_dir / "evaluation").glob("test-ensemble2-*-tta-flip")
     summary = json.loads((folder / "evaluation.json").read_text())["summary"]
     single = json.loads((run.run_dir / "evaluation" / "test" / "evaluation.json").read_text())["summary"]
     assert "an ensemble of 2 checkpoints, tta=flip (2 views)" in (folder / "report.md").read_text()
     # One checkpoint twice is that checkpoint: the same figures as it alone, with the same views.
-    alone = ["tta=flip", "calibrate=false", f"cache_dir={run.workdir / 'cache'}"]
+    alone = ["tta=flip", "calibrate=false", f"cache_dir={run.cache_dir}"]
     assert evaluate.main([f"ckpt={run.checkpoint}", *alone]) == 0
     single = json.loads((run.run_dir / "evaluation" / "test-tta-flip" / "evaluation.json").read_text())["summary"]
     assert summary["images"] == single["images"] and summary["top1"] == single["top1"]
@@ -90,7 +90,7 @@ def test_evaluate_and_predict_take_a_list_of_checkpoints_and_views(trained_demo_
     # Another ensemble of two with the same first member writes its own folder, not over the first one's.
     copy = tmp_path / "copy.ckpt"
     shutil.copyfile(run.checkpoint, copy)
-    other = [f"ckpt=[{run.checkpoint},{copy}]", "tta=flip", "calibrate=false", f"cache_dir={run.workdir / 'cache'}"]
+    other = [f"ckpt=[{run.checkpoint},{copy}]", "tta=flip", "calibrate=false", f"cache_dir={run.cache_dir}"]
     assert evaluate.main(other) == 0
     folders = sorted((run.run_dir / "evaluation").glob("test-ensemble2-*-tta-flip"))
     assert len(folders) == 2 and str(copy) in next(f for f in folders if f != folder).joinpath("report.md").read_text()
@@ -119,7 +119,7 @@ def test_members_trained_on_photos_and_on_cut_outs_each_see_a_photo_their_own_wa
     assert cut_run.class_names == whole_run.class_names
     module = cut_run.datamodule
     photos = [Path(module.root) / item.source for item in module.prepared.items if item.split == "test"][:6]
-    options = {"cache_dir": cut_run.workdir / "cache", "progress": False}
+    options = {"cache_dir": cut_run.cache_dir, "progress": False}
     cut, _ = Predictor(cut_run.checkpoint, **options).predict_files(photos)
     whole, _ = Predictor(whole_run.checkpoint, **options).predict_files(photos)
     assert all(p.model_input != p.source for p in cut) and all(p.model_input == p.source for p in whole)
@@ -170,7 +170,7 @@ def test_an_ensemble_adapts_member_by_member_and_its_curve_starts_at_evaluates_f
         members.append(Path(shutil.copyfile(run.checkpoint, tmp_path / name / "best.ckpt")))
     # Six photos a class: u2netp cuts each out for the second member in about 0.5 s here.
     shop, labelled, rest = shop_photos(tmp_path / "photos", per_class=6)
-    cache = f"cache_dir={trained_rembg_run.workdir / 'cache'}"
+    cache = f"cache_dir={trained_rembg_run.cache_dir}"
     ensemble = f"ckpt=[{members[0]},{members[1]}]"
 
     assert adapt.main([ensemble, f"input={labelled}", cache]) == 0

@@ -260,7 +260,7 @@ def test_predict_command_writes_csv(trained_demo_run, tmp_path):
 def test_predictions_match_the_training_evaluation_path(trained_demo_run):
     """A photo predicted from its file gets exactly the probabilities the run's test loader gave it."""
     run = trained_demo_run
-    predictor = Predictor(run.checkpoint, cache_dir=run.workdir / "cache", progress=False)
+    predictor = Predictor(run.checkpoint, cache_dir=run.cache_dir, progress=False)
     dataset = run.datamodule.datasets["test"]
     expected = collect_logits(predictor.model, dataset, progress=False)
     sources = [path for path, _ in dataset.items]
@@ -283,7 +283,7 @@ def test_predictions_match_the_training_evaluation_path(trained_demo_run):
 
 def test_a_training_photo_resembles_itself_most(trained_demo_run):
     run = trained_demo_run
-    predictor = Predictor(run.checkpoint, cache_dir=run.workdir / "cache", progress=False)
+    predictor = Predictor(run.checkpoint, cache_dir=run.cache_dir, progress=False)
     photos = TrainingPhotos(**predictor.training_photos)
     assert len(photos.files) == len(run.datamodule.datasets["train"])
     item = next(item for item in run.datamodule.prepared.items if item.split == "train")
@@ -347,7 +347,7 @@ def test_real_kaggle_photos_of_any_size_and_mode(trained_demo_run, tmp_path):
 def test_prediction_cuts_the_background_out_exactly_as_training_did(trained_rembg_run):
     """From the user's original photos: the same rembg cut-outs (from the same cache) and the same probabilities."""
     run = trained_rembg_run
-    predictor = Predictor(run.checkpoint, cache_dir=run.workdir / "cache", progress=False)
+    predictor = Predictor(run.checkpoint, cache_dir=run.cache_dir, progress=False)
     assert predictor.describe_background() == "rembg u2netp"
     dataset = run.datamodule.datasets["test"]
     expected = collect_logits(predictor.model, dataset, progress=False)

@@ -88,7 +88,7 @@ def test_a_checkpoint_written_before_the_package_tree_loads_with_todays_module_p
     # And it does its job: the predictor cuts a photo out with the stored GrabCut settings and identifies it.
     predictor = Predictor(path, cache_dir=tmp_path / "cache", progress=False)
     assert predictor.describe_background() == "OpenCV GrabCut"
-    photo = next((trained_demo_run.workdir / "cache" / "demo_gems" / "Ruby").iterdir())
+    photo = next((trained_demo_run.cache_dir / "demo_gems" / "Ruby").iterdir())
     Image.open(photo).convert("RGB").save(tmp_path / "ruby.jpg")
     (prediction,), skipped = predictor.predict_files([tmp_path / "ruby.jpg"])
     assert not skipped and abs(float(prediction.probabilities.sum()) - 1) < 1e-5
