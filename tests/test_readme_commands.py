@@ -302,8 +302,9 @@ def _logged_by_epoch(run_dir: Path, tag: str) -> dict[int, float]:
 
 
 def test_resume_a_killed_run(clone, demo):
-    # Only the epochs are checked here: no calibration/report or label audit (test_demo_... checks those).
-    overrides = "experiment=demo trainer.max_epochs=4 optim.lr=1e-2 evaluate=false label_audit=none"
+    # Only the epochs are checked here: no calibration/report or label audit (test_demo_... checks those), and
+    # 32 px (as the multirun tests, which share the clone's cache of that size).
+    overrides = "experiment=demo data.image_size=32 trainer.max_epochs=4 optim.lr=1e-2 evaluate=false label_audit=none"
     _resume(clone, overrides, _kill_after_epoch_1(clone, overrides), epochs=4)
 
 
