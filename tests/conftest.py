@@ -69,7 +69,13 @@ def trained_demo_run(request, tmp_path_factory) -> Iterator[TrainedRun]:
         checkpoint = Path(result.best_checkpoint)
         datamodule = result.datamodule
         yield TrainedRun(
-            workdir, workdir / "run", checkpoint, tuple(datamodule.class_names), metrics, datamodule, workdir / "cache"
+            workdir,
+            workdir / "run",
+            checkpoint,
+            tuple(datamodule.class_names),
+            metrics,
+            datamodule,
+            Path(cfg.paths.cache_dir),
         )
 
 
