@@ -24,7 +24,6 @@ from gem_lightning.files.atomic_writes import write_text_atomically
 from gem_lightning.inference.predictor import ImagePrediction, Predictor
 from gem_lightning.inference.user_photos import SkippedImage, find_images
 from gem_lightning.trust.answers import Answer, Answering, answering_for
-from gem_lightning.trust.novelty import unlike_calibration
 
 OUTPUT_FORMATS = (".json", ".csv")
 
@@ -40,11 +39,15 @@ def _nearest_rows(answer: Answer, class_names: list[str]) -> list[dict] | None:
 
 def _set_shift(answering: Answering, answers: list[Answer]) -> dict | None:
     distances = [answer.novelty for answer in answers if answer.novelty is not None]
-    if answering.novelty is None or not distances:
+    shift = answering.set_shift(torch.tensor(distances) if distances else None)
+    if shift is None:
         return None
-    statistic, p_value = answering.novelty.set_shift(torch.tensor(distances))
-    unlike = unlike_calibration(p_value)
-    return {"photos": len(distances), "statistic": statistic, "p_value": p_value, "unlike_validation": unlike}
+    return {
+        "photos": shift.photos,
+        "statistic": shift.statistic,
+        "p_value": shift.p_value,
+        "unlike_validation": shift.unlike_calibration,
+    }
 
 
 def predictions_document(

@@ -1,8 +1,10 @@
 """One photo's answer in words and fields, from its calibrated probabilities and backbone features: the top
 classes, the prediction set at the chosen coverage, the family when the class is unsure, and "not one of the
 classes I know" when the photo is far from all of them, and the training photos it most resembles in each of its
-top classes. ``predict`` and the web page form answers here, so they say the same thing; the evaluation report
-measures the same sets, family answers and novelty."""
+top classes. Photos answered together that are, as a set, unlike the calibration photos (``Novelty.set_shift``)
+have that said in each answer: the certainty it states was measured on photos like those. ``predict`` and the
+web page form answers here, so they say the same thing; the evaluation report measures the same sets, family
+answers and novelty."""
 
 from __future__ import annotations
 
@@ -13,11 +15,26 @@ import torch
 
 from gem_lightning.trust.families import FamilyAnswer, Taxonomy
 from gem_lightning.trust.nearest_photos import CLASSES_SHOWN, NearPhoto, TrainingPhotos
-from gem_lightning.trust.novelty import Novelty, check_accept
+from gem_lightning.trust.novelty import Novelty, check_accept, unlike_calibration
 from gem_lightning.trust.prediction_sets import PredictionSets
 from gem_lightning.trust.selective_answers import SelectiveAnswers, check_accuracy
 
 LONGEST_SET_NAMED = 4  # a larger set is named by its size and first classes
+# What an answer among photos unlike the calibration ones adds to the certainty it states.
+UNLIKE_CALIBRATION = "on photos like the validation ones (these are unlike them)"
+
+
+@dataclass(frozen=True)
+class SetShift:
+    """Photos answered together against the calibration photos, as ``Novelty.set_shift`` measures them."""
+
+    photos: int
+    statistic: float  # the one-sided Kolmogorov-Smirnov D of their distances to the classes
+    p_value: float
+
+    @property
+    def unlike_calibration(self) -> bool:
+        return unlike_calibration(self.p_value)
 
 
 @dataclass(frozen=True)
@@ -34,6 +51,9 @@ class Answer:
     # None: every photo is answered (no accuracy asked, or no fit)
     sure_enough: bool | None = None
     accuracy: float | None = None  # the accuracy asked
+    # True: the photos answered with it are, as a set, unlike the calibration photos (SetShift), so the certainty
+    # it states may not hold; None: not measured (no novelty fit or features)
+    unlike_calibration: bool | None = None
 
     def sentence(self) -> str:
         """``Ruby or Spinel, 90% sure``; ``a garnet (75%): Rhodolite 45%, Almandine 30%; ...``;
@@ -59,6 +79,8 @@ class Answer:
         else:
             named = ", ".join(self.prediction_set[:LONGEST_SET_NAMED])
             parts.append(f"one of {len(self.prediction_set)} classes ({named}, ...), {self.coverage:.0%} sure")
+        if self.unlike_calibration:
+            parts[-1] += f" {UNLIKE_CALIBRATION}"
         return "; ".join(parts)
 
 
@@ -97,6 +119,13 @@ class Answering:
         """(N,) each photo's distance to the nearest class centroid; None without a novelty fit or features."""
         return self.novelty.distances(features) if self.novelty is not None and features is not None else None
 
+    def set_shift(self, distances: torch.Tensor | None) -> SetShift | None:
+        """How photos answered together, by their ``distances``, compare as a set with the calibration photos; None
+        without a novelty fit or features."""
+        if self.novelty is None or distances is None or len(distances) == 0:
+            return None
+        return SetShift(len(distances), *self.novelty.set_shift(distances))
+
     def known(self, distances: torch.Tensor) -> torch.Tensor:
         """(N,) bool: which of these distances the novelty rule keeps (the rest: "not one I know")."""
         return distances <= self.novelty.threshold(self.accept)
@@ -107,6 +136,7 @@ class Answering:
         sets = self.prediction_sets.sets(probabilities, self.coverage) if self.prediction_sets else None
         distances = self.distances(features)
         known = self.known(distances) if distances is not None else None
+        shift = self.set_shift(distances)
         sure_enough = None
         if self.accuracy is not None and self.selective_answers is not None:
             sure_enough = self.selective_answers.answered(probabilities, self.accuracy)
@@ -134,6 +164,7 @@ class Answering:
                     None if nearest is None else nearest[row],
                     None if sure_enough is None else bool(sure_enough[row]),
                     self.accuracy,
+                    None if shift is None else shift.unlike_calibration,
                 )
             )
         return result

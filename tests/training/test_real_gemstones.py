@@ -8,6 +8,7 @@ import pytest
 
 from gem_lightning.cli import predict
 from gem_lightning.training.run import train
+from gem_lightning.trust.answers import UNLIKE_CALIBRATION
 from tests.helpers.configs import compose_config
 from tests.helpers.workplace import GEMSTONES_DIR, IMAGENET_SAMPLES_DIR, needs_shared
 
@@ -66,3 +67,6 @@ def test_short_real_run_on_five_gem_classes_beats_chance_by_far_and_knows_what_i
     turned_away = [row for row in answers if row["known"] is False]
     assert len(answers) == 50 and len(turned_away) >= 25, [row["answer"] for row in answers]
     assert all(row["answer"].startswith("not one of the 5 classes I know") for row in turned_away)
+    # The others are answered with a class, and each answer says its certainty was measured on other photos.
+    answered = [row["answer"] for row in answers if row["known"]]
+    assert answered and all(answer.endswith(f" {UNLIKE_CALIBRATION}") for answer in answered), answered

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from gem_lightning.errors import GemLightningError
-from gem_lightning.trust.answers import Answering
+from gem_lightning.trust.answers import UNLIKE_CALIBRATION, Answering
 from gem_lightning.trust.families import Taxonomy
 from gem_lightning.trust.novelty import SHIFT_P_VALUE, Novelty, class_centroids, fit_novelty
 
@@ -89,3 +89,27 @@ def test_a_set_of_photos_farther_than_the_validation_ones_is_reported_as_unlike_
     # Photos nearer the classes than validation ones are no warning: the test is one-sided.
     nearer, _ = _seeded_features(300, 10, seed=31, spread=0.4)
     assert fitted.set_shift(fitted.distances(nearer))[1] > 0.5
+
+
+def test_answers_among_photos_unlike_the_validation_ones_say_their_certainty_was_measured_on_others():
+    train, train_labels = _seeded_features(2000, 10, seed=0)
+    validation, _ = _seeded_features(400, 10, seed=1)
+    fitted = fit_novelty(train, train_labels, validation, num_classes=10)
+    names = [f"class {i}" for i in range(10)]
+    answering = Answering(names, Taxonomy("test", 0.5, {}), None, 0.9, novelty=fitted.as_dict(), accept=1.0)
+
+    def sentences(features: torch.Tensor, labels: torch.Tensor) -> list[str]:
+        probabilities = torch.nn.functional.one_hot(labels, 10).float() * 0.6 + 0.04
+        answers = answering.answers(probabilities, 3, features)
+        shift = answering.set_shift(fitted.distances(features))
+        # One rule: each answer says what the set's test says (and predict's JSON reports).
+        assert all(answer.unlike_calibration is shift.unlike_calibration for answer in answers)
+        return [answer.sentence() for answer in answers]
+
+    alike = sentences(*_seeded_features(300, 10, seed=2))
+    assert all(sentence.endswith("(64%)") for sentence in alike), alike[:3]
+    unlike = sentences(*_seeded_features(300, 10, seed=30, spread=0.8))
+    assert all(sentence.endswith(f"(64%) {UNLIKE_CALIBRATION}") for sentence in unlike), unlike[:3]
+    # One photo is never a set unlike the calibration ones, however far (its p-value cannot fall that low).
+    far, labels = _seeded_features(1, 10, seed=30, spread=3.0)
+    assert sentences(far, labels) == [f"class {int(labels[0])} (64%)"]
