@@ -37,9 +37,9 @@ def _nearest_rows(answer: Answer, class_names: list[str]) -> list[dict] | None:
     ]
 
 
-def _set_shift(answering: Answering, answers: list[Answer]) -> dict | None:
-    distances = [answer.novelty for answer in answers if answer.novelty is not None]
-    shift = answering.set_shift(torch.tensor(distances) if distances else None)
+def _set_shift(answers: list[Answer]) -> dict | None:
+    """The set test the answers were given with (each holds the same one); None without a novelty fit."""
+    shift = answers[0].set_shift if answers else None
     if shift is None:
         return None
     return {
@@ -80,7 +80,7 @@ def predictions_document(
         # null unless selective.accuracy is asked and the checkpoint has the fit: answer only when sure enough.
         "selective_answers": _selective(answering),
         # null without a novelty fit: are these photos, as a set, farther from the classes than validation photos?
-        "set_shift": _set_shift(answering, answers),
+        "set_shift": _set_shift(answers),
         "predictions": [
             {
                 "file": str(item.source),

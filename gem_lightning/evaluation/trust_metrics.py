@@ -100,7 +100,7 @@ def novelty_row(
         return None
     known = answering.known(distances)
     right = predicted == targets
-    statistic, p_value = answering.novelty.set_shift(distances)
+    shift = answering.set_shift(distances)
     return NoveltyRow(
         accept=answering.accept,
         threshold=answering.novelty.threshold(answering.accept),
@@ -109,8 +109,8 @@ def novelty_row(
         top1_known=float(right[known].double().mean()) if known.any() else math.nan,
         unknown_wrong=int((~right[~known]).sum()),
         median_distance=float(distances.median()),
-        shift_statistic=statistic,
-        shift_p_value=p_value,
+        shift_statistic=shift.statistic,
+        shift_p_value=shift.p_value,
         wrong_answer_auroc=wrong_answer_auroc(distances, ~right),
     )
 

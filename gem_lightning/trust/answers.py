@@ -51,9 +51,9 @@ class Answer:
     # None: every photo is answered (no accuracy asked, or no fit)
     sure_enough: bool | None = None
     accuracy: float | None = None  # the accuracy asked
-    # True: the photos answered with it are, as a set, unlike the calibration photos (SetShift), so the certainty
-    # it states may not hold; None: not measured (no novelty fit or features)
-    unlike_calibration: bool | None = None
+    # The photos answered with it against the calibration photos, one object for all of them; when unlike them,
+    # the certainty it states may not hold. None: not measured (no novelty fit or features)
+    set_shift: SetShift | None = None
 
     def sentence(self) -> str:
         """``Ruby or Spinel, 90% sure``; ``a garnet (75%): Rhodolite 45%, Almandine 30%; ...``;
@@ -79,7 +79,7 @@ class Answer:
         else:
             named = ", ".join(self.prediction_set[:LONGEST_SET_NAMED])
             parts.append(f"one of {len(self.prediction_set)} classes ({named}, ...), {self.coverage:.0%} sure")
-        if self.unlike_calibration:
+        if self.set_shift is not None and self.set_shift.unlike_calibration:
             parts[-1] += f" {UNLIKE_CALIBRATION}"
         return "; ".join(parts)
 
@@ -164,7 +164,7 @@ class Answering:
                     None if nearest is None else nearest[row],
                     None if sure_enough is None else bool(sure_enough[row]),
                     self.accuracy,
-                    None if shift is None else shift.unlike_calibration,
+                    shift,
                 )
             )
         return result

@@ -102,8 +102,8 @@ def test_answers_among_photos_unlike_the_validation_ones_say_their_certainty_was
         probabilities = torch.nn.functional.one_hot(labels, 10).float() * 0.6 + 0.04
         answers = answering.answers(probabilities, 3, features)
         shift = answering.set_shift(fitted.distances(features))
-        # One rule: each answer says what the set's test says (and predict's JSON reports).
-        assert all(answer.unlike_calibration is shift.unlike_calibration for answer in answers)
+        # One rule: each answer holds the set's test (which predict's JSON reports).
+        assert all(answer.set_shift == shift for answer in answers)
         return [answer.sentence() for answer in answers]
 
     alike = sentences(*_seeded_features(300, 10, seed=2))
