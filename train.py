@@ -13,9 +13,7 @@ from gem_lightning.config.schema import register_config_schemas
 from gem_lightning.errors import exit_status_for, find_user_error
 from gem_lightning.machine.memory_allocator import keep_freed_memory
 from gem_lightning.training.multirun_summary import record_failed_job
-from gem_lightning.training.run import train
 
-register_config_schemas()
 # Reuse freed CPU memory instead of page-faulting it afresh every step (machine/memory_allocator.py says why).
 keep_freed_memory()
 silence_library_noise()
@@ -23,6 +21,10 @@ silence_library_noise()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    # Imported here, not above: a worker process this run spawns (rembg cut-outs) runs this file again as
+    # __mp_main__, and would otherwise import Lightning and torch first (tests/machine/test_spawned_workers.py).
+    from gem_lightning.training.run import train
+
     try:
         metrics = train(cfg).metrics
     except Exception as error:
@@ -37,4 +39,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    register_config_schemas()  # before Hydra composes the config; it reads the data module's signature
     main()

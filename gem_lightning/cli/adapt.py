@@ -9,16 +9,18 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig
 
-from gem_lightning.adaptation.adapted_checkpoint import adapt_checkpoints
-from gem_lightning.adaptation.curve import adaptation_curve
 from gem_lightning.cli.front_end import run_command
 from gem_lightning.errors import GemLightningError
-from gem_lightning.evaluation.checkpoint_evaluation import run_dir_of
 from gem_lightning.files.shown_paths import shown_path
-from gem_lightning.inference.predictor import Predictor
 
 
 def run(cfg: DictConfig) -> int:
+    # Imported once running: a worker this spawns runs this module again (tests/machine/test_spawned_workers.py).
+    from gem_lightning.adaptation.adapted_checkpoint import adapt_checkpoints
+    from gem_lightning.adaptation.curve import adaptation_curve
+    from gem_lightning.evaluation.checkpoint_evaluation import run_dir_of
+    from gem_lightning.inference.predictor import Predictor
+
     folders = list(cfg.input) if isinstance(cfg.input, ListConfig) else [cfg.input]
     if cfg.curve:
         if any(count < 0 for count in cfg.shots) or cfg.draws < 1:

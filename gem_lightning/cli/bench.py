@@ -9,11 +9,13 @@ import sys
 
 from omegaconf import DictConfig
 
-from gem_lightning.bench.suite import run_bench
 from gem_lightning.cli.front_end import run_command
 
 
 def run(cfg: DictConfig) -> int:
+    # Imported once running: a worker this spawns runs this module again (tests/machine/test_spawned_workers.py).
+    from gem_lightning.bench.suite import run_bench
+
     run_bench(cfg)
     return 0
 

@@ -15,18 +15,20 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, ListConfig
 
 from gem_lightning.cli.front_end import run_command
-from gem_lightning.evaluation.checkpoint_evaluation import EvaluationRun, check_shift, evaluate_checkpoint
-from gem_lightning.evaluation.sources import evaluate_sources
-from gem_lightning.evaluation.trust_report import shift_line
 from gem_lightning.files.shown_paths import shown_path
-from gem_lightning.inference.predictor import Predictor
+
+if TYPE_CHECKING:
+    from gem_lightning.evaluation.checkpoint_evaluation import EvaluationRun
 
 
 def print_evaluation(run: EvaluationRun) -> None:
+    from gem_lightning.evaluation.trust_report import shift_line
+
     s = run.evaluation.summary
     line = f"top-1 {s['top1']:.4f}, top-5 {s['top5']:.4f}, macro F1 {s['f1_macro']:.4f} on {int(s['images'])} images"
     if "top1_leak_free" in s:
@@ -43,6 +45,11 @@ def print_evaluation(run: EvaluationRun) -> None:
 
 
 def run(cfg: DictConfig) -> int:
+    # Imported once running: a worker this spawns runs this module again (tests/machine/test_spawned_workers.py).
+    from gem_lightning.evaluation.checkpoint_evaluation import check_shift, evaluate_checkpoint
+    from gem_lightning.evaluation.sources import evaluate_sources
+    from gem_lightning.inference.predictor import Predictor
+
     predictor = Predictor.from_command_config(cfg)
     if isinstance(cfg.input, ListConfig):
         check_shift(cfg.shift, input_given=True)

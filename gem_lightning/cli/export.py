@@ -10,11 +10,13 @@ import sys
 from omegaconf import DictConfig
 
 from gem_lightning.cli.front_end import run_command
-from gem_lightning.export.formats import export_checkpoint
-from gem_lightning.inference.user_photos import find_images
 
 
 def run(cfg: DictConfig) -> int:
+    # Imported once running: a worker this spawns runs this module again (tests/machine/test_spawned_workers.py).
+    from gem_lightning.export.formats import export_checkpoint
+    from gem_lightning.inference.user_photos import find_images
+
     files = find_images(cfg.input) if cfg.input else None
     checkpoint = cfg.ckpt if isinstance(cfg.ckpt, str) else list(cfg.ckpt)
     checks = export_checkpoint(

@@ -12,8 +12,8 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
@@ -21,9 +21,13 @@ from rich.table import Table
 from gem_lightning.cli.front_end import run_command
 from gem_lightning.errors import GemLightningError
 from gem_lightning.files.atomic_writes import write_text_atomically
-from gem_lightning.inference.predictor import ImagePrediction, Predictor
-from gem_lightning.inference.user_photos import SkippedImage, find_images
-from gem_lightning.trust.answers import Answer, Answering, answering_for
+
+# The model's side is imported once running: a worker this command spawns (rembg cut-outs of the photos) runs
+# this module again (tests/machine/test_spawned_workers.py).
+if TYPE_CHECKING:
+    from gem_lightning.inference.predictor import ImagePrediction, Predictor
+    from gem_lightning.inference.user_photos import SkippedImage
+    from gem_lightning.trust.answers import Answer, Answering
 
 OUTPUT_FORMATS = (".json", ".csv")
 
@@ -58,6 +62,8 @@ def predictions_document(
     answering: Answering,
 ) -> dict:
     """The JSON written by ``output=*.json`` (tests/inference/test_predict.py holds its schema)."""
+    import torch
+
     answers = []
     if predictions:
         probabilities = torch.stack([item.probabilities for item in predictions])
@@ -177,6 +183,10 @@ def _print_table(document: dict) -> None:
 
 
 def run(cfg: DictConfig) -> int:
+    from gem_lightning.inference.predictor import Predictor
+    from gem_lightning.inference.user_photos import find_images
+    from gem_lightning.trust.answers import answering_for
+
     output = Path(cfg.output) if cfg.output else None
     if output is not None and output.suffix.lower() not in OUTPUT_FORMATS:
         raise GemLightningError(f"output={cfg.output}: the file name must end in .json or .csv")

@@ -18,7 +18,6 @@ import hydra
 
 from gem_lightning.cli.front_end import run_entry_point
 from gem_lightning.config.composition import DEFAULT_CONFIG_DIR, compose_train_config
-from gem_lightning.data.report import CONTACT_SHEET_NAME, print_report
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported once running: a rembg worker this spawns runs this module again (tests/machine/test_spawned_workers.py).
+    from gem_lightning.data.report import CONTACT_SHEET_NAME, print_report
+
     cfg = compose_train_config(args.config_dir, args.overrides)
     datamodule = hydra.utils.instantiate(cfg.data)
     if args.check:

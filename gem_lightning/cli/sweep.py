@@ -19,19 +19,15 @@ import sys
 from pathlib import Path
 
 import hydra
-import torch
 
 from gem_lightning.cli.front_end import run_entry_point
 from gem_lightning.config.composition import DEFAULT_CONFIG_DIR, compose_train_config
 from gem_lightning.errors import GemLightningError
 from gem_lightning.machine.child_processes import die_with_parent
-from gem_lightning.sweeps import launchers
 from gem_lightning.sweeps.plan import SweepPlan
 from gem_lightning.sweeps.results import print_results, write_results
 from gem_lightning.sweeps.search_space import override_value
 from gem_lightning.sweeps.storage import shown
-from gem_lightning.sweeps.worker import open_plan_study, run_worker
-from gem_lightning.training.run import check_run_settings
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +81,8 @@ def split_overrides(args: argparse.Namespace) -> tuple[list[str], list[str]]:
 
 def _limit_cpus(cpus: str) -> None:
     """Confine this worker to its share of the cores, so K workers do not each start a thread per core."""
+    import torch
+
     cores = {int(c) for c in cpus.split(",")}
     os.sched_setaffinity(0, cores)
     torch.set_num_threads(len(cores))
@@ -100,6 +98,11 @@ def _warn_if_sqlite(plan: SweepPlan) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported once running: a worker this spawns runs this module again (tests/machine/test_spawned_workers.py).
+    from gem_lightning.sweeps import launchers
+    from gem_lightning.sweeps.worker import open_plan_study, run_worker
+    from gem_lightning.training.run import check_run_settings
+
     if args.worker == "local":  # one of the processes `--jobs K` started: it ends with its supervisor
         die_with_parent()
     if args.cpus:

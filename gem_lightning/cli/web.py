@@ -13,9 +13,6 @@ from omegaconf import DictConfig
 
 from gem_lightning.cli.front_end import run_command
 from gem_lightning.errors import GemLightningError
-from gem_lightning.inference.predictor import Predictor
-from gem_lightning.trust.answers import answering_for
-from gem_lightning.web.page import build_page
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -30,6 +27,11 @@ def _check_port_free(host: str, port: int) -> None:
 
 
 def run(cfg: DictConfig) -> int:
+    # Imported once running: a worker this spawns runs this module again (tests/machine/test_spawned_workers.py).
+    from gem_lightning.inference.predictor import Predictor
+    from gem_lightning.trust.answers import answering_for
+    from gem_lightning.web.page import build_page
+
     _check_port_free(cfg.host, cfg.port)  # before the model loads
     predictor = Predictor.from_command_config(cfg, progress=False)
     save_to = Path(cfg.save_to) if cfg.save_to else None

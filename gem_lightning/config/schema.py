@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import field, make_dataclass
 from enum import Enum
@@ -17,14 +18,12 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 from gem_lightning.config.project_folder import PROJECT_ROOT
-from gem_lightning.data.datamodule import GemDataModule
-from gem_lightning.data.splits import ConflictPolicy, SplitMode
-from gem_lightning.machine.auto_settings import AugmentPlace
-from gem_lightning.models.backbones import BACKBONE_NAMES
-from gem_lightning.models.classifier import GemClassifier
 
-# Each list of choices is kept where its rule lives; Hydra checks the keys against them.
-BackboneName = Enum("BackboneName", {name: name for name in BACKBONE_NAMES}, type=str)
+# The schemas are read off the data module's and the classifier's signatures, which means importing Lightning
+# and torch; they are built on first use (``register_config_schemas``, or ``DataSchema`` and the others read as
+# this module's attributes), so that importing this module, as every entry point does, stays cheap: a worker
+# process spawned by an entry point imports that entry point again (``tests/test_entry_points.py``).
+SCHEMA_NAMES = ("BackboneName", "DataSchema", "ModelSchema")
 
 # Types Hydra can check as they are; a richer annotation (a callable, a union with str) is typed Any.
 _PLAIN_TYPES = {int, float, bool, str} | {kind | None for kind in (int, float, bool, str)}
@@ -44,17 +43,36 @@ def schema_of(name: str, built: type, choices: dict[str, type[Enum]]) -> type:
     return make_dataclass(name, fields)
 
 
-# conf/data/gemstones.yaml and conf/model/resnet18.yaml (which the other backbones extend) hold the values.
-DataSchema = schema_of(
-    "DataSchema", GemDataModule, {"split": SplitMode, "label_conflicts": ConflictPolicy, "augment_on": AugmentPlace}
-)
-ModelSchema = schema_of("ModelSchema", GemClassifier, {"backbone": BackboneName})
+@functools.cache
+def _schemas() -> dict[str, type]:
+    from gem_lightning.data.datamodule import GemDataModule
+    from gem_lightning.data.splits import ConflictPolicy, SplitMode
+    from gem_lightning.machine.auto_settings import AugmentPlace
+    from gem_lightning.models.backbones import BACKBONE_NAMES
+    from gem_lightning.models.classifier import GemClassifier
+
+    # Each list of choices is kept where its rule lives; Hydra checks the keys against them.
+    backbone_name = Enum("BackboneName", {name: name for name in BACKBONE_NAMES}, type=str, module=__name__)
+    # conf/data/gemstones.yaml and conf/model/resnet18.yaml (which the other backbones extend) hold the values.
+    data = schema_of(
+        "DataSchema", GemDataModule, {"split": SplitMode, "label_conflicts": ConflictPolicy, "augment_on": AugmentPlace}
+    )
+    model = schema_of("ModelSchema", GemClassifier, {"backbone": backbone_name})
+    return dict(zip(SCHEMA_NAMES, (backbone_name, data, model), strict=True))
+
+
+def __getattr__(name: str) -> type:
+    """``BackboneName``, ``DataSchema`` and ``ModelSchema``, built on first use."""
+    if name in SCHEMA_NAMES:
+        return _schemas()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def register_config_schemas() -> None:
     if not OmegaConf.has_resolver("project_root"):
         OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
     store = ConfigStore.instance()
+    schemas = _schemas()
     # In groups of their own, so `train.py --help` does not offer "schema" as a choice of data/ or model/.
-    store.store(group="schema/data", name="typed", node=DataSchema)
-    store.store(group="schema/model", name="typed", node=ModelSchema)
+    store.store(group="schema/data", name="typed", node=schemas["DataSchema"])
+    store.store(group="schema/model", name="typed", node=schemas["ModelSchema"])
