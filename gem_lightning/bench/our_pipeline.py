@@ -19,12 +19,10 @@ def _ours(setup: Setup, extra: list[str] = ()):
     """(config, prepared data module) as train.py would build them."""
     import hydra
 
-    from gem_lightning.cli.library_noise import silence_library_noise
     from gem_lightning.config.composition import DEFAULT_CONFIG_DIR, compose_train_config
     from gem_lightning.machine.memory_allocator import keep_freed_memory
 
     keep_freed_memory()
-    silence_library_noise()  # as train.py does: the measuring process is a fresh one
     trainer = "trainer=gpu" if setup.device.startswith("cuda") else "trainer=cpu"
     cfg = compose_train_config(DEFAULT_CONFIG_DIR, [*setup.overrides, trainer, *extra])
     datamodule = hydra.utils.instantiate(cfg.data)
