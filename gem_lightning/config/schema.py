@@ -22,7 +22,7 @@ from gem_lightning.config.project_folder import PROJECT_ROOT
 # The schemas are read off the data module's and the classifier's signatures, which means importing Lightning
 # and torch; they are built on first use (``register_config_schemas``, or ``DataSchema`` and the others read as
 # this module's attributes), so that importing this module, as every entry point does, stays cheap: a worker
-# process spawned by an entry point imports that entry point again (``tests/test_entry_points.py``).
+# process spawned by an entry point imports that entry point again (``tests/machine/test_spawned_workers.py``).
 SCHEMA_NAMES = ("BackboneName", "DataSchema", "ModelSchema")
 
 # Types Hydra can check as they are; a richer annotation (a callable, a union with str) is typed Any.
