@@ -21,10 +21,9 @@ import socket
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import optuna
 import torch
@@ -36,6 +35,7 @@ from optuna_integration.pytorch_lightning import PyTorchLightningPruningCallback
 from gem_lightning.config.composition import compose_train_config
 from gem_lightning.errors import GemLightningError
 from gem_lightning.files.atomic_writes import write_text_atomically
+from gem_lightning.machine.interrupts import interrupts_held
 from gem_lightning.sweeps.plan import SweepPlan
 from gem_lightning.sweeps.search_space import as_overrides
 from gem_lightning.sweeps.storage import (
@@ -73,43 +73,36 @@ def run_worker(plan: SweepPlan, storage: RDBStorage, study: optuna.Study) -> int
 
 
 @contextmanager
-def _on_main_thread(install: Callable[[], Any], restore: Callable[[Any], None]) -> Iterator[None]:
-    """``install()`` for the block, ``restore(what it returned)`` after it; elsewhere than the main thread
-    (where Python allows no signal handling) nothing is done."""
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """While trials run, SIGTERM (a scheduler, `kill`, the --jobs supervisor) ends the trial as Ctrl+C does:
+    recorded as interrupted and queued again. Elsewhere than the main thread nothing is done."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = install()
+    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         yield
     finally:
-        restore(previous)
+        signal.signal(signal.SIGTERM, previous)
 
 
-def _sigterm_as_interrupt() -> AbstractContextManager[None]:
-    """While trials run, SIGTERM (a scheduler, `kill`, the --jobs supervisor) ends the trial as Ctrl+C does:
-    recorded as interrupted and queued again."""
-    return _on_main_thread(
-        lambda: signal.signal(signal.SIGTERM, _raise_keyboard_interrupt),
-        lambda previous: signal.signal(signal.SIGTERM, previous),
-    )
+class _PruningCallback(PyTorchLightningPruningCallback):
+    """Optuna's pruning callback, whose study calls (report, should_prune) wait out Ctrl+C and SIGTERM: an
+    interrupt inside one could leave the study locked by this very process (machine/interrupts.py)."""
 
+    def on_fit_start(self, trainer, pl_module) -> None:
+        with interrupts_held():
+            super().on_fit_start(trainer, pl_module)
 
-def _signals_deferred() -> AbstractContextManager[None]:
-    """Hold Ctrl+C and SIGTERM until the block ends: an interruption inside would leave the study half-told
-    (a trial asked for but without the heartbeat that lets it go stale, an interrupted trial not requeued)."""
-    if not hasattr(signal, "pthread_sigmask"):
-        return nullcontext()
-    return _on_main_thread(
-        lambda: signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM}),
-        lambda previous: signal.pthread_sigmask(signal.SIG_SETMASK, previous),
-    )
+    def on_validation_end(self, trainer, pl_module) -> None:
+        with interrupts_held():
+            super().on_validation_end(trainer, pl_module)
 
 
 def _take_trials(plan: SweepPlan, storage: RDBStorage, study: optuna.Study) -> int:
     trials_run, waiting = 0, False
     while True:
-        with _signals_deferred(), one_worker_at_a_time(plan.storage):
+        with interrupts_held(), one_worker_at_a_time(plan.storage):
             with quiet_experimental():
                 optuna.storages.fail_stale_trials(study)
             trials = study.get_trials(deepcopy=False)
@@ -194,10 +187,70 @@ def _write_run_record(trial_dir: Path, cfg, overrides: list[str]) -> None:
 
 
 def run_trial(plan: SweepPlan, storage: RDBStorage, study: optuna.Study, trial: optuna.Trial) -> None:
+    """Train one trial and tell the study its outcome. Ctrl+C and SIGTERM interrupt the training only: every
+    call to the study waits for them to take effect after it (machine/interrupts.py says why)."""
     number = trial.number
+    with interrupts_held():
+        started_trial = _start_trial(plan, study, trial)
+    if started_trial is None:
+        return
+    run_overrides, sampled = started_trial
     trial_dir = plan.trial_dir(number)
+    started = time.perf_counter()
+    with _heartbeat(storage, trial, plan.heartbeat_interval):
+        try:
+            cfg = compose_train_config(plan.config_dir, run_overrides)
+            _write_run_record(trial_dir, cfg, run_overrides)
+            result = train(cfg, extra_callbacks=[_PruningCallback(trial, monitor=plan.prune_on)])
+        except optuna.TrialPruned as pruned:
+            with interrupts_held():
+                trial.set_user_attr("seconds", round(time.perf_counter() - started, 1))
+                study.tell(trial, state=TrialState.PRUNED)
+                log.info("trial %d pruned: %s", number, pruned)
+                if plan.keep_checkpoints == "best":
+                    remove_unneeded_checkpoints(plan, study)
+            return
+        except torch.OutOfMemoryError as error:
+            with interrupts_held():
+                trial.set_user_attr("failed", f"out of memory: {str(error).splitlines()[0]}")
+                study.tell(trial, state=TrialState.FAIL)
+            log.warning("trial %d ran out of memory (%s); the sweep goes on", number, sampled)
+            return
+        except (KeyboardInterrupt, SystemExit):
+            with interrupts_held(), quiet_experimental():
+                trial.set_user_attr("failed", "interrupted; queued again with the same parameters")
+                study.tell(trial, state=TrialState.FAIL)
+                retry_callback(plan.max_retry)(study, _frozen(study, number))
+            # Lightning turns Ctrl+C into SystemExit(1); the command line reports every interruption alike.
+            raise KeyboardInterrupt(f"trial {number} interrupted") from None
+        except BaseException as error:
+            with interrupts_held():
+                trial.set_user_attr("failed", f"{type(error).__name__}: {error}"[:500])
+                study.tell(trial, state=TrialState.FAIL)
+            raise
+
+    with interrupts_held():
+        metrics = result.metrics
+        if plan.metric not in metrics:
+            study.tell(trial, state=TrialState.FAIL)
+            raise GemLightningError(
+                f"sweep.metric={plan.metric} was not logged by the trial; it logged {', '.join(sorted(metrics))}"
+            )
+        trial.set_user_attr("seconds", round(time.perf_counter() - started, 1))
+        trial.set_user_attr("best_checkpoint", result.best_checkpoint)
+        study.tell(trial, metrics[plan.metric])
+        if plan.keep_checkpoints == "best":
+            remove_unneeded_checkpoints(plan, study)
+
+
+def _start_trial(plan: SweepPlan, study: optuna.Study, trial: optuna.Trial) -> tuple[list[str], str] | None:
+    """Sample the trial's parameters and record where it runs. Returns its train.py overrides and its sampled
+    values as overrides, or None when a finished trial had the same parameters (its outcome is recorded for
+    this one, and nothing is trained)."""
+    number = trial.number
     with quiet_experimental():
         resume_from = _checkpoint_to_resume(trial)
+    trial_dir = plan.trial_dir(number)
     trial.set_user_attr("run_dir", str(trial_dir.resolve()))
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
     params = plan.space.sample(trial)
@@ -211,56 +264,16 @@ def run_trial(plan: SweepPlan, storage: RDBStorage, study: optuna.Study, trial: 
             study.tell(trial, twin.value)
         else:
             study.tell(trial, state=TrialState.PRUNED)
-        return
+        return None
 
     overrides = [*plan.base_overrides, *as_overrides(plan.space.fixed), *plan.trial_overrides, *as_overrides(params)]
     run_overrides = [*overrides, f"paths.output_dir={trial_dir.resolve()}"]
     if resume_from is not None:
         log.info("trial %d resumes its interrupted attempt from %s", number, resume_from)
         run_overrides.append(f"ckpt_path={resume_from}")
-    log.info("trial %d: %s", number, " ".join(as_overrides(params)))
-    started = time.perf_counter()
-    with _heartbeat(storage, trial, plan.heartbeat_interval):
-        try:
-            cfg = compose_train_config(plan.config_dir, run_overrides)
-            _write_run_record(trial_dir, cfg, run_overrides)
-            pruning = PyTorchLightningPruningCallback(trial, monitor=plan.prune_on)
-            result = train(cfg, extra_callbacks=[pruning])
-            metrics = result.metrics
-        except optuna.TrialPruned as pruned:
-            trial.set_user_attr("seconds", round(time.perf_counter() - started, 1))
-            study.tell(trial, state=TrialState.PRUNED)
-            log.info("trial %d pruned: %s", number, pruned)
-            if plan.keep_checkpoints == "best":
-                remove_unneeded_checkpoints(plan, study)
-            return
-        except torch.OutOfMemoryError as error:
-            trial.set_user_attr("failed", f"out of memory: {str(error).splitlines()[0]}")
-            study.tell(trial, state=TrialState.FAIL)
-            log.warning("trial %d ran out of memory (%s); the sweep goes on", number, " ".join(as_overrides(params)))
-            return
-        except (KeyboardInterrupt, SystemExit):
-            with _signals_deferred(), quiet_experimental():
-                trial.set_user_attr("failed", "interrupted; queued again with the same parameters")
-                study.tell(trial, state=TrialState.FAIL)
-                retry_callback(plan.max_retry)(study, _frozen(study, number))
-            # Lightning turns Ctrl+C into SystemExit(1); the command line reports every interruption alike.
-            raise KeyboardInterrupt(f"trial {number} interrupted") from None
-        except BaseException as error:
-            trial.set_user_attr("failed", f"{type(error).__name__}: {error}"[:500])
-            study.tell(trial, state=TrialState.FAIL)
-            raise
-
-    if plan.metric not in metrics:
-        study.tell(trial, state=TrialState.FAIL)
-        raise GemLightningError(
-            f"sweep.metric={plan.metric} was not logged by the trial; it logged {', '.join(sorted(metrics))}"
-        )
-    trial.set_user_attr("seconds", round(time.perf_counter() - started, 1))
-    trial.set_user_attr("best_checkpoint", result.best_checkpoint)
-    study.tell(trial, metrics[plan.metric])
-    if plan.keep_checkpoints == "best":
-        remove_unneeded_checkpoints(plan, study)
+    sampled = " ".join(as_overrides(params))
+    log.info("trial %d: %s", number, sampled)
+    return run_overrides, sampled
 
 
 def remove_unneeded_checkpoints(plan: SweepPlan, study: optuna.Study) -> None:

@@ -53,12 +53,26 @@ def _study(workdir: Path, name: str, url: str | None = None) -> optuna.Study:
 
 
 def _sweep_process(args: list[str], log_file: Path) -> subprocess.Popen:
+    # faulthandler: a sweep that hangs can be made to print every thread's stack into its log (_exit_code).
     return subprocess.Popen(
         [sys.executable, "sweep.py", *args],
         cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONFAULTHANDLER": "1"},
         stdout=log_file.open("w"),
         stderr=subprocess.STDOUT,
     )
+
+
+def _exit_code(process: subprocess.Popen, log_file: Path, timeout: float = 120) -> int:
+    """The process's exit code; if it has not ended within ``timeout`` s, the test fails with its log's end
+    and every thread's stack (SIGABRT makes faulthandler print them)."""
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGABRT)
+        process.wait(timeout=30)
+        end = "\n".join(log_file.read_text().splitlines()[-150:])
+        pytest.fail(f"the sweep did not end within {timeout} s; the end of its log:\n{end}")
 
 
 def _assert_no_trial_trained_twice(study: optuna.Study) -> None:
@@ -236,7 +250,7 @@ def test_a_killed_sweep_resumes_to_the_requested_trials_without_duplicates(tmp_p
     first = _sweep_process(args, tmp_path / "first.log")
     _wait_for(first, trials_dir / "0001" / "checkpoints" / "last.ckpt")
     os.kill(first.pid, signal.SIGTERM)
-    assert first.wait(timeout=120) != 0
+    assert _exit_code(first, tmp_path / "first.log") != 0
     interrupted = _study(tmp_path, name).trials[1]
     # Recorded at once: failed, and queued again with the same parameters.
     assert interrupted.state == TrialState.FAIL
@@ -245,7 +259,7 @@ def test_a_killed_sweep_resumes_to_the_requested_trials_without_duplicates(tmp_p
     second = _sweep_process(args, tmp_path / "second.log")
     _wait_for(second, trials_dir / "0002" / "checkpoints" / "last.ckpt")
     os.kill(second.pid, signal.SIGKILL)
-    assert second.wait(timeout=120) != 0
+    assert _exit_code(second, tmp_path / "second.log") != 0
     killed = _study(tmp_path, name).trials[2]
     assert killed.state == TrialState.RUNNING  # nobody could record it; its heartbeat stops
     assert killed.params == interrupted.params
@@ -309,7 +323,7 @@ def test_sigterm_to_the_jobs_supervisor_reaches_every_worker_and_the_sweep_resum
                 break
         time.sleep(0.2)
     supervisor.send_signal(signal.SIGTERM)
-    assert supervisor.wait(timeout=120) != 0
+    assert _exit_code(supervisor, tmp_path / "first.log") != 0
     trials = _study(tmp_path, "jobs-killed").trials
     interrupted = [t for t in trials if t.state == TrialState.FAIL]
     assert len(interrupted) == 2 and all("interrupted" in t.user_attrs["failed"] for t in interrupted)
