@@ -8,7 +8,6 @@ import os
 import random
 import signal
 import threading
-import time
 import warnings
 from pathlib import Path
 
@@ -32,10 +31,17 @@ class _ValidationLoss(BoringModel):
         return {"x": loss}
 
 
-class _WhereInterrupted(Callback):
-    """The files of the frames the interrupt passed through, innermost last."""
+class _SigtermAfterFirstReport(Callback):
+    """SIGTERM to this process ``delay`` s after the trial's first report, as a scheduler would send it; then
+    the files of the frames the interrupt passed through, innermost last."""
 
-    files: list[str] | None = None
+    def __init__(self, delay: float) -> None:
+        self.sender = threading.Timer(delay, os.kill, (os.getpid(), signal.SIGTERM))
+        self.files: list[str] | None = None
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not self.sender.is_alive() and not self.sender.finished.is_set():
+            self.sender.start()
 
     def on_exception(self, trainer, pl_module, exception) -> None:
         if isinstance(exception, KeyboardInterrupt):
@@ -45,11 +51,13 @@ class _WhereInterrupted(Callback):
                 frame = frame.tb_next
 
 
-def _fit_until_sigterm(study: optuna.Study, delay: float) -> list[str] | None:
-    """One trial's fit (a validation, and so a report to the study, after every training batch), SIGTERMed after
-    ``delay`` s as a scheduler would; the frames its interrupt passed through, None if it was not interrupted."""
+def _fit_until_sigterm(study: optuna.Study, delay: float) -> tuple[list[str] | None, int]:
+    """One trial's fit (a validation, and so a report to the study, after every training batch), SIGTERMed
+    ``delay`` s after its first report; the frames its interrupt passed through (None if it was not
+    interrupted) and how many reports the trial made."""
     trial = study.ask()
-    where = _WhereInterrupted()
+    # After the pruning callback: Lightning calls callbacks in the order given.
+    sigterm = _SigtermAfterFirstReport(delay)
     trainer = Trainer(
         accelerator="cpu",
         max_epochs=10_000,
@@ -60,22 +68,20 @@ def _fit_until_sigterm(study: optuna.Study, delay: float) -> list[str] | None:
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[_PruningCallback(trial, monitor="val/loss"), where],
+        callbacks=[_PruningCallback(trial, monitor="val/loss"), sigterm],
     )
-    model = _ValidationLoss()
-    sender = threading.Timer(delay, os.kill, (os.getpid(), signal.SIGTERM))
     sigint = signal.getsignal(signal.SIGINT)
     try:
         with _sigterm_as_interrupt():
-            sender.start()
-            trainer.fit(model)
+            trainer.fit(_ValidationLoss())
     except SystemExit:  # how Lightning ends a fit that was interrupted
         pass
     finally:
-        sender.join()
+        if sigterm.sender.is_alive():
+            sigterm.sender.join()
         signal.signal(signal.SIGINT, sigint)  # Lightning ignores Ctrl+C once interrupted
     study.tell(trial, state=optuna.trial.TrialState.FAIL)
-    return where.files
+    return sigterm.files, len(study.trials[-1].intermediate_values)
 
 
 def test_sigterm_during_a_trial_never_interrupts_a_call_to_the_study(tmp_path: Path):
@@ -85,15 +91,12 @@ def test_sigterm_during_a_trial_never_interrupts_a_call_to_the_study(tmp_path: P
         warnings.simplefilter("ignore")
         study = optuna.create_study(storage=storage, study_name="interrupted")
     rng = random.Random(0)
-    reports, interrupted = 0, 0
-    deadline = time.monotonic() + 60
+    fits, reports = 20, 0
     # Without the hold, about one fit in three was interrupted inside SQLAlchemy or Optuna's storage.
-    while interrupted < 20 and time.monotonic() < deadline:
-        files = _fit_until_sigterm(study, rng.uniform(0.1, 0.4))
-        reports += len(study.trials[-1].intermediate_values)
-        if files is None:
-            continue
-        interrupted += 1
+    for _ in range(fits):
+        files, reported = _fit_until_sigterm(study, rng.uniform(0.0, 0.2))
+        assert files is not None, "the fit ended without being interrupted"
         inside = [f for f in files if any(part in f for part in STUDY_CODE)]
         assert not inside, f"SIGTERM was raised inside a call to the study, in {inside[-1]}"
-    assert interrupted >= 10 and reports >= 3 * interrupted, (interrupted, reports)
+        reports += reported
+    assert reports > 2 * fits, f"{reports} reports in {fits} fits: too few for SIGTERM to meet one"
