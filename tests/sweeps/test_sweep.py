@@ -253,20 +253,21 @@ def test_a_killed_sweep_resumes_to_the_requested_trials_without_duplicates(tmp_p
     assert _exit_code(first, tmp_path / "first.log") != 0
     interrupted = _study(tmp_path, name).trials[1]
     # Recorded at once: failed, and queued again with the same parameters.
-    assert interrupted.state == TrialState.FAIL
-    assert "interrupted" in interrupted.user_attrs["failed"]
+    assert interrupted.state == TrialState.FAIL, (interrupted.state, _log_excerpt(tmp_path / "first.log"))
+    assert "interrupted" in interrupted.user_attrs["failed"], interrupted.user_attrs
 
     second = _sweep_process(args, tmp_path / "second.log")
     _wait_for(second, trials_dir / "0002" / "checkpoints" / "last.ckpt")
     os.kill(second.pid, signal.SIGKILL)
     assert _exit_code(second, tmp_path / "second.log") != 0
     killed = _study(tmp_path, name).trials[2]
-    assert killed.state == TrialState.RUNNING  # nobody could record it; its heartbeat stops
+    # Nobody could record it; its heartbeat stops.
+    assert killed.state == TrialState.RUNNING, (killed.state, _log_excerpt(tmp_path / "second.log"))
     assert killed.params == interrupted.params
     assert (
         f"resumes its interrupted attempt from {interrupted.user_attrs['run_dir']}"
         in (tmp_path / "second.log").read_text()
-    )
+    ), _log_excerpt(tmp_path / "second.log")
     time.sleep(3.5)
 
     third = subprocess.run(
@@ -275,21 +276,21 @@ def test_a_killed_sweep_resumes_to_the_requested_trials_without_duplicates(tmp_p
     assert third.returncode == 0, third.stderr[-3000:]
     study = _study(tmp_path, name)
     states = [t.state for t in study.trials]
-    assert states.count(TrialState.COMPLETE) == 2, states
+    assert states.count(TrialState.COMPLETE) == 2, (states, third.stderr[-3000:])
     assert states.count(TrialState.FAIL) == 2 and {study.trials[1].state, study.trials[2].state} == {TrialState.FAIL}
     # Optuna's retry_history: the trial numbers it retries, oldest first (trial 2 retried trial 1).
     retry = next(t for t in study.trials if t.system_attrs.get("retry_history") == [1, 2])
     assert retry.params == interrupted.params and retry.state == TrialState.COMPLETE
     # The retry resumed from the killed attempt's last.ckpt instead of starting over.
-    assert f"resumes its interrupted attempt from {killed.user_attrs['run_dir']}" in third.stderr
-    assert "Restoring states from the checkpoint" in third.stdout + third.stderr
+    assert f"resumes its interrupted attempt from {killed.user_attrs['run_dir']}" in third.stderr, third.stderr[-3000:]
+    assert "Restoring states from the checkpoint" in third.stdout + third.stderr, third.stderr[-3000:]
     _assert_no_trial_trained_twice(study)
     # Running the same command once more has nothing left to do.
     fourth = subprocess.run(
         [sys.executable, "sweep.py", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600
     )
-    assert fourth.returncode == 0 and len(_study(tmp_path, name).trials) == len(study.trials)
-    assert "finished trials: 2 of 2" in fourth.stdout
+    assert fourth.returncode == 0 and len(_study(tmp_path, name).trials) == len(study.trials), fourth.stderr[-3000:]
+    assert "finished trials: 2 of 2" in fourth.stdout, fourth.stdout[-3000:]
 
 
 @pytest.mark.slow
