@@ -166,7 +166,7 @@ def test_sigterm_to_a_slurm_sweep_cancels_its_array_and_the_sweep_resumes(small_
         "python sweep.py experiment=demo --n-trials 20 --jobs 4 sweep/launcher=slurm "
         "--storage postgresql://user:password@db-host/optuna"
     )
-    # As many trials as array tasks: both are interrupted, and the rerun has only their retries to train.
+    # As many trials as array tasks, each normally cancelled mid-training: the rerun trains only their retries.
     shrink = (*CLUSTER_SHRINK, "trainer.max_epochs=8", "--n-trials", "2", "--jobs", "2", "--study-name", "cancelled")
     with postgres_server() as url:
         placeholders = {"postgresql://user:password@db-host/optuna": url}
@@ -190,9 +190,14 @@ def test_sigterm_to_a_slurm_sweep_cancels_its_array_and_the_sweep_resumes(small_
             time.sleep(0.5)
         assert not _slurm_jobs(slurm), "the array's tasks outlived the sweep that submitted them"
         trials = optuna.load_study(study_name="cancelled", storage=storage).trials
+        states = [(t.number, t.state.name, t.user_attrs.get("failed")) for t in trials]
+        # Every trial recorded by its worker before SLURM's KillWait ran out: none left running. A trial may
+        # finish in the seconds that cancelling the array takes (on a loaded machine, where one of its epochs
+        # took seconds, it need not be the last); every other one is interrupted and queued again.
+        assert all(t.state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING) for t in trials), states
         interrupted = [t for t in trials if t.state == TrialState.FAIL]
-        assert len(interrupted) == 2 and all("interrupted" in t.user_attrs["failed"] for t in interrupted)
-        assert sum(t.state == TrialState.WAITING for t in trials) == 2  # both queued again
+        assert interrupted and all("interrupted" in t.user_attrs["failed"] for t in interrupted), states
+        assert sum(t.state == TrialState.WAITING for t in trials) == len(interrupted), states
 
         again = clone.run(command, *shrink, placeholders=placeholders, env=slurm)  # the same command resumes
         assert again.returncode == 0, again.stderr[-3000:]
