@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 from gem_lightning.cli.library_noise import silence_library_noise
 from gem_lightning.config.schema import register_config_schemas
 from gem_lightning.errors import exit_status_for, find_user_error
+from gem_lightning.machine.garbage_collector import freeze_imported_objects
 from gem_lightning.machine.memory_allocator import keep_freed_memory
 from gem_lightning.training.multirun_summary import record_failed_job
 
@@ -25,6 +26,7 @@ def main(cfg: DictConfig) -> float | None:
     # __mp_main__, and would otherwise import Lightning and torch first (tests/machine/test_spawned_workers.py).
     from gem_lightning.training.run import train
 
+    freeze_imported_objects()  # its imports stay out of every collection (machine/garbage_collector.py says why)
     try:
         metrics = train(cfg).metrics
     except Exception as error:

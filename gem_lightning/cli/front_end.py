@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from gem_lightning.cli.library_noise import silence_library_noise
 from gem_lightning.config.composition import DEFAULT_CONFIG_DIR, compose_config
 from gem_lightning.errors import GemLightningError, exit_status_for
+from gem_lightning.machine.garbage_collector import freeze_imported_objects
 from gem_lightning.machine.memory_allocator import keep_freed_memory
 
 # Hydra's own format, so every command logs as train.py does.
@@ -64,6 +65,8 @@ def run_command(config_name: str, description: str, run: Callable[[DictConfig], 
 
     def composed_run(args: argparse.Namespace) -> int | None:
         cfg = compose_config(config_name, args.overrides, args.config_dir)
+        # Composing imported the model and data classes, and with them torch and Lightning (their schemas).
+        freeze_imported_objects()
         missing = sorted(OmegaConf.missing_keys(cfg))
         if missing:
             example = " ".join(f"{key}=..." for key in missing)

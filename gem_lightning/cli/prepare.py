@@ -18,6 +18,7 @@ import hydra
 
 from gem_lightning.cli.front_end import run_entry_point
 from gem_lightning.config.composition import DEFAULT_CONFIG_DIR, compose_train_config
+from gem_lightning.machine.garbage_collector import freeze_imported_objects
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from gem_lightning.data.report import CONTACT_SHEET_NAME, print_report
 
     cfg = compose_train_config(args.config_dir, args.overrides)
+    freeze_imported_objects()  # composing imported torch and Lightning (machine/garbage_collector.py says why)
     datamodule = hydra.utils.instantiate(cfg.data)
     if args.check:
         datamodule.check()

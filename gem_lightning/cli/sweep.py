@@ -24,6 +24,7 @@ from gem_lightning.cli.front_end import run_entry_point
 from gem_lightning.config.composition import DEFAULT_CONFIG_DIR, compose_train_config
 from gem_lightning.errors import GemLightningError
 from gem_lightning.machine.child_processes import die_with_parent
+from gem_lightning.machine.garbage_collector import freeze_imported_objects
 from gem_lightning.sweeps.plan import SweepPlan
 from gem_lightning.sweeps.results import print_results, write_results
 from gem_lightning.sweeps.search_space import override_value
@@ -109,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
         _limit_cpus(args.cpus)
     train_overrides, sweep_overrides = split_overrides(args)
     cfg = compose_train_config(args.config_dir, [*train_overrides, *sweep_overrides])
+    freeze_imported_objects()  # composing imported torch and Lightning (machine/garbage_collector.py says why)
     plan = SweepPlan.from_config(cfg, train_overrides, args.config_dir)
     # A missing data folder, weights or model file, a bad optimiser setting or a GPU the machine lacks would
     # fail every trial; say so before the study records any.
