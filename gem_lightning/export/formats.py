@@ -73,9 +73,12 @@ class ExportableEnsemble(nn.Module):
         self.views = TTA_VIEWS[tta]
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        probabilities = torch.stack(
-            [member(view(images))[1] for member in self.members for view in self.views], dim=1
-        ).mean(dim=1)
+        # Every view in one batch, so the file holds each member's network once, not once per view (an ensemble
+        # of two under tta=dihedral: 2 networks in the graph instead of 16). Eval-mode layers treat images alike.
+        views = torch.cat([view(images) for view in self.views])
+        probabilities = torch.cat(
+            [member(views)[1].unflatten(0, (len(self.views), -1)) for member in self.members]
+        ).mean(dim=0)
         return probabilities.clamp_min(torch.finfo(probabilities.dtype).tiny).log(), probabilities
 
 
