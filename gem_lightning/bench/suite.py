@@ -1,6 +1,7 @@
 """How fast our pipeline is beside the report's plain one (command: ``gem-bench``)."""
 
-# One table, every figure measured in this run, each in a fresh process (``plain_pipeline``, ``our_pipeline``):
+# One table, every figure measured in this run, each in a fresh process (``fresh_processes``; the measurements:
+# ``plain_pipeline``, ``our_pipeline``):
 # data-loader images/s with and without augmentation, training and evaluation images/s, the head-only epoch
 # on cached features, peak memory; with CUDA also GPU training images/s and the epoch time for 2,856 images
 # (Kaggle's training set) at the configured size. ``tiny=true`` runs it all on the rendered demo set in
@@ -17,9 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import multiprocessing
-import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -30,6 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gem_lightning.bench import our_pipeline, plain_pipeline
+from gem_lightning.bench.fresh_processes import each_in_a_fresh_fork, in_fresh_process
 from gem_lightning.bench.timing import Setup
 from gem_lightning.errors import GemLightningError
 from gem_lightning.files.atomic_writes import write_text_atomically
@@ -56,21 +55,6 @@ class Row:
             return None
         # Seconds: less is better; images/s: more is better.
         return self.plain / self.ours if self.unit == "s" else self.ours / self.plain
-
-
-# Both pipelines import torch and torchvision and nothing else in common; the measuring processes are forked
-# from a server that has imported just those two (about 3 s a process here), so neither side's peak memory
-# holds the other's libraries.
-SHARED_IMPORTS = ["torch", "torchvision"]
-
-
-def _in_fresh_process(function, *args, **kwargs) -> dict:
-    """Run one measurement in a new process that has done no work: no data, caches, allocator state or threads
-    carried over from this one or from an earlier measurement."""
-    fresh = multiprocessing.get_context("forkserver")
-    fresh.set_forkserver_preload(SHARED_IMPORTS)
-    with ProcessPoolExecutor(1, mp_context=fresh) as pool:
-        return pool.submit(function, *args, **kwargs).result()
 
 
 def _rates(measure_name: str, plain: dict, ours: dict, note: str = "") -> Row:
@@ -131,15 +115,7 @@ def _setups(cfg: DictConfig, run_dir: Path) -> tuple[Setup, Path]:
     return setup, photos
 
 
-def _prepare(setup: Setup) -> float:
-    """Scan, split and cache the photos once (ours), before anything is timed; returns the seconds."""
-    started = time.perf_counter()
-    _in_fresh_process(our_pipeline.prepare_only, setup.as_dict())
-    return time.perf_counter() - started
-
-
-def _head_only_row(setup: Setup, epochs: int, plain_eval: dict) -> Row:
-    result = _in_fresh_process(our_pipeline.our_epochs, setup.as_dict(), epochs, True)
+def _head_only_row(result: dict, plain_eval: dict) -> Row:
     steady = result["epoch_seconds"][1:] or result["epoch_seconds"]
     # A plain frozen-backbone loop runs the backbone over every training image every epoch.
     plain = result["train_images"] / plain_eval["images_per_second"]
@@ -150,11 +126,14 @@ def _head_only_row(setup: Setup, epochs: int, plain_eval: dict) -> Row:
     return Row("head-only epoch, cached features", "s", plain, sum(steady) / len(steady), None, result["peak_mb"], note)
 
 
-def _device_augmentation_row(setup: Setup) -> Row:
-    """Augmentation on the device: the whole-batch path against the loop over images it replaced (in the plain
-    column: the report's pipeline has no device path)."""
-    loop = _in_fresh_process(our_pipeline.device_augmentation, setup.as_dict(), False)
-    batched = _in_fresh_process(our_pipeline.device_augmentation, setup.as_dict(), True)
+def _device_augmentation_calls(setup: Setup) -> list:
+    """Augmentation on the device: the loop over images that the whole-batch path replaced, and that path."""
+    return [(our_pipeline.device_augmentation, (setup.as_dict(), batched)) for batched in (False, True)]
+
+
+def _device_augmentation_row(setup: Setup, loop: dict, batched: dict) -> Row:
+    """The two device-augmentation figures side by side (in the plain column the loop: the report's pipeline
+    has no device path)."""
     where = "GPU" if setup.device.startswith("cuda") else "CPU"
     note = "augment=seed on stored squares; left: the policy image by image in a loop, right: BatchAugmentation"
     return _rates(f"augmentation on the {where}", loop, batched, note)
@@ -162,15 +141,20 @@ def _device_augmentation_row(setup: Setup) -> Row:
 
 def _cuda_rows(setup: Setup) -> list[Row]:
     gpu = Setup(**{**setup.as_dict(), "device": "cuda"})
-    plain = _in_fresh_process(plain_pipeline.plain_training, gpu.as_dict())
-    ours = _in_fresh_process(our_pipeline.our_training, gpu.as_dict())
+    plain = in_fresh_process(plain_pipeline.plain_training, gpu.as_dict())
+    ours, loop, batched, epochs = each_in_a_fresh_fork(
+        [
+            (our_pipeline.our_training, (gpu.as_dict(),)),
+            *_device_augmentation_calls(gpu),
+            (our_pipeline.our_epochs, (gpu.as_dict(), 2, False)),
+        ]
+    )
     name = torch.cuda.get_device_name(0)
     note = (
         f"ours: {ours['precision']}, augmentation on the GPU; GPU memory plain {plain['gpu_peak_mb']:,.0f} MB, "
         f"ours {ours['gpu_peak_mb']:,.0f} MB"
     )
-    rows = [_rates(f"GPU training ({name})", plain, ours, note), _device_augmentation_row(gpu)]
-    epochs = _in_fresh_process(our_pipeline.our_epochs, gpu.as_dict(), 2, False)
+    rows = [_rates(f"GPU training ({name})", plain, ours, note), _device_augmentation_row(gpu, loop, batched)]
     seconds = epochs["epoch_seconds"][-1] * KAGGLE_TRAIN_IMAGES / epochs["train_images"]
     rows.append(
         Row(
@@ -193,30 +177,37 @@ def run_bench(cfg: DictConfig) -> list[Row]:
         raise GemLightningError("device=cuda but torch.cuda.is_available() is False on this machine; use device=cpu")
     run_dir = Path(cfg.output_dir) / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     setup, photos = _setups(cfg, run_dir)
-    preparation = _prepare(setup)
-    log.info("prepared in %.1f s; timing %s", preparation, photos)
     settings = setup.as_dict()
-    rows = []
     loaders = (
         ("data loader, rotate/crop/flip", True, "loader", "augmented in the loader, image by image"),
         ("data loader, no augmentation", False, "loader", "evaluation squares copied as they are"),
         ("data loader, for augmentation on the GPU", True, "device", "larger squares handed over as they are"),
     )
-    plain_loaders = {}
-    for label, augment, place, how in loaders:
-        if augment not in plain_loaders:  # the plain pipeline has one way to augment: in its loader
-            plain_loaders[augment] = _in_fresh_process(plain_pipeline.plain_loader, settings, augment)
-        ours = _in_fresh_process(our_pipeline.our_loader, settings, augment, place)
+    # Ours first, preparation (scan, split, caches) before anything of it is timed.
+    ours_calls = [
+        (our_pipeline.prepare_only, (settings,)),
+        *((our_pipeline.our_loader, (settings, augment, place)) for _, augment, place, _ in loaders),
+        *_device_augmentation_calls(setup),
+        (our_pipeline.our_training, (settings,)),
+        (our_pipeline.our_evaluation, (settings,)),
+        (our_pipeline.our_epochs, (settings, 2 if cfg.tiny else cfg.head_epochs, True)),
+    ]
+    prepared, *ours_loaders, loop, batched, ours_training, ours_evaluation, head_only = each_in_a_fresh_fork(ours_calls)
+    log.info("prepared in %.1f s; timing %s", prepared["seconds"], photos)
+    # The plain pipeline has one way to augment: in its loader.
+    plain_loaders = {
+        augment: in_fresh_process(plain_pipeline.plain_loader, settings, augment) for augment in (True, False)
+    }
+    rows = []
+    for (label, augment, _, how), ours in zip(loaders, ours_loaders, strict=True):
         note = f"plain: ImageFolder decoding every photo; ours: uint8 array cache, {how}, {ours['workers']} process(es)"
         rows.append(_rates(label, plain_loaders[augment], ours, note))
-    rows.append(_device_augmentation_row(setup))
-    plain = _in_fresh_process(plain_pipeline.plain_training, settings)
-    ours = _in_fresh_process(our_pipeline.our_training, settings)
-    note = f"ResNet-18, Adam; ours: {ours['precision']}, channels_last={ours['channels_last']}"
-    rows.append(_rates("training", plain, ours, note))
-    plain_eval = _in_fresh_process(plain_pipeline.plain_evaluation, settings)
-    rows.append(_rates("evaluation", plain_eval, _in_fresh_process(our_pipeline.our_evaluation, settings)))
-    rows.append(_head_only_row(setup, 2 if cfg.tiny else cfg.head_epochs, plain_eval))
+    rows.append(_device_augmentation_row(setup, loop, batched))
+    note = f"ResNet-18, Adam; ours: {ours_training['precision']}, channels_last={ours_training['channels_last']}"
+    rows.append(_rates("training", in_fresh_process(plain_pipeline.plain_training, settings), ours_training, note))
+    plain_eval = in_fresh_process(plain_pipeline.plain_evaluation, settings)
+    rows.append(_rates("evaluation", plain_eval, ours_evaluation))
+    rows.append(_head_only_row(head_only, plain_eval))
     if cfg.device != "cpu" and torch.cuda.is_available():
         rows += _cuda_rows(setup)
     context = {
@@ -225,7 +216,7 @@ def run_bench(cfg: DictConfig) -> list[Row]:
         "batch_size": setup.batch_size,
         "num_workers": setup.num_workers,
         "cpu_threads": torch.get_num_threads(),
-        "preparation_seconds": preparation,
+        "preparation_seconds": prepared["seconds"],
         "tiny": bool(cfg.tiny),
     }
     _report(rows, context, run_dir)
