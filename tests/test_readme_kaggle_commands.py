@@ -33,9 +33,24 @@ from tests.helpers.workplace import GEMSTONES_DIR, OTHER_SOURCES_DIR, U2NET_DIR,
 KAGGLE_SHRINK = ("data.max_classes=3", "data.image_size=64", "trainer.max_epochs=1")
 
 
-# The recipes that compute rembg masks of every training square: two classes (u2netp takes about 0.5 s a photo
-# on one core here).
-MASKED_KAGGLE_SHRINK = ("data.max_classes=2", *KAGGLE_SHRINK[1:])
+# The commands that run u2netp on every photo (about 0.5 s a photo on one core here) take a few of Kaggle's photos
+# in Kaggle's layout: the first two classes, 10 training and 2 test photos of each.
+FEW_CLASSES, FEW_TRAIN, FEW_TEST = 2, 10, 2
+
+
+@pytest.fixture(scope="module")
+def few_kaggle_photos(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("few_kaggle_photos")
+    for name in sorted(p.name for p in (GEMSTONES_DIR / "train").iterdir())[:FEW_CLASSES]:
+        for split, count in (("train", FEW_TRAIN), ("test", FEW_TEST)):
+            (folder / split / name).mkdir(parents=True)
+            for photo in sorted((GEMSTONES_DIR / split / name).glob("*.jpg"))[:count]:
+                shutil.copy(photo, folder / split / name / photo.name)
+    return folder
+
+
+def _masked_shrink(photos: Path) -> tuple[str, ...]:
+    return (f"data.root={photos}", *KAGGLE_SHRINK[1:])
 
 
 def _kaggle_run(clone, command: str, env: dict[str, str] | None = None, shrink=KAGGLE_SHRINK, **placeholders) -> dict:
@@ -168,12 +183,12 @@ def test_gpu_check(clone):
 
 @needs_shared(U2NET_DIR / "u2netp.onnx")
 @needs_shared(GEMSTONES_DIR)
-def test_prepare(clone):
+def test_prepare(clone, few_kaggle_photos):
     block = [c for c in readme_commands() if "u2netp" in c or c.startswith("export U2NET_HOME")]
     export, check, prepare, train = block
     name, value = export.removeprefix("export ").split("=")
     env = {name: value}  # relative to the clone, as README.md's block is
-    shrink = ("data.max_classes=2",)
+    shrink = (f"data.root={few_kaggle_photos}",)
 
     result = clone.run(check, *shrink, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -182,8 +197,8 @@ def test_prepare(clone):
     result = clone.run(prepare, *shrink, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     cut_outs = list((clone.root / "cache" / "prepared").rglob("*.png"))
-    classes = sorted(p.name for p in (GEMSTONES_DIR / "train").iterdir())[:2]
-    photos = [p for split in ("train", "test") for c in classes for p in (GEMSTONES_DIR / split / c).iterdir()]
+    photos = list(few_kaggle_photos.rglob("*.jpg"))
+    assert len(photos) == FEW_CLASSES * (FEW_TRAIN + FEW_TEST)
     images = len({file_sha256(p) for p in photos})  # one cut-out per distinct file content
     assert len(cut_outs) == images
 
@@ -203,8 +218,10 @@ def _u2net_home() -> dict[str, str]:
 
 @needs_shared(U2NET_DIR / "u2netp.onnx")
 @needs_shared(GEMSTONES_DIR)
-def test_robust_cpu(clone):
-    run = _kaggle_run(clone, "python train.py experiment=robust_cpu", env=_u2net_home(), shrink=MASKED_KAGGLE_SHRINK)
+def test_robust_cpu(clone, few_kaggle_photos):
+    run = _kaggle_run(
+        clone, "python train.py experiment=robust_cpu", env=_u2net_home(), shrink=_masked_shrink(few_kaggle_photos)
+    )
     checkpoint = torch.load(clone.root / run["best_checkpoint"], map_location="cpu", weights_only=True)
     config = checkpoint["gem_lightning"]["config"]
     assert config["task_name"] == "robust_cpu" and config["augment"]["name"] == "colour_safe_auto"
@@ -217,8 +234,10 @@ def test_robust_cpu(clone):
 
 @needs_shared(U2NET_DIR / "u2netp.onnx")
 @needs_shared(GEMSTONES_DIR)
-def test_framed_cpu(clone, tmp_path):
-    run = _kaggle_run(clone, "python train.py experiment=framed_cpu", env=_u2net_home(), shrink=MASKED_KAGGLE_SHRINK)
+def test_framed_cpu(clone, few_kaggle_photos, tmp_path):
+    run = _kaggle_run(
+        clone, "python train.py experiment=framed_cpu", env=_u2net_home(), shrink=_masked_shrink(few_kaggle_photos)
+    )
     checkpoint = torch.load(clone.root / run["best_checkpoint"], map_location="cpu", weights_only=True)
     config = checkpoint["gem_lightning"]["config"]
     assert config["task_name"] == "framed_cpu" and config["model"]["frozen_stages"] == 3  # best_cpu otherwise
@@ -247,12 +266,12 @@ def test_framed_cpu(clone, tmp_path):
 
 @needs_shared(U2NET_DIR / "u2netp.onnx")
 @needs_shared(GEMSTONES_DIR)
-def test_best_cpu_with_background_swap(clone):
+def test_best_cpu_with_background_swap(clone, few_kaggle_photos):
     run = _kaggle_run(
         clone,
         "python train.py experiment=best_cpu background_swap=random",
         env=_u2net_home(),
-        shrink=MASKED_KAGGLE_SHRINK,
+        shrink=_masked_shrink(few_kaggle_photos),
     )
     assert (
         "background swap: 50% of training photos on plain/gradient/noise backgrounds (rembg u2netp masks)"
