@@ -50,6 +50,7 @@ def _schemas() -> dict[str, type]:
     from gem_lightning.machine.auto_settings import AugmentPlace
     from gem_lightning.models.backbones import BACKBONE_NAMES
     from gem_lightning.models.classifier import GemClassifier
+    from gem_lightning.models.white_balance import WhiteBalance
 
     # Each list of choices is kept where its rule lives; Hydra checks the keys against them.
     backbone_name = Enum("BackboneName", {name: name for name in BACKBONE_NAMES}, type=str, module=__name__)
@@ -57,7 +58,7 @@ def _schemas() -> dict[str, type]:
     data = schema_of(
         "DataSchema", GemDataModule, {"split": SplitMode, "label_conflicts": ConflictPolicy, "augment_on": AugmentPlace}
     )
-    model = schema_of("ModelSchema", GemClassifier, {"backbone": backbone_name})
+    model = schema_of("ModelSchema", GemClassifier, {"backbone": backbone_name, "white_balance": WhiteBalance})
     return dict(zip(SCHEMA_NAMES, (backbone_name, data, model), strict=True))
 
 

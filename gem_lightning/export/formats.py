@@ -2,9 +2,9 @@
 
 # Both files take what the training pipeline feeds the model, a uint8 RGB batch (N, 3, S, S) at the
 # checkpoint's image size S with any N, and return ``logits`` and calibrated ``probabilities`` (softmax of the
-# logits divided by the stored temperature); normalisation is inside, so a runtime needs no preprocessing
-# constants. Class names, image size and temperature travel inside each file (ONNX metadata, a TorchScript
-# extra file) and in ``model.json`` beside them.
+# logits divided by the stored temperature); normalisation is inside, and the white balance a run trained with,
+# so a runtime needs no preprocessing constants. Class names, image size and temperature travel inside each file
+# (ONNX metadata, a TorchScript extra file) and in ``model.json`` beside them.
 #
 # An ensemble (``ckpt=[a,b]``) or test-time views (``tta=flip|quarter_turns|dihedral``) export as one network that
 # does what the predictor does: each member's logits of each view divided by that member's temperature, made
@@ -34,6 +34,7 @@ from gem_lightning.inference.predictor import Predictor
 from gem_lightning.inference.user_photos import usable_images
 from gem_lightning.models.classifier import GemClassifier
 from gem_lightning.models.source_prototypes import SourcePrototypes
+from gem_lightning.models.white_balance import white_balanced
 from gem_lightning.trust.prediction_sets import PredictionSets
 
 log = logging.getLogger(__name__)
@@ -52,11 +53,13 @@ class ExportableClassifier(nn.Module):
         self.register_buffer("mean", model._mean.detach().clone())
         self.register_buffer("std", model._std.detach().clone())
         self.register_buffer("temperature", model.temperature.detach().clone())
+        self.white_balance = model.hparams.white_balance  # traced as the constant it is
         # An adapted checkpoint's source prototypes, as GemClassifier.classify adds them.
         self.prototypes = SourcePrototypes.from_dict(model.source_prototypes) if model.source_prototypes else None
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.backbone((images.float() / 255.0 - self.mean) / self.std)
+        balanced = white_balanced(images.float() / 255.0, self.white_balance)
+        features = self.backbone((balanced - self.mean) / self.std)
         logits = self.head(features)
         if self.prototypes is not None:
             logits = logits + self.prototypes.added_logits(features)
@@ -104,7 +107,11 @@ def metadata(predictor: Predictor, set_coverage: float) -> dict:
         # Divides the logits output before its softmax; 1 where each member's own was applied before averaging.
         "temperature": float(model.temperature) if not predictor.averaging else 1.0,
         "members": [
-            {"checkpoint": path.name, "temperature": float(member.temperature)}
+            {
+                "checkpoint": path.name,
+                "temperature": float(member.temperature),
+                "white_balance": member.hparams.white_balance,  # done inside the network, as in training
+            }
             for path, member in zip(predictor.checkpoints, predictor.models, strict=True)
         ],
         "tta": predictor.tta,

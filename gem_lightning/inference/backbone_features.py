@@ -7,7 +7,8 @@ training photos' features into class centroids and measures the validation photo
 
 # The file is ``<cache_dir>/features/<key>.npy`` (float32, one row per image, in the dataset's order). The key
 # hashes the images (their array file name, which hashes every file's path, size and mtime), the evaluation
-# size, the backbone's name and weights, and the precision they are computed in, so nothing stale is reused.
+# size, the backbone's name and weights, the model's white balance and the precision they are computed in, so
+# nothing stale is reused.
 # It is written atomically under a lock: concurrent trials wait and then read it.
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ def features_file(model: GemClassifier, images: GemImageDataset, cache_dir: Path
                 model.hparams.backbone,
                 weights_fingerprint(model.backbone),
                 precision,
+                # Only when on, so that every features file cached before the setting existed keeps its key.
+                *([f"white_balance={model.hparams.white_balance}"] if model.hparams.white_balance != "none" else []),
             ]
         ).encode()
     ).hexdigest()[:16]

@@ -56,6 +56,7 @@ MODEL_KEYS_BEFORE_THEY_EXISTED = {
     "head_only": False,  # the backbone trained on images
     "channels_last": False,  # NCHW activations
     "compile": False,  # no torch.compile
+    "white_balance": "none",  # photos as they are
 }
 
 

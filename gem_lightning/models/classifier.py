@@ -12,7 +12,7 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection, SumMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from gem_lightning.choices import plain_value
+from gem_lightning.choices import checked_choice, plain_value
 from gem_lightning.errors import GemLightningError
 from gem_lightning.models import checkpoint_format
 from gem_lightning.models.backbones import create_backbone
@@ -20,6 +20,7 @@ from gem_lightning.models.batch_mixing import batch_mixer
 from gem_lightning.models.checkpoint_format import CHECKPOINT_KEY
 from gem_lightning.models.lr_schedules import STEP_SCHEDULE_ARGUMENT, steps_per_batch
 from gem_lightning.models.source_prototypes import SourcePrototypes
+from gem_lightning.models.white_balance import WhiteBalance, white_balanced
 
 STAGES = ("train", "val", "test")
 
@@ -71,10 +72,12 @@ class GemClassifier(pl.LightningModule):
         head_only: bool,
         channels_last: bool,
         compile: bool,
+        white_balance: str,
     ):
         super().__init__()
         # Plain Python types only, so checkpoints load with torch.load(weights_only=True).
         backbone = plain_value(backbone)  # a config enum becomes its plain name
+        white_balance = checked_choice(white_balance, WhiteBalance, "model.white_balance")
         class_names = [str(name) for name in class_names]  # not an OmegaConf ListConfig
         # train() logs the composed run config itself; hparams hold what rebuilding the network needs.
         self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
@@ -145,9 +148,11 @@ class GemClassifier(pl.LightningModule):
         return logits
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """The backbone's pooled feature vectors (N, F): what the head classifies."""
+        """The backbone's pooled feature vectors (N, F): what the head classifies. Every path into the network
+        passes here: photos are white-balanced (``model.white_balance``) and normalised here and nowhere else."""
         if images.dtype == torch.uint8:
             images = images.float().div(255)
+        images = white_balanced(images, self.hparams.white_balance)
         images = images.contiguous(memory_format=self.memory_format)
         return self.backbone((images - self._mean) / self._std)
 

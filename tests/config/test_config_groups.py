@@ -191,6 +191,7 @@ def test_experiments_compose(option, tmp_path):
         ("data.batch_size=abc", "could not be converted to Integer"),
         ("data.batchsize=32", "Key 'batchsize' not in 'DataSchema'"),
         ("model.backbone=resnet101", "Invalid value 'resnet101'"),
+        ("model.white_balance=gray", "Invalid value 'gray'"),
         ("model.pretrainned=false", "Key 'pretrainned' not in 'ModelSchema'"),
     ],
 )

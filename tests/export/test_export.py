@@ -75,7 +75,9 @@ def _other_member(checkpoint, path, **hyper_parameters):
 
 def test_an_ensemble_with_test_time_views_exports_as_the_predictor_predicts(trained_demo_run, tmp_path, capsys):
     run = trained_demo_run
-    members = [str(run.checkpoint), str(_other_member(run.checkpoint, tmp_path / "other.ckpt"))]
+    # The other member white-balances its photos (inside its network, as it would have trained).
+    other = _other_member(run.checkpoint, tmp_path / "other.ckpt", white_balance="border")
+    members = [str(run.checkpoint), str(other)]
     assert export_command.main([f"ckpt=[{','.join(members)}]", "tta=dihedral", "formats=[onnx]"]) == 0
     assert "probabilities match PyTorch" in capsys.readouterr().out
     (out,) = run.run_dir.glob("export-ensemble2-*-tta-dihedral")  # beside the single model's export/, not over it
@@ -88,6 +90,7 @@ def test_an_ensemble_with_test_time_views_exports_as_the_predictor_predicts(trai
     assert float((got - single).abs().max()) > 1e-3  # the members and views do count
     info = json.loads((out / "model.json").read_text())
     assert info["tta"] == "dihedral" and [m["checkpoint"] for m in info["members"]] == ["best.ckpt", "other.ckpt"]
+    assert [m["white_balance"] for m in info["members"]] == ["none", "border"]
     assert info["temperature"] == 1.0
     assert info["prediction_sets"] is None  # fitted per checkpoint, not on an average
 
