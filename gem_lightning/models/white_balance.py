@@ -53,4 +53,5 @@ def white_balanced(images: torch.Tensor, rule: str) -> torch.Tensor:
         return images
     reference = reference_colour(images, rule).clamp_min(DARKEST_REFERENCE)
     gains = reference.mean(dim=1, keepdim=True) / reference
-    return (images * gains[:, :, None, None]).clamp(0, 1)
+    # In place on the new product: a second (N, 3, H, W) tensor would cost more than the balance itself on a CPU.
+    return (images * gains[:, :, None, None]).clamp_(0, 1)
