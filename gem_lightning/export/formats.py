@@ -32,9 +32,8 @@ from gem_lightning.files.atomic_writes import write_text_atomically
 from gem_lightning.inference.logits import TTA_VIEWS
 from gem_lightning.inference.predictor import Predictor
 from gem_lightning.inference.user_photos import usable_images
-from gem_lightning.models.classifier import GemClassifier
+from gem_lightning.models.classifier import GemClassifier, network_input
 from gem_lightning.models.source_prototypes import SourcePrototypes
-from gem_lightning.models.white_balance import white_balanced
 from gem_lightning.trust.prediction_sets import PredictionSets
 
 log = logging.getLogger(__name__)
@@ -58,8 +57,7 @@ class ExportableClassifier(nn.Module):
         self.prototypes = SourcePrototypes.from_dict(model.source_prototypes) if model.source_prototypes else None
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        balanced = white_balanced(images.float() / 255.0, self.white_balance)
-        features = self.backbone((balanced - self.mean) / self.std)
+        features = self.backbone(network_input(images, self.white_balance, self.mean, self.std))
         logits = self.head(features)
         if self.prototypes is not None:
             logits = logits + self.prototypes.added_logits(features)

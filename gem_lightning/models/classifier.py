@@ -25,6 +25,14 @@ from gem_lightning.models.white_balance import WhiteBalance, white_balanced
 STAGES = ("train", "val", "test")
 
 
+def network_input(images: torch.Tensor, white_balance: str, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """What a backbone takes from uint8 (or 0-1 float) RGB ``images``: 0-1 floats, white-balanced by the rule
+    ``white_balance``, normalised by its ``mean`` and ``std``. The classifier and its exported files both use it."""
+    if images.dtype == torch.uint8:
+        images = images.float().div(255)
+    return (white_balanced(images, white_balance) - mean) / std
+
+
 def _stage_metrics(stage: str, num_classes: int) -> MetricCollection:
     return MetricCollection(
         {
@@ -149,12 +157,9 @@ class GemClassifier(pl.LightningModule):
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """The backbone's pooled feature vectors (N, F): what the head classifies. Every path into the network
-        passes here: photos are white-balanced (``model.white_balance``) and normalised here and nowhere else."""
-        if images.dtype == torch.uint8:
-            images = images.float().div(255)
-        images = white_balanced(images, self.hparams.white_balance)
+        passes here, so every one white-balances (``model.white_balance``) and normalises alike (``network_input``)."""
         images = images.contiguous(memory_format=self.memory_format)
-        return self.backbone((images - self._mean) / self._std)
+        return self.backbone(network_input(images, self.hparams.white_balance, self._mean, self._std))
 
     def probabilities(self, images: torch.Tensor, calibrated: bool = True) -> torch.Tensor:
         """Class probabilities, divided by the fitted temperature first unless ``calibrated`` is false."""
