@@ -24,8 +24,8 @@ from tests.helpers.workplace import U2NET_DIR
 
 register_config_schemas()
 
-# Under CI a skip fails the run, but for tests marked cuda.
-pytest_plugins = ["tests.helpers.ci_skips"]
+# Under CI a skip fails the run, but for tests marked cuda; the run ends with the tests that used the most CPU.
+pytest_plugins = ["tests.helpers.ci_skips", "tests.helpers.cpu_time"]
 
 
 @pytest.fixture(autouse=True)
