@@ -29,6 +29,7 @@ from tests.helpers.readme_commands import (
     HAS_CUDA,
     README,
     README_TEST_MODULES,
+    SMALL_DEMO,
     Clone,
     _free_port,
     _get,
@@ -301,11 +302,14 @@ def _logged_by_epoch(run_dir: Path, tag: str) -> dict[int, float]:
     return {epoch_at_step[e.step]: e.value for e in events.Scalars(tag) if e.step in epoch_at_step}
 
 
-def test_resume_a_killed_run(clone, demo):
-    # Only the epochs are checked here: no calibration/report or label audit (test_demo_... checks those), and
-    # 32 px (as the multirun tests, which share the clone's cache of that size).
-    overrides = "experiment=demo data.image_size=32 trainer.max_epochs=4 optim.lr=1e-2 evaluate=false label_audit=none"
-    _resume(clone, overrides, _kill_after_epoch_1(clone, overrides), epochs=4)
+def test_resume_a_killed_run(small_demo_clone):
+    clone = small_demo_clone
+    # Only the epochs are checked here: no calibration/report or label audit (test_demo_... checks those), and the
+    # small demo set at 32 px (as the multirun tests, which share the clone's cache of that size). Six epochs of
+    # about a second: the run is killed after its second, and four are left to resume.
+    overrides = f"experiment=demo {SMALL_DEMO} data.image_size=32 trainer.max_epochs=6 optim.lr=1e-2 evaluate=false"
+    overrides += " label_audit=none"
+    _resume(clone, overrides, _kill_after_epoch_1(clone, overrides), epochs=6)
 
 
 # -- data-parallel training -----------------------------------------------------------------------------------
@@ -390,9 +394,10 @@ def test_ddp_on_a_machine_without_gpus_says_what_is_missing(clone):
 # -- multirun ------------------------------------------------------------------------------------------------
 
 
-# One epoch at 32 px (README's demo trains at 64): these tests check which jobs ran and where their files went,
-# not what the demo learns (test_demo_... checks that, as typed).
-JOB_SHRINK = ("trainer.max_epochs=1", "data.image_size=32")
+# One epoch of the small demo set (17 photos a class, in small_demo_clone) at 32 px (README's demo trains on 60 a class
+# at 64): these tests check which jobs ran and where their files went, not what the demo learns (test_demo_...
+# checks that, as typed).
+JOB_SHRINK = ("trainer.max_epochs=1", "data.image_size=32", SMALL_DEMO)
 
 
 def _summary(clone, result) -> list[dict]:
@@ -403,7 +408,8 @@ def _summary(clone, result) -> list[dict]:
     return list(csv.DictReader(summary.open()))
 
 
-def test_multirun(clone):
+def test_multirun(small_demo_clone):
+    clone = small_demo_clone
     result = clone.run(
         "python train.py -m experiment=demo optim.lr=1e-3,3e-4 augment=seed,colour_preserving",
         *JOB_SHRINK,
@@ -421,7 +427,8 @@ def test_multirun(clone):
         assert (Path(row["run_dir"]) / "checkpoints" / "best.ckpt").is_file()
 
 
-def test_multirun_with_a_failing_job_lists_it_and_exits_1(clone):
+def test_multirun_with_a_failing_job_lists_it_and_exits_1(small_demo_clone):
+    clone = small_demo_clone
     result = clone.run(
         "python train.py -m experiment=demo trainer.max_epochs=1 optim.lr=1e-3,-1",
         *JOB_SHRINK[1:],
@@ -436,7 +443,8 @@ def test_multirun_with_a_failing_job_lists_it_and_exits_1(clone):
     assert "error: 1 of 2 job(s) failed (job 1)" in result.stderr
 
 
-def test_a_run_started_from_another_folder_uses_the_project_folders(clone, tmp_path):
+def test_a_run_started_from_another_folder_uses_the_project_folders(small_demo_clone, tmp_path):
+    clone = small_demo_clone
     result = clone.run(
         f"python {clone.root / 'train.py'} experiment=demo",
         *(*JOB_SHRINK, "test=false", "label_audit=none"),
@@ -454,7 +462,8 @@ SWEEP_SHRINK = ("--n-trials", "2", *JOB_SHRINK)
 
 
 @pytest.fixture(scope="module")
-def demo_sweep(clone) -> Path:
+def demo_sweep(small_demo_clone) -> Path:
+    clone = small_demo_clone
     result = clone.run("python sweep.py experiment=demo --n-trials 20", *SWEEP_SHRINK)
     assert result.returncode == 0, result.stderr[-3000:]
     sweep_dir = clone.root / "outputs" / "sweeps" / "demo"
@@ -471,7 +480,8 @@ def test_sweep_demo(demo_sweep):
     assert (demo_sweep / "experiment" / "best.yaml").is_file()
 
 
-def test_sweep_backbones(clone):
+def test_sweep_backbones(small_demo_clone):
+    clone = small_demo_clone
     result = clone.run(
         "python sweep.py experiment=demo sweep=backbones sweep/pruner=hyperband --study-name demo-backbones "
         "--n-trials 30",
@@ -485,12 +495,14 @@ def test_sweep_on_a_gpu(clone):
     command = "python sweep.py model=efficientnet_lite0 --n-trials 40 trainer.gpus=1 --jobs 2"
     if HAS_CUDA:
         pytest.skip("a 40-trial Kaggle sweep on the GPU is the device check's job, not a test's")
-    line = _one_error_line(clone.run(command, *SWEEP_SHRINK))
+    # The Kaggle photos' data config has no demo set to shrink.
+    line = _one_error_line(clone.run(command, "--n-trials", "2", "trainer.max_epochs=1", "data.image_size=32"))
     assert "trainer.gpus=1 asks for 1 GPU(s)" in line
     assert not (clone.root / "outputs" / "sweeps" / "train").exists()  # no study was started
 
 
-def test_retrain_the_best_trial(clone, demo_sweep):
+def test_retrain_the_best_trial(small_demo_clone, demo_sweep):
+    clone = small_demo_clone
     result = clone.run(
         "python train.py --config-dir outputs/sweeps/<study> experiment=best",
         *JOB_SHRINK,
@@ -500,7 +512,8 @@ def test_retrain_the_best_trial(clone, demo_sweep):
     assert "test/acc" in result.stdout
 
 
-def test_tensorboard_compares_trials(clone, demo_sweep):
+def test_tensorboard_compares_trials(small_demo_clone, demo_sweep):
+    clone = small_demo_clone
     port = _free_port()
     server = clone.start(
         "tensorboard --logdir outputs/sweeps/<study>/trials", f"--port={port}", placeholders={"<study>": "demo"}
@@ -517,7 +530,8 @@ def test_tensorboard_compares_trials(clone, demo_sweep):
     assert plugins["hparams"]["enabled"]
 
 
-def test_optuna_dashboard(clone, demo_sweep):
+def test_optuna_dashboard(small_demo_clone, demo_sweep):
+    clone = small_demo_clone
     command = 'pip install -e ".[dashboard]" && optuna-dashboard sqlite:///outputs/sweeps/<study>/study.db'
     dashboard = command.split("&&")[1].strip()  # the install is the test extra's (optuna-dashboard is in it)
     port = _free_port()
