@@ -5,7 +5,9 @@ The suite is CPU-bound on CI's two cores (three test processes ran it no faster 
 CPU its tests use, and a test's wall time misleads: it stretches with whatever the other test process runs
 beside it. Each phase (setup, call, teardown) is charged the CPU seconds of the test process and of every child
 process that ended and was waited for during it (``getrusage``), grandchildren the child waited for included.
-A server a fixture keeps running is charged to the teardown that stops it.
+A server a fixture keeps running is charged to the teardown that stops it. A process nobody waits for is not
+counted: one left to init when its parent ends (a fork server, such as the bench's, whose children do the
+bench's measuring) or a daemon's (SLURM's jobs run under slurmd).
 """
 
 from __future__ import annotations
