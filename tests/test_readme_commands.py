@@ -394,10 +394,11 @@ def test_ddp_on_a_machine_without_gpus_says_what_is_missing(clone):
 # -- multirun ------------------------------------------------------------------------------------------------
 
 
-# One epoch of the small demo set (17 photos a class, in small_demo_clone) at 32 px (README's demo trains on 60 a class
-# at 64): these tests check which jobs ran and where their files went, not what the demo learns (test_demo_...
-# checks that, as typed).
-JOB_SHRINK = ("trainer.max_epochs=1", "data.image_size=32", SMALL_DEMO)
+# One epoch at 32 px (README's demo trains at 64), of the small demo set (17 photos a class, in small_demo_clone;
+# README's has 60): these tests check which jobs ran and where their files went, not what the demo learns
+# (test_demo_... checks that, as typed).
+ONE_SMALL_EPOCH = ("trainer.max_epochs=1", "data.image_size=32")
+JOB_SHRINK = (*ONE_SMALL_EPOCH, SMALL_DEMO)
 
 
 def _summary(clone, result) -> list[dict]:
@@ -496,7 +497,7 @@ def test_sweep_on_a_gpu(clone):
     if HAS_CUDA:
         pytest.skip("a 40-trial Kaggle sweep on the GPU is the device check's job, not a test's")
     # The Kaggle photos' data config has no demo set to shrink.
-    line = _one_error_line(clone.run(command, "--n-trials", "2", "trainer.max_epochs=1", "data.image_size=32"))
+    line = _one_error_line(clone.run(command, "--n-trials", "2", *ONE_SMALL_EPOCH))
     assert "trainer.gpus=1 asks for 1 GPU(s)" in line
     assert not (clone.root / "outputs" / "sweeps" / "train").exists()  # no study was started
 
